@@ -1,0 +1,64 @@
+"""Heads by name: a plain dict, and ``build_head`` that turns a name and options into a head."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from lm_heads.base import Head
+
+# fmt: off
+# (one import per head module; keep in the order of heads.md)
+# fmt: on
+
+HEADS: dict[str, type[Head]] = {
+}
+
+
+def build_head(
+    name: str,
+    in_features: int,
+    vocab_size: int,
+    counts: Tensor | Sequence[float] | None = None,
+    **options: Any,
+) -> Head:
+    """Build the head registered as ``name``; ``options`` are that head's keyword arguments.
+
+    ``counts`` (corpus frequency per word id, any id order) is passed to every head; heads that
+    build structure from frequencies require it, the others ignore it.
+    """
+    if name not in HEADS:
+        raise KeyError(f"unknown head {name!r}; valid heads: {', '.join(sorted(HEADS))}")
+    cls = HEADS[name]
+    accepted = _keyword_options(cls)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise TypeError(
+            f"head {name!r} got unknown option(s) {unknown}; valid options: "
+            f"{', '.join(sorted(accepted)) or '(none)'}"
+        )
+    return cls(in_features, vocab_size, counts=counts, **options)
+
+
+def head_options(name: str) -> dict[str, Any]:
+    """The options of head ``name`` with their defaults (for CLIs and configs)."""
+    if name not in HEADS:
+        raise KeyError(f"unknown head {name!r}; valid heads: {', '.join(sorted(HEADS))}")
+    params = inspect.signature(HEADS[name].__init__).parameters
+    return {
+        key: param.default
+        for key, param in params.items()
+        if param.kind is inspect.Parameter.KEYWORD_ONLY and key != "counts"
+    }
+
+
+def _keyword_options(cls: type[Head]) -> set[str]:
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        key
+        for key, param in params.items()
+        if param.kind is inspect.Parameter.KEYWORD_ONLY and key != "counts"
+    }
