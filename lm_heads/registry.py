@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from lm_heads.base import Head
+from lm_heads.counts import as_counts
 
 # fmt: off
 # (one import per head module; keep in the order of heads.md)
@@ -40,6 +41,8 @@ def build_head(
             f"head {name!r} got unknown option(s) {unknown}; valid options: "
             f"{', '.join(sorted(accepted)) or '(none)'}"
         )
+    if counts is not None:
+        counts = as_counts(counts, vocab_size, name)
     return cls(in_features, vocab_size, counts=counts, **options)
 
 
