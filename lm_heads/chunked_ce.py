@@ -289,9 +289,7 @@ class _FusedLinearCrossEntropySum(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             n = hidden.shape[0]
             work = _Workspace(min(chunk, n), weight, compute_dtype)
-            grad_hidden, grad_weight, grad_bias = _grad_buffers(
-                hidden, weight, bias, needs, work
-            )
+            grad_hidden, grad_weight, grad_bias = _grad_buffers(hidden, weight, bias, needs, work)
             any_grad = any(needs)
             total = torch.zeros((), device=hidden.device, dtype=work.acc_dtype)
             for start in _chunks(n, chunk):
@@ -313,37 +311,27 @@ class _FusedLinearCrossEntropySum(torch.autograd.Function):
                         grad_weight,
                         grad_bias,
                     )
-        ctx.grads = (
-            _cast_like(grad_hidden, hidden),
-            grad_weight,
-            grad_bias,
-        )
+        # Saved as intermediates (not ctx attributes): autograd frees them right after backward
+        # unless the graph is retained, so a retained graph can backward again.
+        ctx.save_for_backward(_cast_like(grad_hidden, hidden), grad_weight, grad_bias)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return total
 
     @staticmethod
     @once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_output: Tensor) -> tuple:
-        if ctx.grads is None:
-            raise RuntimeError(
-                "linear_cross_entropy(reduction='sum') precomputes its gradients in forward "
-                "and cannot backward twice; run forward again (or use reduction='none')"
-            )
-        grad_hidden, grad_weight, grad_bias = ctx.grads
-        ctx.grads = None  # hand the buffers over so autograd can steal them without a copy
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         weight_dtype, bias_dtype = ctx.dtypes
-        out = []
+        scaled = []
         for grad, dtype in (
             (grad_hidden, None),
             (grad_weight, weight_dtype),
             (grad_bias, bias_dtype),
         ):
             if grad is not None:
-                grad = grad.mul_(grad_output.to(grad.dtype))
-                if dtype is not None:
-                    grad = grad.to(dtype)
-            out.append(grad)
-        return (*out, None, None, None, None, None)
+                grad = (grad * grad_output).to(dtype or grad.dtype)
+            scaled.append(grad)
+        return (*scaled, None, None, None, None, None)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -383,9 +371,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             n = hidden.shape[0]
             work = _Workspace(min(chunk, n), weight, ctx.compute_dtype)
-            grad_hidden, grad_weight, grad_bias = _grad_buffers(
-                hidden, weight, bias, needs, work
-            )
+            grad_hidden, grad_weight, grad_bias = _grad_buffers(hidden, weight, bias, needs, work)
             for start in _chunks(n, chunk):
                 rows = slice(start, start + chunk)
                 h, t = hidden[rows], target[rows, None]

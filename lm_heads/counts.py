@@ -57,7 +57,10 @@ def equal_mass_bins(sorted_counts: Tensor, num_bins: int) -> Tensor:
     # Smoothing by one keeps zero-count words spread over bins instead of all in the last one.
     mass = torch.cumsum(sorted_counts.double() + 1.0, 0)
     targets = mass[-1] * torch.arange(1, num_bins, dtype=torch.float64) / num_bins
-    cuts = torch.searchsorted(mass, targets, right=True) + 1
+    # Cut after the word whose cumulative mass is nearest each target.
+    below = torch.searchsorted(mass, targets, right=True).clamp(1, size - 1)
+    nearer_next = (mass[below] - targets) < (targets - mass[below - 1])
+    cuts = below + nearer_next.long()
     # Force strictly increasing cuts with room for one word per remaining bin.
     bounds = [0]
     for i, cut in enumerate(cuts.tolist()):

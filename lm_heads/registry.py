@@ -13,9 +13,28 @@ from lm_heads.counts import as_counts
 
 # fmt: off
 # (one import per head module; keep in the order of heads.md)
+from lm_heads.full import FullSoftmaxHead
+from lm_heads.class_based import ClassBasedSoftmaxHead
+from lm_heads.hierarchical import HierarchicalSoftmaxHead
+from lm_heads.adaptive import AdaptiveSoftmaxHead
+from lm_heads.sampled import ImportanceSamplingHead, NCEHead
+from lm_heads.spherical import SphericalSoftmaxHead, TaylorSoftmaxHead
+from lm_heads.margin import CosineSoftmaxHead, RBFSoftmaxHead
+from lm_heads.prototypes import HypersphericalPrototypeHead
 # fmt: on
 
 HEADS: dict[str, type[Head]] = {
+    "full": FullSoftmaxHead,
+    "class": ClassBasedSoftmaxHead,
+    "hierarchical": HierarchicalSoftmaxHead,
+    "adaptive": AdaptiveSoftmaxHead,
+    "importance": ImportanceSamplingHead,
+    "nce": NCEHead,
+    "spherical": SphericalSoftmaxHead,
+    "taylor": TaylorSoftmaxHead,
+    "cosine": CosineSoftmaxHead,
+    "rbf": RBFSoftmaxHead,
+    "prototypes": HypersphericalPrototypeHead,
 }
 
 

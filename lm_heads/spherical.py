@@ -33,13 +33,17 @@ matmul (``dW = W (dG + dGᵀ)``). Forward+backward costs ``≈ 2 V d²`` instead
 for the naive formula: for ``n ≫ d`` (4096 tokens, d = 512) that is a large win.
 
 Numerics: the Gram matrix, ``s``, ``q`` and the normaliser are computed in float32 even under
-autocast (float64 when the weights are float64). ``q = h̃ᵀ G̃ h̃`` is a quadratic form and loses
-absolute precision ``~ d·u·‖h̃‖²·tr G̃`` (``u`` the unit roundoff) by cancellation when ``h`` is
-nearly orthogonal to every row of ``W̃``; it is therefore clamped at 0 (its exact value is a sum of
-squares). The error only matters relative to the normaliser, which is at least ``V ε`` (spherical)
-or ``V/2`` (Taylor: ``1 + o + o²/2 = ((1+o)² + 1)/2``), so the clamp keeps every log finite and the
-error small next to ``Z``. (A Cholesky factor would give ``q = ‖Lᵀh̃‖²`` with error relative to
-``√q`` instead, but ``G̃`` is singular whenever ``V ≤ d`` or ``W`` is rank deficient.)
+autocast (float64 when the weights are float64). ``q = h̃ᵀ G̃ h̃`` is a quadratic form: its error
+is ``~ u·‖G̃‖·‖h̃‖²`` (``u = 2⁻²⁴``), not relative to ``q``. When ``W̃`` has full column rank, which
+is every LM (``V ≫ d``), ``q ≥ σ_min(G̃)‖h̃‖²`` and the relative error is ``~ u·cond(G̃)``: tests
+find float32 Gram log-probs within 1e-5 of float64 ones. Only when ``h`` is almost orthogonal
+to every row of ``W̃`` (possible when ``V ≤ d``) does ``q`` lose its digits to cancellation; it
+may then round below 0, so it is clamped at 0 (its exact value is a sum of squares) and every log
+stays finite, but the value is inaccurate (use ``gram=False`` there). Rounding ``q`` more
+cleverly would not help: the error is already made when ``G̃ = W̃ᵀW̃`` is formed in float32 (a
+factor ``L`` with ``q = ‖Lᵀh̃‖²`` inherits it, and needs ``G̃`` non-singular besides). The
+normaliser is at least ``V ε`` (spherical) or ``V/2`` (Taylor: ``1 + o + o²/2 = ((1+o)² + 1)/2``,
+so forming it from ``s`` and ``q`` cancels at most a factor 3).
 
 ``log_prob``, ``predict`` and ``sample`` need all ``V`` probabilities anyway and use the logits
 directly; ``target_log_prob`` (perplexity) uses the Gram form like the loss.

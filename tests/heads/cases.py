@@ -9,6 +9,25 @@ from __future__ import annotations
 from typing import Any
 
 HEAD_CASES: list[tuple[str, dict[str, Any]]] = [
+    ("full", {}),
+    ("full", {"chunk_size": 7}),
+    ("importance", {"num_samples": 16}),
+    ("importance", {"proposal": "log_uniform", "num_samples": 16, "chunk_size": 7}),
+    ("nce", {"num_samples": 16}),
+    ("nce", {"negative_sampling": True, "num_samples": 16}),
+    ("class", {}),
+    ("hierarchical", {}),
+    ("hierarchical", {"tree": "huffman"}),
+    ("hierarchical", {"tree": "kary", "branching": 3}),
+    ("adaptive", {}),
+    ("adaptive", {"cutoffs": [10, 30]}),
+    ("spherical", {}),
+    ("spherical", {"gram": False}),
+    ("taylor", {}),
+    ("taylor", {"gram": False}),
+    ("cosine", {}),
+    ("rbf", {}),
+    ("prototypes", {}),
 ]
 
 

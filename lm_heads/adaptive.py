@@ -1,0 +1,356 @@
+r"""Adaptive softmax (Grave et al. 2017, "Efficient softmax approximation for GPUs").
+
+Words are ranked by corpus frequency (rank 0 = most frequent) and cut at ``cutoffs = [c_1, …,
+c_J]`` (rank space): the *head* holds ranks ``[0, c_1)`` plus one token per tail cluster; tail
+cluster ``i`` (1-based) holds ranks ``[c_i, c_{i+1})`` (``c_{J+1} = V``) and first projects ``h`` to
+``d_i = d // div_value^i`` dims::
+
+    log p(w | h) = log softmax(A h + a)_w                            w in the head
+    log p(w | h) = log softmax(A h + a)_{c_1 + i − 1}                w in cluster i
+                   + log softmax(B_i P_i h)_{rank(w) − c_i}
+
+with ``A [c_1 + J, d]`` (and bias ``a`` if ``head_bias``), ``P_i [d_i, d]``, ``B_i [c_{i+1} − c_i,
+d_i]``. A token costs ``O(d·(c_1 + J))`` plus, if its word is in cluster ``i``, ``O(d·d_i + d_i·k_i)``.
+
+Parameters mirror ``torch.nn.AdaptiveLogSoftmaxWithLoss`` name for name (``head.weight``,
+``head.bias``, ``tail.{i}.0.weight`` = ``P_i``, ``tail.{i}.1.weight`` = ``B_i``), in rank space:
+row ``r`` of the head / of a cluster is the word ``id_of_rank[r]``. With frequency-sorted ids
+(``id_of_rank = arange``) both modules compute the same values; :meth:`AdaptiveSoftmaxHead.from_torch`
+converts one. Unlike torch:
+
+- *DDP*: every parameter takes part in every step. Tokens are sorted by cluster once (one argsort)
+  and every cluster runs on its slice, empty or not, so a cluster without targets still returns a
+  (zero) gradient; torch's ``if row_indices.numel() == 0: continue`` skips its parameters, which
+  breaks plain DDP. The price is one small host sync per training step (the cluster sizes, one
+  ``.tolist()`` of ``J + 1`` ints), not one per cluster.
+- *Speed*: each softmax runs in a fused linear + cross-entropy (:func:`linear_cross_entropy`)
+  whose forward exponentiates the logits once in place and whose backward turns them into the
+  gradient in place: no ``[n, k]`` log-softmax copy, no zero-filled gather gradient.
+- counts may come in any id order; ``cutoffs="auto"`` measures the device
+  (:mod:`lm_heads.cutoffs`).
+
+Shape:
+    - hidden: ``[..., d]``; target: ``[...]``
+    - head.weight: ``[c_1 + J, d]``; tail.{i}.0.weight: ``[d_i, d]``; tail.{i}.1.weight: ``[k_i, d_i]``
+    - buffers: ``cutoffs [J]``, ``id_of_rank [V]``, ``rank_of_id [V]`` (int64)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from lm_heads.base import Head, linear_f32, sample_categorical
+from lm_heads.counts import as_counts, frequency_order
+from lm_heads.cutoffs import CostModel, choose_cutoffs, default_cutoffs, projection_dims
+
+__all__ = ["AdaptiveSoftmaxHead", "linear_cross_entropy"]
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Per-row ``logsumexp(x Wᵀ + b) − (x Wᵀ + b)_target``, softmax formed once, in place."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor) -> Tensor:
+        logits = F.linear(x, weight, bias)
+        compute_dtype = logits.dtype  # the autocast dtype, if any: backward's matmuls use it too
+        # Normalisers in float32 at least (float64 stays float64, for gradcheck).
+        logits = logits.to(torch.promote_types(compute_dtype, torch.float32))
+        picked = logits.gather(1, target[:, None]).squeeze(1)
+        shift = logits.amax(1, keepdim=True)
+        # exp(logits − max) overwrites the logits: the only [n, k] pass that exponentiates, and
+        # backward reads the softmax from it without exponentiating again.
+        exp = logits.sub_(shift).exp_()
+        total = exp.sum(1)
+        loss = total.log() + shift.squeeze(1) - picked
+        ctx.save_for_backward(x, weight, bias, shift, total, target)
+        # Kept outside save_for_backward because backward overwrites it (its version counter
+        # would otherwise forbid a second backward); it is not an output, so no reference cycle.
+        ctx.exp = exp
+        ctx.compute_dtype = compute_dtype
+        ctx.consumed = False
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, bias, shift, total, target = ctx.saved_tensors
+        exp = ctx.exp
+        dtype = ctx.compute_dtype
+        if ctx.consumed:
+            # A second backward through a retained graph (retain_graph=True, gradcheck): the
+            # first one overwrote the saved softmax, so recompute it.
+            bias = None if bias is None else bias.to(dtype)
+            logits = F.linear(x.to(dtype), weight.to(dtype), bias).to(shift.dtype)
+            exp = logits.sub_(shift).exp_()
+        ctx.consumed = True
+        ctx.exp = None
+        grad_loss = grad_loss.to(shift.dtype)
+        # (softmax − onehot(target)) · g, built in the saved buffer: a fresh [n, k] tensor would
+        # cost more than the multiply itself on CPU (page faults on first touch).
+        grad = exp.mul_((grad_loss / total)[:, None])
+        grad.scatter_add_(1, target[:, None], -grad_loss[:, None])
+        cast = grad.to(dtype)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (cast @ weight.to(dtype)).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = (cast.t() @ x.to(dtype)).to(weight.dtype)
+        if bias is not None and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0).to(bias.dtype)
+        return grad_x, grad_w, grad_b, None
+
+
+def linear_cross_entropy(
+    x: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor
+) -> Tensor:
+    """``[n]`` cross-entropy of ``x [n, d] Wᵀ + b`` against ``target [n]`` (float32 or wider).
+
+    Same value and gradients as ``F.cross_entropy(F.linear(x, W, b).float(), t, reduction="none")``
+    with about half the elementwise passes over ``[n, k]``. Not twice differentiable; a second
+    backward through a retained graph recomputes the logits.
+    """
+    return _LinearCrossEntropy.apply(x, weight, bias, target)
+
+
+class AdaptiveSoftmaxHead(Head):
+    """Adaptive softmax: a frequent-word head plus tail clusters with reduced projections.
+
+    Args:
+        in_features: ``d``.
+        vocab_size: ``V``.
+        counts: corpus frequency of each word id (required; any id order).
+        ignore_index: padding target id.
+        cutoffs: rank-space cut points ``0 < c_1 < … < c_J < V`` (``[2000, 10000]``: ranks
+            ``0..1999`` in the head, ``2000..9999`` in cluster 1, the rest in cluster 2); ``[]``
+            for no tail cluster (a plain softmax); ``None`` for :func:`~lm_heads.cutoffs.default_cutoffs`
+            (from ``V``: ``[4000, 20000, 100000]`` at ``V = 267,735``); ``"auto"`` to measure
+            this machine's accelerator (else CPU) and pick the cheapest cutoffs for
+            ``batch_tokens`` (:func:`~lm_heads.cutoffs.choose_cutoffs`; read them back from
+            ``head.cutoffs`` and pass them explicitly to rebuild the head).
+        div_value: cluster ``i`` projects to ``int(d // div_value ** i)`` dims (as torch).
+        head_bias: learn a bias for the head (as torch; tail clusters have none).
+        batch_tokens: tokens per step that ``cutoffs="auto"`` optimises for.
+        cost_model: ``cost(rows, in_dim, out_dim) -> seconds`` for ``cutoffs="auto"`` instead
+            of measuring (see :mod:`lm_heads.cutoffs`).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        vocab_size: int,
+        *,
+        counts: Tensor | Sequence[float] | None = None,
+        ignore_index: int = -100,
+        cutoffs: Sequence[int] | str | None = None,
+        div_value: float = 4.0,
+        head_bias: bool = False,
+        batch_tokens: int = 4096,
+        cost_model: CostModel | None = None,
+    ) -> None:
+        super().__init__(in_features, vocab_size, ignore_index=ignore_index)
+        counts_t = as_counts(counts, vocab_size, "adaptive")
+        if isinstance(div_value, bool) or not (
+            isinstance(div_value, int | float) and math.isfinite(div_value) and div_value > 0
+        ):
+            raise ValueError(f"div_value must be a positive number, got {div_value!r}")
+        if isinstance(cutoffs, str):
+            if cutoffs != "auto":
+                raise ValueError(f"cutoffs must be a list of ints, None or 'auto', got {cutoffs!r}")
+            cutoffs = choose_cutoffs(
+                counts_t, in_features, batch_tokens, div_value=div_value, cost_model=cost_model
+            )
+        elif cutoffs is None:
+            cutoffs = default_cutoffs(vocab_size, in_features, div_value)
+        cuts = _check_cutoffs(cutoffs, vocab_size, in_features, div_value)
+        self.div_value = float(div_value)
+        self.head_bias = head_bias
+        self.shortlist_size = cuts[0] if cuts else vocab_size
+        self.num_clusters = len(cuts)
+        self.bounds = [0, *cuts, vocab_size]
+        """Rank ranges: the head words ``[0, bounds[1])``, cluster ``i`` ``[bounds[i], bounds[i + 1])``."""
+
+        id_of_rank, rank_of_id = frequency_order(counts_t)
+        self.register_buffer("cutoffs", torch.tensor(cuts, dtype=torch.long))
+        self.register_buffer("id_of_rank", id_of_rank)
+        self.register_buffer("rank_of_id", rank_of_id)
+        self.register_buffer("_starts", torch.tensor(self.bounds[:-1]), persistent=False)
+
+        self.head = nn.Linear(in_features, self.shortlist_size + self.num_clusters, bias=head_bias)
+        self.tail = nn.ModuleList(
+            nn.Sequential(
+                nn.Linear(in_features, dim, bias=False),
+                nn.Linear(dim, self.bounds[i + 2] - self.bounds[i + 1], bias=False),
+            )
+            for i, dim in enumerate(projection_dims(in_features, self.num_clusters, div_value))
+        )
+
+    @classmethod
+    def from_torch(
+        cls,
+        module: nn.AdaptiveLogSoftmaxWithLoss,
+        *,
+        counts: Tensor | Sequence[float] | None = None,
+        ignore_index: int = -100,
+    ) -> AdaptiveSoftmaxHead:
+        """The same model as a torch ``AdaptiveLogSoftmaxWithLoss`` (weights copied).
+
+        torch's ids are ranks; with ``counts=None`` the ids here are the same (most frequent
+        first). With ``counts``, word ``id_of_rank[r]`` here is torch's class ``r``.
+        """
+        vocab_size = module.n_classes
+        if counts is None:
+            counts = torch.arange(vocab_size, 0, -1, dtype=torch.float64)
+        head = cls(
+            module.in_features,
+            vocab_size,
+            counts=counts,
+            ignore_index=ignore_index,
+            cutoffs=module.cutoffs[:-1],
+            div_value=module.div_value,
+            head_bias=module.head_bias,
+        )
+        param = next(module.parameters())
+        head.to(param.device, param.dtype)
+        with torch.no_grad():
+            for name, value in module.state_dict().items():
+                head.get_parameter(name).copy_(value)
+        return head
+
+    # ----------------------------------------------------------------------------------------
+    def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
+        rank = self.rank_of_id[target]
+        if self.num_clusters == 0:
+            return linear_cross_entropy(hidden, self.head.weight, self.head.bias, rank)
+        cluster = torch.bucketize(rank, self.cutoffs, right=True)
+        head_target = torch.where(cluster == 0, rank, self.shortlist_size - 1 + cluster)
+        loss = linear_cross_entropy(hidden, self.head.weight, self.head.bias, head_target)
+        # One sort groups the tail tokens by cluster; the sizes are the step's single host sync.
+        order = torch.argsort(cluster, stable=True)
+        sizes = torch.bincount(cluster, minlength=self.num_clusters + 1).tolist()
+        rows = order[sizes[0] :]
+        relative = (rank - self._starts[cluster]).index_select(0, rows)
+        parts = []
+        # Every cluster runs, on an empty slice if need be: its parameters still get a (zero)
+        # gradient, which plain DDP requires.
+        for (project, out), h, t in zip(
+            self.tail,
+            hidden.index_select(0, rows).split(sizes[1:]),
+            relative.split(sizes[1:]),
+            strict=True,
+        ):
+            parts.append(linear_cross_entropy(F.linear(h, project.weight), out.weight, None, t))
+        return loss.index_add(0, rows, torch.cat(parts).to(loss.dtype))
+
+    def _target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
+        return -self._token_loss(hidden, target)
+
+    def _log_prob(self, hidden: Tensor) -> Tensor:
+        head = self._head_log_prob(hidden)
+        out = head.new_empty(hidden.shape[0], self.vocab_size)
+        ids = self.id_of_rank
+        out.index_copy_(1, ids[: self.shortlist_size], head[:, : self.shortlist_size])
+        for i, (low, high) in enumerate(zip(self.bounds[1:-1], self.bounds[2:], strict=True)):
+            block = self._cluster_logits(hidden, i).log_softmax(1)
+            block += head[:, self.shortlist_size + i, None]
+            out.index_copy_(1, ids[low:high], block)
+        return out
+
+    def _predict(self, hidden: Tensor) -> Tensor:
+        head = self._head_log_prob(hidden)
+        best, best_rank = head[:, : self.shortlist_size].max(1)
+        for i, low in enumerate(self.bounds[1:-1]):
+            # A word of cluster i is no likelier than the cluster token, so only rows whose
+            # cluster token beats the best so far can change their answer (torch's trick, per
+            # row). Data-dependent rows (a host sync): fine at inference, unlike in training.
+            rows = torch.nonzero(head[:, self.shortlist_size + i] > best).squeeze(1)
+            logits = self._cluster_logits(hidden.index_select(0, rows), i)
+            top, arg = logits.max(1)
+            value = head[rows, self.shortlist_size + i] + top - logits.logsumexp(1)
+            better = value > best[rows]
+            best[rows] = torch.where(better, value, best[rows])
+            best_rank[rows] = torch.where(better, arg + low, best_rank[rows])
+        return self.id_of_rank[best_rank]
+
+    def _sample(self, hidden: Tensor, generator: torch.Generator | None) -> Tensor:
+        # Ancestral: a head entry, then a word inside the chosen cluster for rows that chose one.
+        rank = sample_categorical(self._head_log_prob(hidden), generator)
+        choice = rank.clone()
+        for i, low in enumerate(self.bounds[1:-1]):
+            rows = torch.nonzero(choice == self.shortlist_size + i).squeeze(1)
+            logits = self._cluster_logits(hidden.index_select(0, rows), i)
+            rank[rows] = low + sample_categorical(logits.log_softmax(1), generator)
+        return self.id_of_rank[rank]
+
+    def output_embeddings(self) -> Tensor:
+        """``[V, d]``: head rows for head words, ``P_iᵀ B_i`` rows (the linear map from ``h`` to a
+        word's within-cluster logit) for tail words. Cosines across clusters mix two spaces."""
+        blocks = [self.head.weight[: self.shortlist_size]]
+        blocks += [out.weight @ project.weight for project, out in self.tail]
+        out = torch.empty(self.vocab_size, self.in_features, dtype=self.head.weight.dtype)
+        out = out.to(self.head.weight.device)
+        return out.index_copy(0, self.id_of_rank, torch.cat(blocks))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, cutoffs={self.bounds[1:-1]}, div_value={self.div_value}, "
+            f"head_bias={self.head_bias}"
+        )
+
+    # ----------------------------------------------------------------------------------------
+    def _head_log_prob(self, hidden: Tensor) -> Tensor:
+        return linear_f32(hidden, self.head.weight, self.head.bias).log_softmax(1)
+
+    def _cluster_logits(self, hidden: Tensor, i: int) -> Tensor:
+        project, out = self.tail[i]
+        return F.linear(F.linear(hidden, project.weight), out.weight).float()
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        stored = state_dict.get(prefix + "cutoffs")
+        if stored is not None and stored.tolist() != self.bounds[1:-1]:
+            raise ValueError(
+                f"this checkpoint was saved with cutoffs={stored.tolist()} but this head has "
+                f"cutoffs={self.bounds[1:-1]}: build the head with cutoffs={stored.tolist()}"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _check_cutoffs(
+    cutoffs: Sequence[int], vocab_size: int, in_features: int, div_value: float
+) -> list[int]:
+    if isinstance(cutoffs, Tensor):
+        cutoffs = cutoffs.tolist()
+    try:
+        cuts = list(cutoffs)
+    except TypeError:
+        raise ValueError(
+            f"cutoffs must be a list of ints, None or 'auto', got {cutoffs!r}"
+        ) from None
+    if any(isinstance(c, bool) or not isinstance(c, int) for c in cuts):
+        raise ValueError(f"cutoffs must be ints (word ranks), got {cuts}")
+    if any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
+        raise ValueError(f"cutoffs must be strictly increasing, got {cuts}")
+    if cuts and (cuts[0] <= 0 or cuts[-1] >= vocab_size):
+        raise ValueError(
+            f"cutoffs must lie in [1, {vocab_size - 1}] (ranks below vocab_size={vocab_size}), "
+            f"got {cuts}"
+        )
+    dims = projection_dims(in_features, len(cuts), div_value)
+    if dims and dims[-1] < 1:
+        # torch allows it too: the cluster's logits are all zero, a uniform distribution inside it.
+        warnings.warn(
+            f"with in_features={in_features} and div_value={div_value}, tail cluster "
+            f"{len(cuts)} projects to 0 dims (d // div_value**{len(cuts)}), so its words are "
+            "equiprobable within it; use fewer cutoffs or a smaller div_value to learn them",
+            stacklevel=3,
+        )
+    return cuts

@@ -1,0 +1,39 @@
+"""Data for word-level language modelling: vocabulary, sources, token cache, synthetic language.
+
+from lm_heads.data import LMDataModule
+dm = LMDataModule("auto", batch_size=32, bptt=35)
+dm.prepare_data(); dm.setup("fit")
+print(dm.description, dm.vocab_size)
+"""
+
+from lm_heads.data.cache import CacheError, TokenCache
+from lm_heads.data.datamodule import IGNORE_INDEX, BatchOrderSampler, LMDataModule, StreamBatches
+from lm_heads.data.sources import (
+    DataUnavailableError,
+    HubTextSource,
+    LocalTextSource,
+    TextSource,
+    find_local,
+    hub_reachable,
+)
+from lm_heads.data.synthetic import SyntheticLanguage
+from lm_heads.data.vocab import EOS, UNK, Vocabulary
+
+__all__ = [
+    "EOS",
+    "IGNORE_INDEX",
+    "UNK",
+    "BatchOrderSampler",
+    "CacheError",
+    "DataUnavailableError",
+    "HubTextSource",
+    "LMDataModule",
+    "LocalTextSource",
+    "StreamBatches",
+    "SyntheticLanguage",
+    "TextSource",
+    "TokenCache",
+    "Vocabulary",
+    "find_local",
+    "hub_reachable",
+]

@@ -1,0 +1,169 @@
+"""On-disk cache of a corpus as token ids: built once, memory-mapped by every process after.
+
+Layout of ``<cache_dir>/<name>-<hash>/`` (``hash`` covers the source identity and the vocabulary
+options, so changing either builds a new entry)::
+
+    vocab.json            Vocabulary.save
+    train.npy valid.npy   token ids, int32 (int64 if V >= 2**31), read with mmap_mode="r"
+    test.npy
+    meta.json             written last: its presence marks the entry complete
+
+Every file is written to a temporary name in the same folder and renamed into place
+(``os.replace`` is atomic on POSIX), so DDP ranks or concurrent runs that build the same entry
+at once each leave a complete, identical file and readers never see a partial one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lm_heads.data.vocab import Vocabulary
+
+CACHE_VERSION = 1
+_COPY_CHUNK = 1 << 24  # bytes
+
+
+class CacheError(ValueError):
+    """A cache entry is missing or damaged (delete the folder named in the message to rebuild)."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LM_HEADS_CACHE", "~/.cache/lm_heads")).expanduser()
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """16 hex digits of the SHA-256 of ``parts`` as canonical JSON."""
+    blob = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _atomic_path(target: Path) -> tuple[int, Path]:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    return fd, Path(tmp)
+
+
+class TokenCache:
+    """One cache entry: ``TokenCache(cache_dir, name, key_parts)``.
+
+    Args:
+        cache_dir: parent folder (``~/.cache/lm_heads`` by default, or ``$LM_HEADS_CACHE``).
+        name: readable prefix of the entry folder (the source name).
+        key_parts: everything the content depends on; hashed into the folder name.
+    """
+
+    def __init__(
+        self, cache_dir: str | os.PathLike[str] | None, name: str, key_parts: dict[str, Any]
+    ) -> None:
+        root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+        self.key = cache_key(key_parts)
+        self.path = root / f"{name}-{self.key}"
+        self.key_parts = key_parts
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / "meta.json"
+
+    def split_path(self, split: str) -> Path:
+        return self.path / f"{split}.npy"
+
+    def complete(self) -> bool:
+        return self.meta_path.is_file()
+
+    # ------------------------------------------------------------------ writing
+    def write_vocab(self, vocab: Vocabulary) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        vocab.save(self.path / "vocab.json")
+
+    def write_split(self, split: str, chunks: Iterable[np.ndarray], dtype: np.dtype) -> int:
+        """Stream id chunks to ``<split>.npy`` (atomically); returns the number of ids.
+
+        The total length is unknown until the chunks run out, so they go to a raw file first and
+        are then copied behind an ``.npy`` header: constant memory for any corpus size.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        dtype = np.dtype(dtype)
+        target = self.split_path(split)
+        raw_fd, raw = _atomic_path(target)
+        npy_fd, npy = _atomic_path(target)
+        try:
+            length = 0
+            with os.fdopen(raw_fd, "wb") as handle:
+                for chunk in chunks:
+                    data = np.ascontiguousarray(chunk, dtype=dtype)
+                    handle.write(data.tobytes())
+                    length += data.size
+            with os.fdopen(npy_fd, "wb") as out, raw.open("rb") as source:
+                header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+                np.lib.format.write_array_header_1_0(out, {**header, "shape": (length,)})
+                shutil.copyfileobj(source, out, _COPY_CHUNK)
+            os.replace(npy, target)
+        except BaseException:
+            npy.unlink(missing_ok=True)
+            raise
+        finally:
+            raw.unlink(missing_ok=True)
+        return length
+
+    def finish(self, lengths: dict[str, int], extra: dict[str, Any] | None = None) -> None:
+        """Write ``meta.json`` last, marking the entry complete."""
+        meta = {
+            "version": CACHE_VERSION,
+            "key": self.key,
+            "lengths": lengths,
+            "source": self.key_parts,
+            **(extra or {}),
+        }
+        fd, tmp = _atomic_path(self.meta_path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(meta, handle, default=str, indent=1)
+            os.replace(tmp, self.meta_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def clear(self) -> None:
+        """Remove this entry (e.g. a damaged one) so it can be rebuilt."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # ------------------------------------------------------------------ reading
+    def load(self) -> tuple[Vocabulary, dict[str, np.ndarray], dict[str, Any]]:
+        """``(vocab, {split: memory-mapped ids}, meta)``; raises :class:`CacheError` if damaged."""
+        if not self.complete():
+            raise CacheError(f"cache entry {self.path} is incomplete (no meta.json)")
+        try:
+            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+            lengths = dict(meta["lengths"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CacheError(f"cache entry {self.path} has a corrupt meta.json: {error}") from error
+        try:
+            vocab = Vocabulary.load(self.path / "vocab.json")
+        except (OSError, ValueError) as error:
+            raise CacheError(f"cache entry {self.path}: {error}") from error
+        arrays: dict[str, np.ndarray] = {}
+        for split, length in lengths.items():
+            path = self.split_path(split)
+            try:
+                ids = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as error:
+                raise CacheError(f"cache file {path} is corrupt or missing: {error}") from error
+            if ids.ndim != 1 or ids.dtype.kind not in "iu" or ids.shape[0] != length:
+                raise CacheError(
+                    f"cache file {path} holds {ids.dtype}{list(ids.shape)}, expected "
+                    f"{length} integer ids"
+                )
+            # A full range check would read the whole file; the ends catch most damage.
+            for part in (ids[:65536], ids[-65536:]):
+                if part.size and (int(part.min()) < 0 or int(part.max()) >= len(vocab)):
+                    raise CacheError(f"cache file {path} has ids outside [0, {len(vocab)})")
+            arrays[split] = ids
+        return vocab, arrays, meta

@@ -1,0 +1,335 @@
+"""Where text comes from: local directories and the Hugging Face Hub, as iterables of lines.
+
+A source yields the lines of its ``train``, ``valid`` and ``test`` splits; the vocabulary and the
+token-id cache (:mod:`lm_heads.data.cache`) are built from those lines once.
+
+Local directories use either WikiText's names (``wiki.train.tokens``, ``wiki.valid.tokens``,
+``wiki.test.tokens``) or plain ones (``train.txt``, ``valid.txt``/``validation.txt``,
+``test.txt``; ``.tokens`` works as well). The named corpora are looked up locally first, in
+``$LM_HEADS_DATA/<name>``, ``<repo>/../shared/data/<name>``, ``<cwd>/../shared/data/<name>`` and
+``<cwd>/shared/data/<name>``, then on the Hub:
+
+==================  ============================================================================
+``wikitext-2``      ``Salesforce/wikitext``, config ``wikitext-2-v1`` (splits train/validation/test)
+``wikitext-103``    ``Salesforce/wikitext``, config ``wikitext-103-v1``
+``lm1b``            ``billion-word-benchmark/lm1b``, config ``plain_text``, revision
+                    ``refs/convert/parquet`` (the loading script no longer runs under datasets>=4);
+                    splits train/test; validation carved from train (``LM1B_VALID_PER_MILLE``)
+==================  ============================================================================
+
+Without network the Hub must fail fast: when ``huggingface.co`` does not answer a TCP connect
+within 2 s, offline mode is switched on (``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE``) so that a copy
+in the Hugging Face cache still loads, and anything else raises :class:`DataUnavailableError`
+naming the local alternative instead of retrying for half a minute.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "valid", "test")
+LOCAL_NAMES = {
+    "train": ("wiki.train.tokens", "train.txt", "train.tokens", "train"),
+    "valid": (
+        "wiki.valid.tokens",
+        "valid.txt",
+        "valid.tokens",
+        "validation.txt",
+        "validation.tokens",
+        "wiki.validation.tokens",
+        "valid",
+        "validation",
+    ),
+    "test": ("wiki.test.tokens", "test.txt", "test.tokens", "test"),
+}
+DISPLAY_NAMES = {
+    "wikitext-2": "WikiText-2",
+    "wikitext-103": "WikiText-103",
+    "lm1b": "One Billion Word",
+}
+LM1B_VALID_PER_MILLE = 3
+"""LM1B has no validation split: a training line goes to validation when ``crc32(line) % 1000 < 3``
+(~0.3%, ~91k lines). Hashing the text (not the position) keeps the choice deterministic and puts
+duplicate sentences on the same side, so none leaks from train into validation."""
+HUB_HOST = ("huggingface.co", 443)
+LOCAL_HINT = (
+    "use a local copy instead: --data /path/to/dir with train/valid/test files "
+    "(train.txt, valid.txt, test.txt or wiki.{{train,valid,test}}.tokens), or put it in "
+    "$LM_HEADS_DATA/{name}"
+)
+
+
+class DataUnavailableError(RuntimeError):
+    """A data source cannot be read (missing files, or the Hub is unreachable)."""
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def local_search_roots() -> list[Path]:
+    """Folders that may hold ``<name>/`` copies of the corpora, in the order they are tried."""
+    roots = []
+    if env := os.environ.get("LM_HEADS_DATA"):
+        roots.append(Path(env).expanduser())
+    cwd = Path.cwd()
+    roots += [_repo_root() / ".." / "shared" / "data", cwd / ".." / "shared" / "data"]
+    roots.append(cwd / "shared" / "data")
+    unique: list[Path] = []
+    for root in roots:
+        resolved = root.resolve()
+        if resolved not in unique:
+            unique.append(resolved)
+    return unique
+
+
+def find_local(name: str) -> Path | None:
+    """The first ``<root>/<name>`` among :func:`local_search_roots` whose train file exists."""
+    for root in local_search_roots():
+        candidate = root / name
+        if candidate.is_dir() and _find_split_file(candidate, "train") is not None:
+            return candidate
+    return None
+
+
+def _find_split_file(root: Path, split: str) -> Path | None:
+    for filename in LOCAL_NAMES[split]:
+        path = root / filename
+        if path.is_file():
+            return path
+    return None
+
+
+@dataclass
+class TextSource:
+    """Lines of the ``train``/``valid``/``test`` splits of one corpus.
+
+    Attributes:
+        name: short name (``wikitext-2``, ``lm1b``, ``local``, ...); the cache folder uses it.
+        description: one line for logs, e.g. ``"WikiText-2 from /data/wikitext-2 (local)"``.
+        key: identity of the content, hashed into the cache key (paths, sizes, revisions).
+        data_dir: the local folder, if any (SimLex-999 is looked for beside it).
+    """
+
+    name: str
+    description: str
+    key: dict[str, Any]
+    data_dir: Path | None = None
+
+    def has_split(self, split: str) -> bool:
+        raise NotImplementedError
+
+    def lines(self, split: str) -> Iterator[str]:
+        raise NotImplementedError
+
+
+@dataclass
+class LocalTextSource(TextSource):
+    """Text files in a local folder (see the module docstring for the accepted names)."""
+
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], name: str | None = None) -> LocalTextSource:
+        root = Path(path).expanduser()
+        if not root.exists():
+            raise DataUnavailableError(f"data directory {root} does not exist")
+        if not root.is_dir():
+            raise DataUnavailableError(
+                f"data path {root} is a file; give the directory holding train/valid/test files"
+            )
+        files: dict[str, Path] = {}
+        missing = []
+        for split in SPLITS:
+            found = _find_split_file(root, split)
+            if found is not None:
+                files[split] = found
+            elif split != "test":
+                missing.append(f"{split} (tried {', '.join(LOCAL_NAMES[split])})")
+        if missing:
+            missing_text = "; ".join(missing)
+            raise DataUnavailableError(f"data directory {root} lacks the split {missing_text}")
+        root = root.resolve()
+        key = {"kind": "local", "files": {}}
+        for split, file in files.items():
+            stat = file.stat()
+            key["files"][split] = [str(file.resolve()), stat.st_size, stat.st_mtime_ns]
+        label = DISPLAY_NAMES.get(name or "", "local text")
+        return cls(
+            name=name or "local",
+            description=f"{label} from {root} (local)",
+            key=key,
+            data_dir=root,
+            files=files,
+        )
+
+    def has_split(self, split: str) -> bool:
+        return split in self.files
+
+    def lines(self, split: str) -> Iterator[str]:
+        if split not in self.files:
+            raise DataUnavailableError(
+                f"data directory {self.data_dir} has no {split} file "
+                f"(tried {', '.join(LOCAL_NAMES[split])})"
+            )
+        with self.files[split].open(encoding="utf-8", errors="replace") as handle:
+            yield from handle
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    repo: str
+    config: str
+    revision: str | None
+    splits: dict[str, str]  # our split -> hub split; "valid" may be carved from "train"
+    carve_valid: bool = False
+
+
+HUB_DATASETS = {
+    "wikitext-2": HubSpec(
+        "Salesforce/wikitext",
+        "wikitext-2-v1",
+        None,
+        {"train": "train", "valid": "validation", "test": "test"},
+    ),
+    "wikitext-103": HubSpec(
+        "Salesforce/wikitext",
+        "wikitext-103-v1",
+        None,
+        {"train": "train", "valid": "validation", "test": "test"},
+    ),
+    "lm1b": HubSpec(
+        "billion-word-benchmark/lm1b",
+        "plain_text",
+        "refs/convert/parquet",
+        {"train": "train", "valid": "train", "test": "test"},
+        carve_valid=True,
+    ),
+}
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE`` asks for offline mode."""
+    return _env_true("HF_HUB_OFFLINE") or _env_true("HF_DATASETS_OFFLINE")
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """A TCP connect to huggingface.co:443 within ``timeout`` seconds (no HTTP request)."""
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _go_offline() -> None:
+    # datasets and huggingface_hub read these variables at import time, so also flip the
+    # module-level switches when they are already imported.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    try:
+        import datasets.config
+        import huggingface_hub.constants
+
+        datasets.config.HF_HUB_OFFLINE = True
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+    except ImportError:  # pragma: no cover - both ship with datasets
+        pass
+
+
+def _is_valid_line(line: str) -> bool:
+    return zlib.crc32(line.encode("utf-8")) % 1000 < LM1B_VALID_PER_MILLE
+
+
+@dataclass
+class HubTextSource(TextSource):
+    """A corpus on the Hugging Face Hub (or in its local cache), read with ``datasets``."""
+
+    spec: HubSpec | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def named(cls, name: str) -> HubTextSource:
+        if name not in HUB_DATASETS:
+            raise ValueError(f"no Hub dataset named {name!r}; known: {', '.join(HUB_DATASETS)}")
+        spec = HUB_DATASETS[name]
+        where = f"{spec.repo}, {spec.config}" + (f", {spec.revision}" if spec.revision else "")
+        return cls(
+            name=name,
+            description=f"{DISPLAY_NAMES[name]} from the Hugging Face Hub ({where})",
+            key={"kind": "hub", "repo": spec.repo, "config": spec.config, "rev": spec.revision},
+            spec=spec,
+        )
+
+    def has_split(self, split: str) -> bool:
+        assert self.spec is not None
+        return split in self.spec.splits
+
+    def _fail(self, why: str) -> DataUnavailableError:
+        assert self.spec is not None
+        hint = LOCAL_HINT.format(name=self.name)
+        return DataUnavailableError(
+            f"cannot load {self.spec.repo} ({self.spec.config}) from the Hugging Face Hub: {why}; "
+            f"{hint}"
+        )
+
+    def _dataset(self, hub_split: str) -> Any:
+        """The ``datasets.Dataset`` of one split, failing within seconds when offline."""
+        assert self.spec is not None
+        if hub_split in self._cache:
+            return self._cache[hub_split]
+        if not hub_offline() and not hub_reachable():
+            # The Hugging Face cache may still hold a copy: offline mode reads it without retries.
+            _go_offline()
+        try:
+            from datasets import load_dataset
+
+            kwargs = {"revision": self.spec.revision} if self.spec.revision else {}
+            dataset = load_dataset(self.spec.repo, self.spec.config, split=hub_split, **kwargs)
+        except Exception as error:  # datasets raises ConnectionError, OSError, RuntimeError, ...
+            offline = " (offline: hub unreachable or HF_HUB_OFFLINE set)" if hub_offline() else ""
+            raise self._fail(f"{type(error).__name__}: {error}{offline}") from error
+        self._cache[hub_split] = dataset
+        return dataset
+
+    def check(self) -> None:
+        """Load the smallest split, raising :class:`DataUnavailableError` when unavailable."""
+        assert self.spec is not None
+        self._dataset(self.spec.splits["test"])
+
+    def lines(self, split: str) -> Iterator[str]:
+        assert self.spec is not None
+        if split not in self.spec.splits:
+            raise DataUnavailableError(f"{self.spec.repo} has no {split} split")
+        dataset = self._dataset(self.spec.splits[split])
+        rows = _iter_text(dataset)
+        if self.spec.carve_valid and split == "valid":
+            rows = filter(_is_valid_line, rows)
+        elif self.spec.carve_valid and split == "train":
+            rows = (line for line in rows if not _is_valid_line(line))
+        yield from rows
+
+
+def _iter_text(dataset: Any, batch_size: int = 10_000) -> Iterator[str]:
+    # Batched iteration reads the memory-mapped Arrow table piecewise; ds["text"] would build
+    # one Python list of every row (tens of GB for LM1B).
+    for batch in dataset.iter(batch_size=batch_size):
+        yield from batch["text"]
+
+
+def resolve_named(name: str) -> TextSource:
+    """A local copy of ``name`` if one is found, else its Hub source (not yet contacted)."""
+    local = find_local(name)
+    if local is not None:
+        return LocalTextSource.open(local, name=name)
+    return HubTextSource.named(name)

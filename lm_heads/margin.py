@@ -1,0 +1,222 @@
+r"""Margin and kernel softmax heads from metric learning: cosine / AM-Softmax and RBF-Softmax.
+
+References:
+    - Wang, Cheng, Liu, Liu (2018), "Additive Margin Softmax for Face Verification" (AM-Softmax);
+      Wang et al. (2018), "CosFace: Large Margin Cosine Loss for Deep Face Recognition".
+    - Zhang, Liu, Xu, Zhang, Jiang (2020), "RBF-Softmax: Learning Deep Representative Prototypes
+      with Radial Basis Function Softmax" (ECCV).
+
+Both define a normalised distribution ``p = softmax(z)`` over ``V`` words with bounded logits:
+
+.. math::
+
+    \text{cosine:}\quad z_j = s \cos(h, w_j) - s\,m\,[j = c \text{ and training}]
+    \qquad
+    \text{RBF:}\quad z_j = s \exp(-\lVert h - w_j\rVert^2 / \gamma)
+
+The cosine head subtracts the additive margin ``m`` from the target's cosine while training only,
+so its training loss is the NLL of a *different* distribution than the one it is evaluated on
+(``is_exact`` is False while training with ``m > 0``); evaluation uses ``softmax(s cos)``. RBF's
+loss is the exact NLL of its distribution.
+
+Bounded logits cap how peaked the distribution can be: with logits in ``[-s, s]`` (cosine) or
+``[0, s]`` (RBF) the target's probability is at most ``1 / (1 + (V-1) e^{-2s})`` (resp.
+``e^{-s}``). A word-level LM with ``V = 267k`` needs ``s`` well above ``ln V ≈ 12.5`` to express
+confident predictions, hence the default ``s = 16`` (face recognition uses ``s = 30`` with
+``m = 0.35`` on ~10k identities). Language modelling targets are inherently uncertain and the
+margin makes the training distribution sharper than the evaluated one (over-confidence costs
+perplexity), so the default margin is small: ``m = 0.1``, a handicap of ``s·m = 1.6`` nats.
+
+Both heads build ``[n, V]`` logits like the full softmax (memory O(n V)). RBF's squared distance
+is ``‖h‖² − 2 h·w + ‖w‖²`` clamped at 0, computed in float32 even under autocast: in bf16 the
+cross term's rounding (``~‖h‖‖w‖·2⁻⁸``) would swamp distances between nearby points.
+
+Shape:
+    - hidden: ``[..., d]``; target: ``[...]``
+    - log_prob: ``[..., V]``
+    - weight: ``[V, d]`` (the output embeddings)
+
+DDP: every parameter enters every logit, so all get gradients whatever the targets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lm_heads.base import Head
+
+__all__ = ["CosineSoftmaxHead", "RBFSoftmaxHead"]
+
+
+def _check_positive(name: str, value: float, example: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive float (e.g. {example}), got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _at_least_f32(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class _LogitHead(Head):
+    """A head whose distribution is ``softmax(logits(h))`` over ``[n, V]`` logits."""
+
+    def _logits(self, hidden: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _log_prob(self, hidden: Tensor) -> Tensor:
+        return self._logits(hidden).log_softmax(-1)
+
+    def _target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
+        logits = self._logits(hidden)
+        return logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+    def _predict(self, hidden: Tensor) -> Tensor:
+        return self._logits(hidden).argmax(-1)
+
+    def output_embeddings(self) -> Tensor:
+        return self.weight
+
+
+class CosineSoftmaxHead(_LogitHead):
+    r"""Cosine softmax with an additive margin at training time (AM-Softmax / CosFace).
+
+    ``z_j = s·cos(h, w_j)``, minus ``s·m`` on the target while training. No bias.
+
+    Args:
+        in_features: ``d``.
+        vocab_size: ``V``.
+        counts: ignored (accepted for a uniform constructor).
+        ignore_index: target id that changes neither loss nor gradient.
+        scale: ``s > 0``, the inverse temperature; must exceed ``ln V`` for peaked predictions.
+        margin: ``m ≥ 0``, subtracted from the target cosine while training (0: plain cosine
+            softmax, whose training loss is then the exact NLL).
+        learn_scale: learn ``log s`` (initialised at ``scale``) as in NormFace (Wang et al. 2017)
+            instead of keeping it fixed as AM-Softmax does.
+    """
+
+    exact_loss: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        in_features: int,
+        vocab_size: int,
+        *,
+        counts: Tensor | Sequence[float] | None = None,
+        ignore_index: int = -100,
+        scale: float = 16.0,
+        margin: float = 0.1,
+        learn_scale: bool = False,
+    ) -> None:
+        super().__init__(in_features, vocab_size, ignore_index=ignore_index)
+        del counts  # needs no corpus statistics
+        scale = _check_positive("scale", scale, "16.0")
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+            raise ValueError(f"margin must be a float in [0, 2) (e.g. 0.1), got {margin!r}")
+        if not 0.0 <= margin < 2.0:
+            raise ValueError(
+                f"margin must lie in [0, 2) (cosines span [-1, 1]; AM-Softmax uses 0.35), "
+                f"got {margin}"
+            )
+        if not isinstance(learn_scale, bool):
+            raise ValueError(f"learn_scale must be a bool, got {learn_scale!r}")
+        self.margin = float(margin)
+        self.learn_scale = learn_scale
+        log_scale = torch.tensor(math.log(scale))
+        if learn_scale:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+        self.weight = nn.Parameter(torch.randn(vocab_size, in_features) / math.sqrt(in_features))
+
+    @property
+    def is_exact(self) -> bool:
+        return not self.training or self.margin == 0.0
+
+    def _cosines(self, hidden: Tensor) -> Tensor:
+        # Normalise in at least float32 (a bf16 norm costs 3 digits of every cosine); the matmul
+        # itself follows autocast.
+        h = F.normalize(_at_least_f32(hidden), dim=-1)
+        w = F.normalize(_at_least_f32(self.weight), dim=-1)
+        return _at_least_f32(F.linear(h, w))
+
+    def _logits(self, hidden: Tensor) -> Tensor:
+        cosines = self._cosines(hidden)
+        return self.log_scale.exp().to(cosines.dtype) * cosines
+
+    def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
+        logits = self._logits(hidden)
+        if self.training and self.margin > 0.0:
+            index = target.unsqueeze(-1)
+            shift = self.log_scale.exp().to(logits.dtype) * self.margin
+            logits = logits.scatter(-1, index, logits.gather(-1, index) - shift)
+        return F.cross_entropy(logits, target, reduction="none")
+
+    def extra_repr(self) -> str:
+        scale = math.exp(float(self.log_scale))
+        return (
+            f"{super().extra_repr()}, scale={scale:.4g}, margin={self.margin}, "
+            f"learn_scale={self.learn_scale}"
+        )
+
+
+class RBFSoftmaxHead(_LogitHead):
+    r"""RBF-Softmax: ``z_j = s·exp(−‖h − w_j‖² / γ)`` (Zhang et al. 2020).
+
+    Args:
+        in_features: ``d``.
+        vocab_size: ``V``.
+        counts: ignored (accepted for a uniform constructor).
+        ignore_index: target id that changes neither loss nor gradient.
+        scale: ``s > 0``; logits lie in ``[0, s]``, so ``s`` must exceed ``ln V`` for peaked
+            predictions.
+        gamma: ``γ > 0``, the kernel width in squared-distance units. ``None`` (default) uses
+            ``d``: hidden states with unit-variance coordinates are ``≈ √(2d)`` apart, so the
+            kernel starts neither saturated at 0 nor flat at 1.
+    """
+
+    exact_loss: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        in_features: int,
+        vocab_size: int,
+        *,
+        counts: Tensor | Sequence[float] | None = None,
+        ignore_index: int = -100,
+        scale: float = 16.0,
+        gamma: float | None = None,
+    ) -> None:
+        super().__init__(in_features, vocab_size, ignore_index=ignore_index)
+        del counts  # needs no corpus statistics
+        self.scale = _check_positive("scale", scale, "16.0")
+        self.gamma = float(in_features) if gamma is None else _check_positive("gamma", gamma, "d")
+        # Prototypes start near the origin: every word is at distance ≈ ‖h‖ from h, so the
+        # kernel and its gradient are the same order for all words at the start.
+        self.weight = nn.Parameter(torch.randn(vocab_size, in_features) / math.sqrt(in_features))
+
+    def squared_distances(self, hidden: Tensor) -> Tensor:
+        """``‖h − w_j‖²`` ``[n, V]`` in at least float32 (autocast off: cancellation)."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            h = _at_least_f32(hidden)
+            w = _at_least_f32(self.weight)
+            cross = F.linear(h, w)
+            dist = h.square().sum(-1, keepdim=True) - 2.0 * cross + w.square().sum(-1)
+            return dist.clamp_min(0.0)
+
+    def _logits(self, hidden: Tensor) -> Tensor:
+        return self.scale * torch.exp(self.squared_distances(hidden) / -self.gamma)
+
+    def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(self._logits(hidden), target, reduction="none")
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale={self.scale}, gamma={self.gamma}"

@@ -1,0 +1,254 @@
+r"""Hyperspherical prototype head (Mettes, van der Pol, Snoek 2019, "Hyperspherical Prototype
+Networks").
+
+Every word ``j`` owns a *fixed* unit prototype ``p_j ∈ S^{d'-1}``, placed before training so that
+prototypes are as far apart as possible (the paper minimises the largest pairwise cosine). A
+trainable projection maps hidden states to ``z = A h + a ∈ R^{d'}`` and the paper's loss pulls
+``z`` towards its word's prototype:
+
+.. math::
+
+    \ell_{\text{proto}} = (1 - \cos(z, p_c))^2
+
+The paper predicts ``argmax_j cos(z, p_j)``; for perplexity we need a normalised distribution,
+``p(j | h) = softmax_j(s \cos(z, p_j))``, with a learned inverse temperature ``s = exp(log_scale)``.
+``s`` has no gradient from the paper's loss, so the head adds the cross-entropy of that
+distribution, in which the cosines keep their value but pass only ``ce_weight`` of their gradient
+on to ``z``:
+
+.. math::
+
+    \ell = (1 - \cos(z, p_c))^2 - \log \operatorname{softmax}(s\,\widetilde{\cos}(z, P))_c,
+    \qquad \widetilde{\cos} = \operatorname{sg}(\cos) + w_{ce}\,(\cos - \operatorname{sg}(\cos))
+
+With the default ``ce_weight = 0`` the representation is trained by the paper's loss alone and the
+single temperature is fitted by maximum likelihood on top of it: perplexity then measures the
+paper's method at its best temperature, rather than a hybrid with a softmax loss (which is what
+``ce_weight = 1`` gives). The training loss is not the NLL (``is_exact`` is False while
+training); in eval mode ``forward`` returns the exact NLL of ``softmax(s cos)``.
+
+Prototype placement (``hyperspherical_prototypes``), deterministic for a given ``seed``:
+    - ``V ≤ d' + 1``: the regular simplex, the exact optimum of the paper's objective (every
+      pairwise cosine equals ``−1/(V−1)``), in closed form.
+    - ``V > d' + 1``: seeded Gaussian points, then ``proto_steps`` steps of SGD with momentum on
+      ``Σ_i max_{j≠i} cos(p_i, p_j)`` (the paper's objective, summed so that each row's step does
+      not shrink with ``V``), re-projected onto the sphere after each step. Each step uses a
+      random batch of rows against all ``V`` prototypes, sized so the whole optimisation stays
+      within about ``2³²`` multiply-adds (seconds on one CPU core). When that budget cannot visit
+      every row even once (``V² d' > 2³²``: ``V > 2896`` for ``d' = 512``, ``V > 8192`` for
+      ``d' = 64``), the optimisation is skipped: the prototypes are random points, whose largest
+      pairwise cosine is ``≈ √(4 ln V / d')`` (0.29 for ``V = 50k``, ``d' = 512``). For
+      ``V ≫ d'`` no placement gets far below ``1/√d'`` anyway (Welch bound), so the saving costs
+      little separation.
+
+Shape:
+    - hidden: ``[..., d]``; target: ``[...]``
+    - log_prob: ``[..., V]``
+    - prototypes: ``[V, d']`` (a buffer, saved in the state dict)
+
+DDP: the projection gets gradients from the prototype loss and ``log_scale`` from the
+cross-entropy on every step. The prototypes are a buffer (DDP broadcasts it from rank 0 and a
+checkpoint restores it), so ranks agree even if their BLAS rounds differently.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lm_heads.base import Head
+
+__all__ = ["HypersphericalPrototypeHead", "hyperspherical_prototypes"]
+
+_BUDGET_MACS = 2**32
+"""Multiply-adds allowed for the whole prototype optimisation (forward of all steps)."""
+_CACHE_MAX_ELEMENTS = 2**22
+"""Placements up to this many floats are memoised (tests and sweeps rebuild the same heads)."""
+
+
+def hyperspherical_prototypes(
+    num: int, dim: int, *, steps: int = 200, seed: int = 0, lr: float = 0.02
+) -> Tensor:
+    """``num`` well-separated unit vectors in ``R^dim`` ``[num, dim]`` (float32, CPU).
+
+    See the module docstring for the method. Deterministic for given arguments.
+    """
+    if num < 1 or dim < 1:
+        raise ValueError(f"need num ≥ 1 and dim ≥ 1, got num={num}, dim={dim}")
+    if steps < 0:
+        raise ValueError(f"steps must be ≥ 0, got {steps}")
+    if num * dim <= _CACHE_MAX_ELEMENTS:
+        return _cached_prototypes(num, dim, steps, seed, lr).clone()
+    return _place_prototypes(num, dim, steps, seed, lr)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_prototypes(num: int, dim: int, steps: int, seed: int, lr: float) -> Tensor:
+    return _place_prototypes(num, dim, steps, seed, lr)
+
+
+def _place_prototypes(num: int, dim: int, steps: int, seed: int, lr: float) -> Tensor:
+    if num <= dim + 1:
+        return _simplex(num, dim)
+    generator = torch.Generator().manual_seed(seed)
+    points = F.normalize(torch.randn(num, dim, generator=generator), dim=-1)
+    rows_per_step = min(num, _BUDGET_MACS // max(1, steps * num * dim))
+    if steps == 0 or rows_per_step * steps < num:
+        return points
+    points.requires_grad_(True)
+    optimizer = torch.optim.SGD([points], lr=lr, momentum=0.9)
+    all_rows = torch.arange(num)
+    with torch.enable_grad():
+        for step in range(steps):
+            if rows_per_step < num:
+                rows = torch.randperm(num, generator=generator)[:rows_per_step]
+            else:
+                rows = all_rows
+            cosines = (points[rows] @ points.t()).scatter(1, rows.unsqueeze(1), -2.0)
+            loss = cosines.max(dim=1).values.sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for group in optimizer.param_groups:  # linear decay: settle instead of oscillating
+                group["lr"] = lr * (1.0 - step / steps)
+            optimizer.step()
+            with torch.no_grad():
+                points.copy_(F.normalize(points, dim=-1))
+    return points.detach()
+
+
+def _simplex(num: int, dim: int) -> Tensor:
+    """Vertices of the regular simplex (pairwise cosine ``−1/(num−1)``) for ``num ≤ dim + 1``."""
+    if num == 1:
+        return F.one_hot(torch.zeros(1, dtype=torch.long), dim).float()
+    # Helmert basis of the hyperplane ⟂ (1, …, 1): u_k = (1,…,1, −k, 0,…)/√(k(k+1)), k = 1…num−1.
+    k = torch.arange(1, num, dtype=torch.float64).unsqueeze(1)  # [num-1, 1]
+    i = torch.arange(num, dtype=torch.float64).unsqueeze(0)  # [1, num]
+    basis = torch.where(i < k, 1.0, torch.where(i == k, -k, 0.0)) / torch.sqrt(k * (k + 1))
+    # Column i of `basis` holds vertex i's coordinates; centred unit vectors have norm² (n−1)/n.
+    vertices = basis.t() * math.sqrt(num / (num - 1))  # [num, num-1]
+    return F.pad(vertices, (0, dim - (num - 1))).float()
+
+
+class HypersphericalPrototypeHead(Head):
+    r"""Fixed hyperspherical prototypes, ``(1 − cos)²`` loss, learned softmax temperature.
+
+    Args:
+        in_features: ``d``.
+        vocab_size: ``V``.
+        counts: ignored (accepted for a uniform constructor).
+        ignore_index: target id that changes neither loss nor gradient.
+        proto_dim: ``d'``, the prototype space (``None``: ``d``).
+        scale: initial inverse temperature ``s`` of ``softmax(s cos)`` (learned as ``log s``);
+            cosines lie in ``[−1, 1]`` so ``s`` must grow past ``ln V`` for peaked predictions.
+        ce_weight: share of the cross-entropy's gradient that reaches the representation
+            (0: paper's loss only, the CE fits the temperature; 1: joint training).
+        proto_steps: optimisation steps for placing the prototypes (0: random points).
+        seed: seed of the prototype placement.
+    """
+
+    exact_loss: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        in_features: int,
+        vocab_size: int,
+        *,
+        counts: Tensor | Sequence[float] | None = None,
+        ignore_index: int = -100,
+        proto_dim: int | None = None,
+        scale: float = 16.0,
+        ce_weight: float = 0.0,
+        proto_steps: int = 200,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(in_features, vocab_size, ignore_index=ignore_index)
+        del counts  # needs no corpus statistics
+        if proto_dim is None:
+            proto_dim = in_features
+        if isinstance(proto_dim, bool) or not isinstance(proto_dim, int) or proto_dim < 1:
+            raise ValueError(f"proto_dim must be a positive int or None (= d), got {proto_dim!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"scale must be a positive float (e.g. 16.0), got {scale!r}")
+        if not math.isfinite(scale):
+            raise ValueError(f"scale must be finite, got {scale!r}")
+        if isinstance(ce_weight, bool) or not isinstance(ce_weight, (int, float)):
+            raise ValueError(f"ce_weight must be a float in [0, 1], got {ce_weight!r}")
+        if not 0.0 <= ce_weight <= 1.0:
+            raise ValueError(
+                f"ce_weight must lie in [0, 1] (0: paper's loss only, 1: joint CE), got {ce_weight}"
+            )
+        if isinstance(proto_steps, bool) or not isinstance(proto_steps, int) or proto_steps < 0:
+            raise ValueError(f"proto_steps must be an int ≥ 0, got {proto_steps!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        self.proto_dim = proto_dim
+        self.ce_weight = float(ce_weight)
+        self.proj = nn.Linear(in_features, proto_dim)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
+        self.register_buffer(
+            "prototypes",
+            hyperspherical_prototypes(vocab_size, proto_dim, steps=proto_steps, seed=seed),
+        )
+
+    def _embed(self, hidden: Tensor) -> Tensor:
+        z = self.proj(hidden)
+        # Normalise in at least float32: the cosines feed a loss and a softmax.
+        return F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
+
+    def _all_cosines(self, z: Tensor) -> Tensor:
+        cosines = F.linear(z, self.prototypes.to(z.dtype))
+        return cosines.to(torch.promote_types(cosines.dtype, torch.float32))
+
+    @property
+    def is_exact(self) -> bool:
+        return not self.training
+
+    def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
+        if not self.training:
+            # Evaluation reports the NLL of the distribution, so perplexity is comparable.
+            return -self._target_log_prob(hidden, target)
+        z = self._embed(hidden)
+        target_cos = (z * self.prototypes[target].to(z.dtype)).sum(-1)
+        proto_loss = (1.0 - target_cos).square()
+        if self.ce_weight == 0.0:
+            # No gradient reaches z through the CE: skip building its [n, V] backward graph.
+            with torch.no_grad():
+                cosines = self._all_cosines(z)
+        else:
+            cosines = self._all_cosines(z)
+            if self.ce_weight < 1.0:
+                detached = cosines.detach()
+                cosines = detached + self.ce_weight * (cosines - detached)
+        logits = self.log_scale.exp().to(cosines.dtype) * cosines
+        return proto_loss + F.cross_entropy(logits, target, reduction="none")
+
+    def _logits(self, hidden: Tensor) -> Tensor:
+        cosines = self._all_cosines(self._embed(hidden))
+        return self.log_scale.exp().to(cosines.dtype) * cosines
+
+    def _log_prob(self, hidden: Tensor) -> Tensor:
+        return self._logits(hidden).log_softmax(-1)
+
+    def _target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
+        logits = self._logits(hidden)
+        return logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+    def _predict(self, hidden: Tensor) -> Tensor:
+        return self._logits(hidden).argmax(-1)
+
+    def output_embeddings(self) -> None:
+        # The prototypes are placed before training, independently of the data: SimLex on them
+        # would measure the placement, not anything learned.
+        return None
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, proto_dim={self.proto_dim}, "
+            f"scale={math.exp(float(self.log_scale)):.4g}, ce_weight={self.ce_weight}"
+        )

@@ -1,0 +1,211 @@
+"""Small backbones for the recipes: token ids ``[B, T]`` → hidden states ``[B, T, d]``.
+
+Neither model has an output layer: the head (``lm_heads``) owns it. Both can tie their input
+embedding to the head's output embedding (Press & Wolf 2017; Inan et al. 2017) when the head has
+one output row per word, by making the head's ``[V, e]`` weight *the same Parameter* as the
+embedding's; if the backbone's hidden size ``d`` differs from ``e``, a final linear projection
+``d → e`` is added (as in AWD-LSTM's last layer of size ``e``).
+
+Notation used for tensor shapes:
+    - ``B``: batch, ``T``: time (BPTT length)
+    - ``V``: vocabulary size, ``e``: ``embed_dim``, ``d``: ``d_model`` (hidden size)
+
+State across BPTT windows: ``LSTMLM`` starts every window from a zero state. Carrying the
+(detached) state from one batch to the next is the classic recipe and gains a little perplexity,
+but it ties batch ``i`` of a rank to batch ``i+1`` of the same rank, which breaks under a DDP
+sampler that deals windows to ranks, under shuffling, and under exact mid-epoch resume (the state
+would have to be checkpointed). Zero state keeps every window independent; use a longer ``bptt``
+to give the model more context.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from lm_heads.base import Head
+
+
+class LSTMLM(nn.Module):
+    """Embedding → dropout → LSTM → dropout (→ linear ``d → out_features``).
+
+    Args:
+        vocab_size: ``V``.
+        embed_dim: ``e``, size of the input word vectors.
+        d_model: ``d``, LSTM hidden size.
+        num_layers: stacked LSTM layers.
+        dropout: dropout on embeddings, between layers and on the output.
+        out_features: size of the returned hidden states; defaults to ``d_model``. When it differs,
+            a linear projection is added (used to tie embeddings with ``e != d``).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        embed_dim: int = 256,
+        d_model: int = 256,
+        num_layers: int = 1,
+        dropout: float = 0.2,
+        out_features: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_sizes(vocab_size=vocab_size, embed_dim=embed_dim, d_model=d_model)
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        self.drop = nn.Dropout(dropout)
+        self.rnn = nn.LSTM(
+            embed_dim,
+            d_model,
+            num_layers=num_layers,
+            dropout=dropout if num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.out_features = out_features or d_model
+        self.proj = nn.Linear(d_model, self.out_features) if self.out_features != d_model else None
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """``tokens [B, T]`` → hidden ``[B, T, out_features]``."""
+        hidden, _ = self.rnn(self.drop(self.embedding(tokens)))
+        hidden = self.drop(hidden)
+        return self.proj(hidden) if self.proj is not None else hidden
+
+
+class TransformerLM(nn.Module):
+    """A small causal (decoder-only) pre-LayerNorm Transformer.
+
+    Args:
+        vocab_size: ``V``.
+        embed_dim: ``e``; projected to ``d_model`` when it differs.
+        d_model: ``d``, width of the residual stream.
+        num_layers: Transformer blocks.
+        num_heads: attention heads (must divide ``d_model``).
+        dropout: dropout in attention, feed-forward and on embeddings.
+        max_len: longest sequence (learned positions have this many rows).
+        positions: ``"learned"`` or ``"sinusoidal"`` (Vaswani et al. 2017).
+        out_features: size of the returned hidden states (defaults to ``d_model``).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        embed_dim: int = 256,
+        d_model: int = 256,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        dropout: float = 0.1,
+        max_len: int = 512,
+        positions: str = "learned",
+        out_features: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_sizes(vocab_size=vocab_size, embed_dim=embed_dim, d_model=d_model)
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if num_heads < 1 or d_model % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
+        if positions not in ("learned", "sinusoidal"):
+            raise ValueError(f"positions must be 'learned' or 'sinusoidal', got {positions!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.max_len = max_len
+        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        self.in_proj = nn.Linear(embed_dim, d_model) if embed_dim != d_model else None
+        self.positions = positions
+        if positions == "learned":
+            # A Parameter sliced to [:T] still gets a (dense) gradient every step: DDP-safe.
+            self.pos = nn.Parameter(torch.zeros(max_len, d_model))
+            nn.init.normal_(self.pos, std=0.02)
+        else:
+            self.register_buffer("pos", _sinusoidal(max_len, d_model), persistent=False)
+        self.drop = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(
+            d_model,
+            num_heads,
+            dim_feedforward=4 * d_model,
+            dropout=dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.blocks = nn.TransformerEncoder(
+            layer, num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
+        )
+        self.out_features = out_features or d_model
+        self.proj = nn.Linear(d_model, self.out_features) if self.out_features != d_model else None
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """``tokens [B, T]`` → hidden ``[B, T, out_features]`` (position t sees tokens ≤ t)."""
+        length = tokens.shape[1]
+        if length > self.max_len:
+            raise ValueError(
+                f"sequence length {length} exceeds max_len={self.max_len}; "
+                "raise max_len or lower bptt"
+            )
+        x = self.embedding(tokens)
+        if self.in_proj is not None:
+            x = self.in_proj(x)
+        x = self.drop(x + self.pos[:length].to(x.dtype))
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
+        hidden = self.blocks(x, mask=mask, is_causal=True)
+        return self.proj(hidden) if self.proj is not None else hidden
+
+
+def tie_head_weights(embedding: nn.Embedding, head: Head) -> str:
+    """Make ``head``'s output-embedding Parameter the very Parameter of ``embedding``.
+
+    Works for heads whose ``output_embeddings()`` *is* one of their ``[V, e]`` Parameters, in word
+    id order (full, sampled, spherical, Taylor, ...). Returns the name of the replaced parameter.
+    Raises ValueError when the head has no such row per word, or the sizes differ.
+    """
+    rows = head.output_embeddings()
+    if rows is None:
+        raise ValueError(
+            f"cannot tie weights: head {type(head).__name__} has no output embedding per word; "
+            "drop --tie-weights or pick a head with one row per word (e.g. full, importance, nce)"
+        )
+    if tuple(rows.shape) != tuple(embedding.weight.shape):
+        raise ValueError(
+            f"cannot tie weights: head output embeddings are {tuple(rows.shape)} but the input "
+            f"embedding is {tuple(embedding.weight.shape)}; the backbone must project its hidden "
+            "states to embed_dim (recipes do this with out_features=embed_dim)"
+        )
+    for name, param in head.named_parameters():
+        same_view = (
+            param.shape == rows.shape
+            and param.data_ptr() == rows.data_ptr()
+            and param.stride() == rows.stride()
+        )
+        if same_view:
+            owner_name, _, attr = name.rpartition(".")
+            owner = head.get_submodule(owner_name) if owner_name else head
+            setattr(owner, attr, embedding.weight)
+            return name
+    raise ValueError(
+        f"cannot tie weights: {type(head).__name__}.output_embeddings() is not one of its "
+        "parameters in word-id order (it is derived, e.g. normalised or permuted), so there is "
+        "no single Parameter to share with the input embedding; drop --tie-weights"
+    )
+
+
+def _sinusoidal(max_len: int, dim: int) -> Tensor:
+    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(max_len, dim)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: dim // 2])
+    return table
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")

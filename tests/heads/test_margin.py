@@ -1,0 +1,168 @@
+"""Cosine (AM-Softmax) and RBF-Softmax heads against explicit formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from lm_heads.margin import CosineSoftmaxHead, RBFSoftmaxHead
+
+
+def explicit_cosine_logits(hidden, weight, scale):
+    return scale * F.cosine_similarity(hidden[:, None, :], weight[None, :, :], dim=-1)
+
+
+def explicit_rbf_logits(hidden, weight, scale, gamma):
+    return scale * torch.exp(-torch.cdist(hidden, weight).square() / gamma)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cosine / AM-Softmax
+def test_cosine_eval_distribution_is_softmax_of_scaled_cosines() -> None:
+    head = CosineSoftmaxHead(10, 70, scale=12.0, margin=0.3).double().eval()
+    hidden = torch.randn(9, 10, dtype=torch.float64)
+    target = torch.randint(0, 70, (9,))
+    expected = explicit_cosine_logits(hidden, head.weight, 12.0).log_softmax(-1).detach()
+    torch.testing.assert_close(head.log_prob(hidden), expected)
+    nll = -expected.gather(1, target[:, None]).squeeze(1)
+    torch.testing.assert_close(head.target_log_prob(hidden, target), -nll)
+    torch.testing.assert_close(head(hidden, target).loss, nll.mean())
+    assert head.is_exact
+
+
+def test_cosine_margin_hits_only_the_target_and_only_in_training() -> None:
+    scale, margin = 12.0, 0.3
+    head = CosineSoftmaxHead(10, 70, scale=scale, margin=margin).double().train()
+    hidden = torch.randn(9, 10, dtype=torch.float64)
+    target = torch.randint(0, 70, (9,))
+    logits = explicit_cosine_logits(hidden, head.weight, scale)
+    with_margin = logits - scale * margin * F.one_hot(target, 70)
+    expected = F.cross_entropy(with_margin, target)
+    torch.testing.assert_close(head(hidden, target).loss, expected)
+    assert not head.is_exact
+    # The margin makes training harder than evaluation: the training loss is larger.
+    eval_loss = head.eval()(hidden, target).loss
+    torch.testing.assert_close(eval_loss, F.cross_entropy(logits, target))
+    assert head.train()(hidden, target).loss > eval_loss
+    # log_prob is the eval distribution even while training.
+    torch.testing.assert_close(head.log_prob(hidden), logits.log_softmax(-1).detach())
+
+
+def test_cosine_without_margin_is_exact_in_training() -> None:
+    head = CosineSoftmaxHead(10, 70, margin=0.0).train()
+    assert head.is_exact
+    hidden, target = torch.randn(9, 10), torch.randint(0, 70, (9,))
+    torch.testing.assert_close(
+        head(hidden, target).loss, -head.target_log_prob(hidden, target).mean()
+    )
+
+
+def test_cosine_is_scale_invariant_in_hidden_and_weight() -> None:
+    head = CosineSoftmaxHead(10, 70).eval()
+    hidden = torch.randn(9, 10)
+    reference = head.log_prob(hidden)
+    with torch.no_grad():
+        head.weight.mul_(7.0)
+    torch.testing.assert_close(head.log_prob(0.01 * hidden), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("learn_scale", [False, True])
+def test_cosine_gradcheck(learn_scale: bool) -> None:
+    head = CosineSoftmaxHead(5, 11, learn_scale=learn_scale).double().train()
+    hidden = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 3, 10, 10, 1, -100])
+
+    def loss(h, w):
+        return functional_call(head, {"weight": w}, (h, target)).loss
+
+    assert torch.autograd.gradcheck(loss, (hidden, weight))
+
+
+def test_cosine_scale_is_a_buffer_unless_learned() -> None:
+    fixed = CosineSoftmaxHead(4, 10, scale=20.0)
+    assert "log_scale" in dict(fixed.named_buffers())
+    assert "log_scale" in fixed.state_dict()
+    assert math.isclose(math.exp(float(fixed.log_scale)), 20.0, rel_tol=1e-6)
+    learned = CosineSoftmaxHead(4, 10, scale=20.0, learn_scale=True)
+    learned(torch.randn(5, 4), torch.randint(0, 10, (5,))).loss.backward()
+    assert learned.log_scale.grad is not None and learned.log_scale.grad != 0
+
+
+# ---------------------------------------------------------------------------------------------
+# RBF-Softmax
+def test_rbf_matches_cdist_formula() -> None:
+    head = RBFSoftmaxHead(10, 70, scale=9.0, gamma=4.0).double()
+    hidden = torch.randn(9, 10, dtype=torch.float64)
+    target = torch.randint(0, 70, (9,))
+    logits = explicit_rbf_logits(hidden, head.weight, 9.0, 4.0).detach()
+    torch.testing.assert_close(head.log_prob(hidden), logits.log_softmax(-1))
+    torch.testing.assert_close(head(hidden, target).loss, F.cross_entropy(logits, target))
+    torch.testing.assert_close(
+        head.target_log_prob(hidden, target),
+        logits.log_softmax(-1).gather(1, target[:, None]).squeeze(1),
+    )
+    assert head.is_exact and head.train().is_exact
+
+
+def test_rbf_default_gamma_is_in_features() -> None:
+    assert RBFSoftmaxHead(24, 10).gamma == 24.0
+
+
+def test_rbf_squared_distances_are_non_negative_at_coincident_points() -> None:
+    head = RBFSoftmaxHead(16, 30)
+    hidden = 50 * head.weight.detach()[:5].clone()
+    with torch.no_grad():
+        head.weight.mul_(50)
+    distances = head.squared_distances(hidden)
+    assert (distances >= 0).all()
+    # ‖h‖² − 2h·w + ‖w‖² cancels: its error is a few ulps of ‖h‖², not of the distance.
+    tolerance = 8 * torch.finfo(torch.float32).eps * float(hidden.square().sum(-1).max())
+    diagonal = distances[torch.arange(5), torch.arange(5)]
+    torch.testing.assert_close(diagonal, torch.zeros(5), atol=tolerance, rtol=0)
+
+
+def test_rbf_distances_ignore_bf16_autocast() -> None:
+    head = RBFSoftmaxHead(32, 100)
+    hidden = 3 * torch.randn(20, 32)
+    reference = head.squared_distances(hidden)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        distances = head.squared_distances(hidden)
+    assert distances.dtype == torch.float32
+    torch.testing.assert_close(distances, reference)
+
+
+def test_rbf_gradcheck() -> None:
+    head = RBFSoftmaxHead(5, 11, gamma=3.0).double()
+    hidden = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 3, 10, 10, 1, -100])
+
+    def loss(h, w):
+        return functional_call(head, {"weight": w}, (h, target)).loss
+
+    assert torch.autograd.gradcheck(loss, (hidden, weight))
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [CosineSoftmaxHead, RBFSoftmaxHead], ids=["cosine", "rbf"])
+def test_output_embeddings_are_the_weight(cls) -> None:
+    head = cls(6, 40)
+    assert head.output_embeddings() is head.weight
+
+
+def test_bad_options() -> None:
+    with pytest.raises(ValueError, match="scale must be a positive"):
+        CosineSoftmaxHead(4, 10, scale=0.0)
+    with pytest.raises(ValueError, match=r"margin must lie in \[0, 2\)"):
+        CosineSoftmaxHead(4, 10, margin=-0.1)
+    with pytest.raises(ValueError, match="learn_scale must be a bool"):
+        CosineSoftmaxHead(4, 10, learn_scale=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="gamma must be a positive"):
+        RBFSoftmaxHead(4, 10, gamma=-1.0)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        RBFSoftmaxHead(4, 10, scale=float("inf"))

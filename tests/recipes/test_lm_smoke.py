@@ -1,0 +1,149 @@
+"""recipes/lm.py end to end on a tiny synthetic language (in-process, few steps); backbones."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lm_heads import build_head
+from recipes.models import LSTMLM, TransformerLM, tie_head_weights
+
+TINY = [
+    "--data", "synthetic", "--synthetic-vocab-size", "60", "--synthetic-tokens", "4000",
+    "--batch-size", "4", "--bptt", "8", "--embed-dim", "16", "--d-model", "16",
+    "--checkpoint-every", "2", "--no-progress-bar", "--threads", "1", "--accelerator", "cpu",
+]  # fmt: skip
+
+
+@pytest.fixture
+def tiny_args(tmp_path, monkeypatch) -> list[str]:
+    monkeypatch.chdir(tmp_path)  # Lightning writes nothing outside tmp_path
+    return [*TINY, "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "run")]
+
+
+def test_recipe_trains_evaluates_and_reports(lm, tiny_args, tmp_path, capsys) -> None:
+    results = lm.main([*tiny_args, "--head", "adaptive", "--max-steps", "3"])
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert first_line.startswith("data: synthetic language")
+
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["val_ppl"] == pytest.approx(results["val_ppl"])
+    for key in ("head", "head_options", "data_description", "vocab_size", "val_ppl", "test_ppl",
+                "entropy_floor_ppl", "similarity", "train_tokens_per_s", "peak_memory_mib",
+                "wall_seconds"):  # fmt: skip
+        assert key in saved, key
+    assert saved["global_step"] == 3 and saved["world_size"] == 1
+    assert 1.0 < saved["entropy_floor_ppl"] < saved["val_ppl"] < 10 * saved["vocab_size"]
+    assert math.isfinite(saved["test_ppl"])
+    assert saved["similarity"]["input"]["measured"] is True
+    assert saved["similarity"]["input"]["covered"] > 0
+    assert saved["train_tokens_per_s"] > 0 and saved["peak_memory_mib"] > 0
+    assert not (tmp_path / "lightning_logs").exists()
+
+    # The final step (3) is not a multiple of --checkpoint-every (2): last.ckpt still has it.
+    ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 3
+    assert ckpt["hyper_parameters"]["head"] == "adaptive"
+    assert "rng_states" in ckpt
+
+
+def test_eval_only_reproduces_the_final_perplexity(lm, tiny_args, tmp_path) -> None:
+    trained = lm.main([*tiny_args, "--head", "full", "--tie-weights", "--max-steps", "2"])
+    again = lm.main(
+        [
+            *tiny_args,
+            "--head",
+            "full",
+            "--tie-weights",
+            "--eval-only",
+            "--resume",
+            "last",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert again["val_ppl"] == pytest.approx(trained["val_ppl"], rel=1e-6)
+    assert again["test_ppl"] == pytest.approx(trained["test_ppl"], rel=1e-6)
+    out = trained["similarity"]["output"]
+    assert out["measured"] is True  # full softmax has one output row per word
+
+
+def test_transformer_and_sampled_head(lm, tiny_args) -> None:
+    results = lm.main(
+        [
+            *tiny_args,
+            "--model",
+            "transformer",
+            "--positions",
+            "sinusoidal",
+            "--num-heads",
+            "2",
+            "--head",
+            "importance",
+            "--head-option",
+            "num_samples=16",
+            "--max-steps",
+            "2",
+            "--optimizer",
+            "adamw",
+            "--lr-schedule",
+            "cosine",
+            "--warmup-steps",
+            "1",
+        ]
+    )
+    assert results["head_options"] == {"num_samples": 16}
+    assert results["head_is_exact"] is False
+    assert math.isfinite(results["val_ppl"])
+
+
+def test_resume_last_without_checkpoint_says_so(lm, tiny_args) -> None:
+    with pytest.raises(SystemExit, match="no checkpoint at"):
+        lm.main([*tiny_args, "--resume", "last", "--max-steps", "2"])
+
+
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_transformer_is_causal(positions: str) -> None:
+    model = TransformerLM(50, embed_dim=8, d_model=16, num_layers=2, num_heads=2, dropout=0.0,
+                          max_len=12, positions=positions).eval()  # fmt: skip
+    tokens = torch.randint(0, 50, (2, 10))
+    changed = tokens.clone()
+    changed[:, 6:] = (changed[:, 6:] + 1) % 50
+    a, b = model(tokens), model(changed)
+    assert a.shape == (2, 10, 16)
+    torch.testing.assert_close(a[:, :6], b[:, :6])
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+    with pytest.raises(ValueError, match="exceeds max_len"):
+        model(torch.zeros(1, 13, dtype=torch.long))
+
+
+def test_lstm_shapes_and_projection() -> None:
+    model = LSTMLM(30, embed_dim=8, d_model=12, num_layers=2, dropout=0.1, out_features=8)
+    assert model(torch.randint(0, 30, (3, 5))).shape == (3, 5, 8)
+    with pytest.raises(ValueError, match="dropout"):
+        LSTMLM(30, dropout=1.0)
+
+
+def test_tie_weights_shares_the_parameter() -> None:
+    model = LSTMLM(40, embed_dim=8, d_model=12, dropout=0.0, out_features=8)
+    head = build_head("full", 8, 40)
+    name = tie_head_weights(model.embedding, head)
+    assert head.get_parameter(name) is model.embedding.weight
+    params = list(model.parameters()) + list(head.parameters())
+    assert len({id(p) for p in params}) == len(params) - 1  # one shared, counted once by optimizers
+    out = head(model(torch.randint(0, 40, (2, 5))), torch.randint(0, 40, (2, 5)))
+    out.loss.backward()
+    assert model.embedding.weight.grad is not None
+
+
+def test_tie_weights_refuses_clearly() -> None:
+    embedding = torch.nn.Embedding(40, 8)
+    counts = torch.arange(40, 0, -1)
+    with pytest.raises(ValueError, match=r"no output embedding per word|not one of its parameters"):
+        tie_head_weights(embedding, build_head("adaptive", 8, 40, counts=counts, cutoffs=[10]))
+    with pytest.raises(ValueError, match="must project"):
+        tie_head_weights(embedding, build_head("full", 12, 40))

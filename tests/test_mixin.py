@@ -1,0 +1,149 @@
+"""LMHeadMixin in a user's own LightningModule: the README example, exact logged perplexity."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from lm_heads import build_head
+from lm_heads.data import LMDataModule
+from lm_heads.metrics import Perplexity
+from lm_heads.mixin import LMHeadMixin
+
+
+# --- The README example, verbatim (keep the two in sync) ---------------------------------------
+class MyLM(LMHeadMixin, L.LightningModule):
+    def __init__(self, vocab_size: int, counts: torch.Tensor, dim: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.rnn = nn.LSTM(dim, dim, batch_first=True)
+        self.configure_head("adaptive", in_features=dim, vocab_size=vocab_size, counts=counts)
+
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.rnn(self.embed(tokens))[0]  # [B, T, dim]
+
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        return self.head_training_step(self.hidden(inputs), targets)
+
+    def validation_step(self, batch, batch_idx):
+        inputs, targets = batch
+        self.head_evaluation_step(self.hidden(inputs), targets, stage="val")
+
+    def test_step(self, batch, batch_idx):
+        inputs, targets = batch
+        self.head_evaluation_step(self.hidden(inputs), targets, stage="test")
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+
+# -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dm(tmp_path_factory) -> LMDataModule:
+    cache = tmp_path_factory.mktemp("cache")
+    data = LMDataModule(
+        "synthetic", batch_size=8, bptt=12, cache_dir=cache, synthetic_vocab_size=200,
+        synthetic_tokens=6000, seed=0,
+    )  # fmt: skip
+    data.prepare_data()
+    data.setup("fit")
+    return data
+
+
+def _trainer(tmp_path, **kwargs) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu", max_steps=kwargs.pop("max_steps", 8), default_root_dir=tmp_path,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, **kwargs,
+    )  # fmt: skip
+
+
+def test_readme_example_trains_and_reports_perplexity(dm, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = MyLM(dm.vocab_size, dm.counts)
+    before = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(
+        model, dm, verbose=False
+    )[0]["val_ppl"]
+    trainer = _trainer(tmp_path, max_steps=15)
+    trainer.fit(model, dm)
+    assert "train_loss" in trainer.callback_metrics and "train_ppl" in trainer.callback_metrics
+    after = trainer.validate(model, dm, verbose=False)[0]["val_ppl"]
+    test = trainer.test(model, dm, verbose=False)[0]["test_ppl"]
+    assert after < before  # it learned something
+    assert math.isfinite(test) and test > 1.0
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_logged_perplexity_is_exact_over_the_split(dm, tmp_path) -> None:
+    """val_ppl = exp(Σ −log p / #tokens) over every non-padding token, not a mean of batch ppls."""
+    torch.manual_seed(1)
+    model = MyLM(dm.vocab_size, dm.counts).eval()
+    logged = _trainer(tmp_path).validate(model, dm.val_dataloader(), verbose=False)[0]["val_ppl"]
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for inputs, targets in dm.val_dataloader():
+            lp = model.head.target_log_prob(model.hidden(inputs), targets).double()
+            nll -= float(lp.sum())
+            tokens += int((targets != -100).sum())
+    assert tokens == dm.splits["valid"].shape[0]  # padded tail counted once, padding never
+    assert logged == pytest.approx(math.exp(nll / tokens), rel=1e-6)
+
+
+def test_metric_resets_between_epochs(dm, tmp_path) -> None:
+    torch.manual_seed(2)
+    model = MyLM(dm.vocab_size, dm.counts)
+    trainer = _trainer(tmp_path)
+    first = trainer.validate(model, dm, verbose=False)[0]["val_ppl"]
+    second = trainer.validate(model, dm, verbose=False)[0]["val_ppl"]
+    assert second == pytest.approx(first, rel=1e-9)
+
+
+class _Inexact(LMHeadMixin, L.LightningModule):
+    def __init__(self, vocab_size: int, counts: torch.Tensor) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, 16)
+        self.configure_head(build_head("nce", 16, vocab_size, counts=counts, num_samples=8))
+
+    def training_step(self, batch, batch_idx):
+        return self.head_training_step(self.embed(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_sampled_head_logs_loss_but_no_train_ppl(dm, tmp_path) -> None:
+    model = _Inexact(dm.vocab_size, dm.counts)
+    assert isinstance(model.val_ppl, Perplexity) and isinstance(model.test_ppl, Perplexity)
+    trainer = _trainer(tmp_path, max_steps=2)
+    trainer.fit(model, dm.train_dataloader())
+    assert "train_loss" in trainer.callback_metrics
+    assert "train_ppl" not in trainer.callback_metrics  # the NCE loss is not an NLL
+
+
+def test_configure_head_errors() -> None:
+    class Bare(LMHeadMixin, L.LightningModule):
+        pass
+
+    module = Bare()
+    with pytest.raises(TypeError, match="needs in_features= and vocab_size="):
+        module.configure_head("full")
+    with pytest.raises(TypeError, match="takes no other arguments"):
+        module.configure_head(build_head("full", 4, 10), vocab_size=10)
+    with pytest.raises(TypeError, match="registered head name or a Head"):
+        module.configure_head(3)
+    with pytest.raises(KeyError, match="unknown head"):
+        module.configure_head("nope", in_features=4, vocab_size=10)
+    with pytest.raises(RuntimeError, match="configure_head"):
+        module.head_evaluation_step(torch.zeros(1, 2, 4), torch.zeros(1, 2, dtype=torch.long))
+    module.configure_head("full", in_features=4, vocab_size=10)
+    with pytest.raises(ValueError, match="stage must be one of"):
+        module.head_evaluation_step(
+            torch.zeros(1, 2, 4), torch.zeros(1, 2, dtype=torch.long), "dev"
+        )
