@@ -9,14 +9,15 @@ cluster ``i`` (1-based) holds ranks ``[c_i, c_{i+1})`` (``c_{J+1} = V``) and fir
     log p(w | h) = log softmax(A h + a)_{c_1 + i − 1}                w in cluster i
                    + log softmax(B_i P_i h)_{rank(w) − c_i}
 
-with ``A [c_1 + J, d]`` (and bias ``a`` if ``head_bias``), ``P_i [d_i, d]``, ``B_i [c_{i+1} − c_i,
-d_i]``. A token costs ``O(d·(c_1 + J))`` plus, if its word is in cluster ``i``, ``O(d·d_i + d_i·k_i)``.
+with ``A [c_1 + J, d]`` (and bias ``a`` if ``head_bias``), ``P_i [d_i, d]``, ``B_i [k_i, d_i]``,
+``k_i = c_{i+1} − c_i``. A token costs ``O(d·(c_1 + J))`` plus, if its word is in cluster ``i``,
+``O(d·d_i + d_i·k_i)``.
 
 Parameters mirror ``torch.nn.AdaptiveLogSoftmaxWithLoss`` name for name (``head.weight``,
 ``head.bias``, ``tail.{i}.0.weight`` = ``P_i``, ``tail.{i}.1.weight`` = ``B_i``), in rank space:
 row ``r`` of the head / of a cluster is the word ``id_of_rank[r]``. With frequency-sorted ids
-(``id_of_rank = arange``) both modules compute the same values; :meth:`AdaptiveSoftmaxHead.from_torch`
-converts one. Unlike torch:
+(``id_of_rank = arange``) both modules compute the same values;
+:meth:`AdaptiveSoftmaxHead.from_torch` converts one. Unlike torch:
 
 - *DDP*: every parameter takes part in every step. Tokens are sorted by cluster once (one argsort)
   and every cluster runs on its slice, empty or not, so a cluster without targets still returns a
@@ -31,12 +32,14 @@ converts one. Unlike torch:
 
 Shape:
     - hidden: ``[..., d]``; target: ``[...]``
-    - head.weight: ``[c_1 + J, d]``; tail.{i}.0.weight: ``[d_i, d]``; tail.{i}.1.weight: ``[k_i, d_i]``
+    - head.weight: ``[c_1 + J, d]``; head.bias: ``[c_1 + J]`` (``head_bias``)
+    - tail.{i}.0.weight: ``[d_i, d]``; tail.{i}.1.weight: ``[k_i, d_i]``
     - buffers: ``cutoffs [J]``, ``id_of_rank [V]``, ``rank_of_id [V]`` (int64)
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
@@ -108,9 +111,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-def linear_cross_entropy(
-    x: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor
-) -> Tensor:
+def linear_cross_entropy(x: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor) -> Tensor:
     """``[n]`` cross-entropy of ``x [n, d] Wᵀ + b`` against ``target [n]`` (float32 or wider).
 
     Same value and gradients as ``F.cross_entropy(F.linear(x, W, b).float(), t, reduction="none")``
@@ -130,11 +131,12 @@ class AdaptiveSoftmaxHead(Head):
         ignore_index: padding target id.
         cutoffs: rank-space cut points ``0 < c_1 < … < c_J < V`` (``[2000, 10000]``: ranks
             ``0..1999`` in the head, ``2000..9999`` in cluster 1, the rest in cluster 2); ``[]``
-            for no tail cluster (a plain softmax); ``None`` for :func:`~lm_heads.cutoffs.default_cutoffs`
-            (from ``V``: ``[4000, 20000, 100000]`` at ``V = 267,735``); ``"auto"`` to measure
-            this machine's accelerator (else CPU) and pick the cheapest cutoffs for
-            ``batch_tokens`` (:func:`~lm_heads.cutoffs.choose_cutoffs`; read them back from
-            ``head.cutoffs`` and pass them explicitly to rebuild the head).
+            for no tail cluster (a plain softmax); ``None`` for the rule of
+            :func:`~lm_heads.cutoffs.default_cutoffs` (``[4000, 20000, 100000]`` at
+            ``V = 267,735``); ``"auto"`` to measure this machine's accelerator (else CPU) and
+            pick the cheapest cutoffs for ``batch_tokens`` with
+            :func:`~lm_heads.cutoffs.choose_cutoffs` (read them back from ``head.cutoffs`` and
+            pass them explicitly to rebuild the head).
         div_value: cluster ``i`` projects to ``int(d // div_value ** i)`` dims (as torch).
         head_bias: learn a bias for the head (as torch; tail clusters have none).
         batch_tokens: tokens per step that ``cutoffs="auto"`` optimises for.
@@ -175,7 +177,7 @@ class AdaptiveSoftmaxHead(Head):
         self.shortlist_size = cuts[0] if cuts else vocab_size
         self.num_clusters = len(cuts)
         self.bounds = [0, *cuts, vocab_size]
-        """Rank ranges: the head words ``[0, bounds[1])``, cluster ``i`` ``[bounds[i], bounds[i + 1])``."""
+        """Rank ranges: head ``[0, bounds[1])``, cluster ``i`` ``[bounds[i], bounds[i + 1])``."""
 
         id_of_rank, rank_of_id = frequency_order(counts_t)
         self.register_buffer("cutoffs", torch.tensor(cuts, dtype=torch.long))
@@ -337,7 +339,7 @@ def _check_cutoffs(
         ) from None
     if any(isinstance(c, bool) or not isinstance(c, int) for c in cuts):
         raise ValueError(f"cutoffs must be ints (word ranks), got {cuts}")
-    if any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(cuts)):
         raise ValueError(f"cutoffs must be strictly increasing, got {cuts}")
     if cuts and (cuts[0] <= 0 or cuts[-1] >= vocab_size):
         raise ValueError(

@@ -42,7 +42,7 @@ __all__ = ["ClassBasedSoftmaxHead"]
 
 
 class ClassBasedSoftmaxHead(TreeSoftmaxHead):
-    """Two-level softmax over ``num_classes`` equal-mass frequency classes (see the module docstring).
+    """Two-level softmax over ``num_classes`` equal-mass frequency classes (see module docstring).
 
     Args:
         in_features: ``d``.

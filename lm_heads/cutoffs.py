@@ -10,8 +10,8 @@ dims, the expected cost of one batch is::
 
 with ``g(rows, in_dim, out_dim)`` the time of ``[rows, in_dim] × [in_dim, out_dim]`` (here: forward
 and backward of the adaptive head's fused linear + cross-entropy, which is what the head runs).
-:func:`choose_cutoffs` measures ``g`` on the device it runs on (:func:`measure_matmul_cost`, a couple
-of seconds, cached per device and shape), then minimises ``C`` by dynamic programming over cut
+:func:`choose_cutoffs` measures ``g`` on the device it runs on (:func:`measure_matmul_cost`,
+about a second, cached per device and shape), then minimises ``C`` by dynamic programming over cut
 positions on a geometric grid of candidate cutoffs, for every number of clusters ``J ≤
 max_clusters``. The result is a plain ``list[int]``: print it, store it in a config, and pass it
 back as ``cutoffs=[...]`` so that every run (and every DDP rank) uses the same structure.
@@ -46,7 +46,7 @@ __all__ = [
 
 
 def projection_dims(in_features: int, num_clusters: int, div_value: float) -> list[int]:
-    """Tail cluster ``i`` (0-based) projects to ``int(d // div_value ** (i + 1))`` dims, as torch."""
+    """Tail cluster ``i`` (0-based) projects to ``int(d // div_value ** (i + 1))`` dims (torch)."""
     return [int(in_features // (div_value ** (i + 1))) for i in range(num_clusters)]
 
 
@@ -198,7 +198,9 @@ def _nonnegative_fit(features: Tensor, times: Tensor) -> Tensor:
 def _resolve_device(device: torch.device | str | None) -> torch.device:
     if device is not None:
         return torch.device(device)
-    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    accelerator = (
+        torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    )
     return accelerator or torch.device("cpu")
 
 

@@ -15,7 +15,8 @@ one ``[E, d]`` matrix (one row per edge, ``E = V + N - 1``), and
 .. math::
 
     \log p(w \mid h) = \sum_{(j, c)\ \in\ \mathrm{path}(w)}
-        \Big( W_{o_j + c} \cdot h + b_{o_j + c} - \log\!\sum_{c' < |j|} e^{W_{o_j + c'} \cdot h + b_{o_j + c'}} \Big)
+        \Big( z_{o_j + c} - \log\!\sum_{c' < |j|} e^{z_{o_j + c'}} \Big),
+    \qquad z_r = W_r \cdot h + b_r
 
 ``tree="huffman"`` is the binary Huffman tree (each node a 2-way softmax, i.e. a sigmoid);
 ``tree="kary"`` is a shallow tree by recursive equal-mass frequency binning (depth 2-3 with the
@@ -23,7 +24,7 @@ default ``branching ≈ √V``), which does few, wide, batched levels instead of
 
 How a training step runs (no Python loop over tokens; one loop over depth):
     - a depth holding a single node (the root) is one ``[n, d] × [d, width]`` matmul;
-    - nodes of width ≤ ``gather_width`` (64): each token gathers its node's rows, padded to the
+    - nodes of width ≤ ``gather_width`` (16): each token gathers its node's rows, padded to the
       widest such node, and does one batched dot (``bmm``), masked log-sum-exp;
     - wider nodes (a class of rare words can hold thousands): tokens are sorted by node and each
       node does one matmul of its tokens against its rows, so a node's rows are read once per
@@ -90,7 +91,7 @@ class TreeSoftmaxHead(Head):
         *,
         tree: Tree,
         ignore_index: int = -100,
-        gather_width: int = 64,
+        gather_width: int = 16,
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
         if tree.vocab_size != vocab_size:
@@ -157,9 +158,10 @@ class TreeSoftmaxHead(Head):
         fn: NodeFn,
         aux: Tensor,
         segments: tuple[tuple[Tensor, ...], tuple[Tensor, ...]],
+        narrow: Tensor | None = None,
     ) -> Tensor:
         """``fn(children logits of node[i], aux[i])`` for each token at ``depth`` (junk where not
-        ``active``)."""
+        ``active``); ``narrow``: this depth's slice of :meth:`_gather_logits` if already made."""
         plan = self._depths[depth]
         weights, biases = segments
         if plan.dense is not None:
@@ -168,16 +170,10 @@ class TreeSoftmaxHead(Head):
 
         result = None
         if plan.gather_width:
-            cols = torch.arange(plan.gather_width, device=hidden.device)
-            valid = cols < self.node_width[node].unsqueeze(1)
-            rows = torch.where(valid, self.node_offset[node].unsqueeze(1) + cols, 0)
-            dots = torch.bmm(self.weight[rows], hidden.unsqueeze(-1)).squeeze(-1)
-            logits = dots + self.bias[rows]
-            if logits.dtype != torch.float64:
-                logits = logits.float()
-            logits = logits.masked_fill(~valid, -math.inf)
+            if narrow is None:
+                narrow = self._gather_logits(hidden, [node], [depth])[0]
             # Tokens at wide nodes may hold child ids past the gathered width: clamp, discard.
-            result = fn(logits, aux.clamp(max=plan.gather_width - 1))
+            result = fn(narrow, aux.clamp(max=plan.gather_width - 1))
         if not plan.wide_segments:
             return result
 
@@ -202,6 +198,25 @@ class TreeSoftmaxHead(Head):
             return by_token
         return torch.where(slot >= 0, by_token, result)
 
+    def _gather_logits(
+        self, hidden: Tensor, nodes: list[Tensor], depths: list[int]
+    ) -> list[Tensor]:
+        """Logits ``[n, G_l]`` of each token's node's children at each depth whose plan gathers,
+        ``-inf`` past the node's width. All depths go through *one* gather of rows, so the
+        backward makes one dense ``[E, d]`` gradient, not one per depth."""
+        widths = [self._depths[depth].gather_width for depth in depths]
+        cols = torch.cat([torch.arange(w, device=hidden.device) for w in widths])
+        node = torch.cat(
+            [nd.unsqueeze(1).expand(-1, w) for nd, w in zip(nodes, widths, strict=True)], 1
+        )
+        valid = cols < self.node_width[node]
+        rows = torch.where(valid, self.node_offset[node] + cols, 0)  # [n, ΣG]
+        dots = torch.bmm(F.embedding(rows, self.weight), hidden.unsqueeze(-1)).squeeze(-1)
+        logits = dots + F.embedding(rows, self.bias.unsqueeze(1)).squeeze(-1)
+        if logits.dtype != torch.float64:
+            logits = logits.float()
+        return list(logits.masked_fill(~valid, -math.inf).split(widths, 1))
+
     def _dtype(self) -> torch.dtype:
         return torch.float64 if self.weight.dtype == torch.float64 else torch.float32
 
@@ -218,11 +233,16 @@ class TreeSoftmaxHead(Head):
         children = self.path_children[target]
         mask = self.path_mask[target]
         segments = self._segments()
+        gathered = [depth for depth, plan in enumerate(self._depths) if plan.gather_width]
+        narrow = dict.fromkeys(gathered)
+        if gathered:
+            logits = self._gather_logits(hidden, [nodes[:, depth] for depth in gathered], gathered)
+            narrow.update(zip(gathered, logits, strict=True))
         total = hidden.new_zeros(target.shape[0], dtype=self._dtype())
         for depth in range(nodes.shape[1]):
             step = self._per_node(
                 depth, hidden, nodes[:, depth], mask[:, depth], _child_log_prob,
-                children[:, depth], segments,
+                children[:, depth], segments, narrow.get(depth),
             )  # fmt: skip
             total = total + torch.where(mask[:, depth], step, 0.0)
         return total
@@ -328,4 +348,3 @@ class HierarchicalSoftmaxHead(TreeSoftmaxHead):
         super().__init__(in_features, vocab_size, tree=built, ignore_index=ignore_index)
         self.tree_kind = tree
         self.branching = branching
-

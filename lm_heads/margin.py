@@ -161,7 +161,7 @@ class CosineSoftmaxHead(_LogitHead):
         return F.cross_entropy(logits, target, reduction="none")
 
     def extra_repr(self) -> str:
-        scale = math.exp(float(self.log_scale))
+        scale = math.exp(float(self.log_scale.detach()))
         return (
             f"{super().extra_repr()}, scale={scale:.4g}, margin={self.margin}, "
             f"learn_scale={self.learn_scale}"

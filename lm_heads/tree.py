@@ -4,7 +4,8 @@ A :class:`Tree` has internal nodes ``0..N-1`` in breadth-first order (node 0 is 
 one depth are contiguous) whose children are words (leaves) or other internal nodes. Every word is
 exactly one leaf. The hierarchical and class-based heads give each *edge* one output row, so node
 ``j`` owns the rows ``offset[j] : offset[j] + width[j]`` of one ``[E, d]`` matrix
-(``E = Σ_j width[j] = V + N - 1``), and ``log p(w) = Σ_{(j, c) on w's path} log softmax(rows of j)[c]``.
+(``E = Σ_j width[j] = V + N - 1``), and
+``log p(w) = Σ_{(j, c) on w's path} log softmax(rows of j)[c]``.
 
 Builders (counts in any id order; structure is built in frequency-rank order, ties by id):
     - :func:`huffman_tree`: binary Huffman tree (word2vec): frequent words get short paths, the
@@ -22,6 +23,7 @@ Shapes of :func:`tree_tensors` (``D`` = the deepest leaf's depth):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -128,7 +130,7 @@ def binned_tree(counts: Tensor, branching: int, max_depth: int | None = None) ->
         num_bins = branching if depth == 0 else min(branching, -(-2 * (hi - lo) // branching))
         bounds = (equal_mass_bins(sorted_counts[lo:hi], num_bins) + lo).tolist()
         codes = []
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        for a, b in itertools.pairwise(bounds):
             codes.append(ids[a] if b - a == 1 else vocab_size + build(a, b, depth + 1))
         children[node] = tuple(codes)
         return node

@@ -751,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         **limits,
     )
 
-    train_seconds = 0.0
+    train_seconds, train_loss = 0.0, None
     if args.eval_only:
         state = torch.load(resume, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
@@ -759,12 +759,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         t0 = time.perf_counter()
         trainer.fit(model, datamodule=data, ckpt_path=resume)
         train_seconds = time.perf_counter() - t0
+        train_loss = _last_train_loss(trainer)  # read before validate() clears callback_metrics
     val = trainer.validate(model, datamodule=data, verbose=False)
     test = trainer.test(model, datamodule=data, verbose=False)
     if not trainer.is_global_zero:
         return None
 
-    peak, peak_what = _peak_memory_mib(model.device)
+    peak, peak_what = _peak_memory_mib(trainer.strategy.root_device)  # model is back on CPU
     results: dict[str, Any] = {
         "head": args.head,
         "head_options": args.head_options,
@@ -780,7 +781,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         "val_ppl": float(val[0]["val_ppl"]),
         "test_ppl": float(test[0]["test_ppl"]),
         "entropy_floor_ppl": getattr(dm, "entropy_floor_ppl", None),
-        "train_loss_last": _last_train_loss(trainer),
+        "train_loss_last": train_loss,
         "train_tokens_per_s": throughput.tokens_per_s,
         "train_seconds": train_seconds,
         "peak_memory_mib": peak,

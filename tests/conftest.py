@@ -8,6 +8,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+# Unit tests run tiny matmuls: extra threads only add contention on small shared machines.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

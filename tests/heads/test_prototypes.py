@@ -63,10 +63,19 @@ def make(d: int = 12, v: int = 40, **options) -> HypersphericalPrototypeHead:
     return head
 
 
-def naive_loss(head, hidden, target):
+def naive_cosines(head, hidden):
+    # Prototypes are unit vectors by construction (to float32 rounding, which is why the
+    # cosine is taken against them as stored rather than renormalised).
+    torch.testing.assert_close(
+        head.prototypes.norm(dim=-1), torch.ones_like(head.prototypes[:, 0]), atol=1e-6, rtol=0
+    )
     z = head.proj(hidden)
-    cos_target = F.cosine_similarity(z, head.prototypes[target], dim=-1)
-    cos_all = F.cosine_similarity(z[:, None, :], head.prototypes[None], dim=-1)
+    return (z / z.norm(dim=-1, keepdim=True)) @ head.prototypes.t()
+
+
+def naive_loss(head, hidden, target):
+    cos_all = naive_cosines(head, hidden)
+    cos_target = cos_all.gather(1, target[:, None]).squeeze(1)
     ce = F.cross_entropy(head.log_scale.exp() * cos_all, target, reduction="none")
     return (1 - cos_target) ** 2, ce
 
@@ -84,7 +93,7 @@ def test_training_loss_value_and_gradient_routing(ce_weight: float) -> None:
     torch.testing.assert_close(loss, (proto + ce).mean())
     # The prototype loss drives the projection; the CE reaches it with weight ce_weight and
     # always trains the temperature.
-    g_proto = torch.autograd.grad(proto.mean(), head.proj.weight)[0]
+    g_proto = torch.autograd.grad(proto.mean(), head.proj.weight, retain_graph=True)[0]
     g_ce, g_scale = torch.autograd.grad(ce.mean(), [head.proj.weight, head.log_scale])
     torch.testing.assert_close(grads[0], g_proto + ce_weight * g_ce)
     torch.testing.assert_close(grads[1], g_scale)
@@ -97,8 +106,7 @@ def test_eval_loss_is_the_nll_of_a_normalised_distribution() -> None:
     target = torch.randint(0, 40, (15,))
     log_prob = head.log_prob(hidden)
     torch.testing.assert_close(log_prob.logsumexp(-1), torch.zeros(15, dtype=torch.float64))
-    z = head.proj(hidden)
-    cos_all = F.cosine_similarity(z[:, None, :], head.prototypes[None], dim=-1)
+    cos_all = naive_cosines(head, hidden)
     torch.testing.assert_close(log_prob, (head.log_scale.exp() * cos_all).log_softmax(-1).detach())
     nll = -log_prob.gather(1, target[:, None]).squeeze(1)
     assert head.is_exact
@@ -124,7 +132,7 @@ def test_proto_dim_and_defaults() -> None:
     assert head.proj.weight.shape == (6, 12)
     assert HypersphericalPrototypeHead(12, 40).prototypes.shape == (40, 12)
     assert head.output_embeddings() is None
-    assert math.isclose(math.exp(float(head.log_scale)), 16.0, rel_tol=1e-6)
+    assert math.isclose(math.exp(float(head.log_scale.detach())), 16.0, rel_tol=1e-6)
 
 
 def test_bad_options() -> None:

@@ -1,0 +1,282 @@
+"""AdaptiveSoftmaxHead against its oracle, ``torch.nn.AdaptiveLogSoftmaxWithLoss`` with copied
+weights, plus what torch does not do: gradients for every parameter, any id order, ``"auto"``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lm_heads import build_head
+from lm_heads.adaptive import AdaptiveSoftmaxHead, linear_cross_entropy
+from lm_heads.cutoffs import default_cutoffs
+from tests.heads.utils import zipf_counts, zipf_targets
+
+D, V = 16, 200
+
+
+def torch_and_ours(
+    cutoffs: list[int], *, head_bias: bool = False, div_value: float = 4.0, shuffle: bool = True
+) -> tuple[torch.nn.AdaptiveLogSoftmaxWithLoss, AdaptiveSoftmaxHead, torch.Tensor]:
+    """torch's module (class r = rank r) and ours with the same weights, and ``id_of_rank``."""
+    torch.manual_seed(0)
+    reference = torch.nn.AdaptiveLogSoftmaxWithLoss(
+        D, V, cutoffs, div_value=div_value, head_bias=head_bias
+    )
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.normal_(0, 0.5)  # larger than the default init, so clusters matter
+    ours = AdaptiveSoftmaxHead.from_torch(reference, counts=zipf_counts(V, shuffle=shuffle))
+    return reference, ours, ours.id_of_rank
+
+
+@pytest.mark.parametrize(
+    ("cutoffs", "head_bias", "div_value"),
+    [
+        ([20, 80], False, 4.0),
+        ([20, 80], True, 2.0),
+        ([5], False, 4.0),
+        ([3, 9, 40, 120], True, 2.0),
+    ],
+)
+def test_matches_torch_adaptive_log_softmax(cutoffs, head_bias, div_value) -> None:
+    reference, ours, id_of_rank = torch_and_ours(cutoffs, head_bias=head_bias, div_value=div_value)
+    hidden = torch.randn(64, D)
+    ranks = zipf_targets(torch.ceil(1e6 / torch.arange(1, V + 1)), (64,), seed=2)
+    ranks[:4] = torch.tensor([0, cutoffs[0], cutoffs[-1], V - 1])  # every cluster is hit
+    ids = id_of_rank[ranks]
+
+    torch.testing.assert_close(ours.log_prob(hidden)[:, id_of_rank], reference.log_prob(hidden))
+    expected = reference(hidden, ranks)
+    torch.testing.assert_close(ours.target_log_prob(hidden, ids), expected.output)
+    assert torch.equal(ours.predict(hidden), id_of_rank[reference.predict(hidden)])
+
+    # Loss and the gradients of every parameter (torch's are complete: every cluster is hit).
+    h1, h2 = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    expected = reference(h1, ranks)
+    expected.loss.backward()
+    out = ours(h2, ids)
+    out.loss.backward()
+    torch.testing.assert_close(out.loss, expected.loss)
+    torch.testing.assert_close(h2.grad, h1.grad)
+    theirs = dict(reference.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, theirs[name].grad, msg=name)
+
+
+def test_parameter_names_and_shapes_follow_torch() -> None:
+    reference, ours, _ = torch_and_ours([20, 80], head_bias=True)
+    ours_shapes = {k: v.shape for k, v in ours.named_parameters()}
+    assert ours_shapes == {k: v.shape for k, v in reference.named_parameters()}
+    # A torch state dict loads directly (buffers aside), so copying weights is one call.
+    fresh = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), cutoffs=[20, 80], head_bias=True)
+    missing, unexpected = fresh.load_state_dict(reference.state_dict(), strict=False)
+    assert set(missing) == {"cutoffs", "id_of_rank", "rank_of_id"} and not unexpected
+    hidden = torch.randn(8, D)
+    torch.testing.assert_close(fresh.log_prob(hidden), ours.log_prob(hidden))
+
+
+def test_frequency_sorted_ids_need_no_mapping() -> None:
+    reference, _, id_of_rank = torch_and_ours([20, 80], shuffle=False)
+    assert torch.equal(id_of_rank, torch.arange(V))
+    default = AdaptiveSoftmaxHead.from_torch(reference)  # counts=None: ids already sorted
+    hidden = torch.randn(8, D)
+    torch.testing.assert_close(default.log_prob(hidden), reference.log_prob(hidden))
+
+
+def test_shuffled_counts_put_the_most_frequent_words_in_the_head() -> None:
+    counts = zipf_counts(V, seed=5)
+    head = AdaptiveSoftmaxHead(D, V, counts=counts, cutoffs=[20, 80])
+    assert torch.equal(counts[head.id_of_rank], torch.sort(counts, descending=True).values)
+    assert torch.equal(head.rank_of_id[head.id_of_rank], torch.arange(V))
+    head_words = set(head.id_of_rank[:20].tolist())
+    assert head_words == set(torch.topk(counts, 20).indices.tolist())
+
+
+def test_every_parameter_gets_a_gradient_when_all_targets_are_in_the_head() -> None:
+    head = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), cutoffs=[20, 80], head_bias=True)
+    target = head.id_of_rank[torch.arange(30) % 20]
+    head(torch.randn(30, D), target).loss.backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None, name
+        if name.startswith("tail"):
+            assert p.grad.abs().sum() == 0, name  # untouched clusters: exact zeros, not skipped
+
+
+def test_ignore_index_tokens_in_tail_clusters_change_nothing() -> None:
+    reference, ours, id_of_rank = torch_and_ours([20, 80])
+    hidden = torch.randn(10, D)
+    ranks = torch.tensor([0, 1, 25, 100, 150, 3, 7, 199, 30, 2])
+    ids = id_of_rank[ranks].clone()
+    ids[[2, 7]] = -100  # one ignored token in each tail cluster
+    keep = ids != -100
+    out = ours(hidden, ids)
+    torch.testing.assert_close(out.loss, reference(hidden[keep], ranks[keep]).loss)
+    assert int(out.num_tokens) == 8
+
+
+def test_no_tail_cluster_is_a_plain_softmax() -> None:
+    head = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), cutoffs=[])
+    assert len(head.tail) == 0 and head.head.out_features == V
+    hidden = torch.randn(6, D)
+    expected = F.log_softmax(hidden @ head.head.weight.t(), -1)[:, head.rank_of_id]
+    torch.testing.assert_close(head.log_prob(hidden), expected)
+
+
+def test_linear_cross_entropy_matches_autograd_and_gradchecks() -> None:
+    x = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(11, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(11, (7,))
+    expected = F.cross_entropy(F.linear(x, w, b), t, reduction="none")
+    torch.testing.assert_close(linear_cross_entropy(x, w, b, t), expected)
+    assert torch.autograd.gradcheck(lambda *a: linear_cross_entropy(*a, t), (x, w, b))
+    assert torch.autograd.gradcheck(lambda *a: linear_cross_entropy(*a, None, t), (x, w))
+
+
+def test_gradcheck_whole_head_float64() -> None:
+    # Through the private per-token loss: the public loss is float32 by contract.
+    head = AdaptiveSoftmaxHead(
+        8, 30, counts=zipf_counts(30), cutoffs=[4, 12], head_bias=True, div_value=2.0
+    )
+    head = head.double()
+    hidden = torch.randn(9, 8, dtype=torch.float64, requires_grad=True)
+    target = head.id_of_rank[torch.tensor([0, 3, 4, 11, 12, 29, 5, 1, 20])]
+    assert torch.autograd.gradcheck(lambda h: head._token_loss(h, target), (hidden,))
+    # Weights: central differences on a few entries of every parameter.
+    names, params = zip(*head.named_parameters(), strict=True)
+    grads = torch.autograd.grad(head._token_loss(hidden.detach(), target).sum(), params)
+    eps = 1e-6
+    for name, p, g in zip(names, params, grads, strict=True):
+        flat = p.data.view(-1)
+        for k in torch.randperm(flat.numel())[:5].tolist():
+            old = flat[k].item()
+            flat[k] = old + eps
+            up = head._token_loss(hidden.detach(), target).sum()
+            flat[k] = old - eps
+            down = head._token_loss(hidden.detach(), target).sum()
+            flat[k] = old
+            numeric = (up - down) / (2 * eps)
+            torch.testing.assert_close(g.view(-1)[k], numeric, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_backward_twice_through_a_retained_graph() -> None:
+    head = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), cutoffs=[20, 80])
+    hidden = torch.randn(12, D, requires_grad=True)
+    loss = head(hidden, zipf_targets(zipf_counts(V), (12,))).loss
+    loss.backward(retain_graph=True)
+    first = hidden.grad.clone()
+    hidden.grad = None
+    loss.backward()
+    torch.testing.assert_close(hidden.grad, first)
+
+
+@pytest.mark.parametrize(
+    ("cutoffs", "match"),
+    [
+        ([20, 20], "strictly increasing"),
+        ([80, 20], "strictly increasing"),
+        ([0, 20], r"\[1, 199\]"),
+        ([20, V], r"\[1, 199\]"),
+        ([20.5], "ints"),
+        ([True], "ints"),
+        ("fast", "'auto'"),
+        (7, "list of ints"),
+    ],
+)
+def test_bad_cutoffs_get_clear_errors(cutoffs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), cutoffs=cutoffs)
+
+
+@pytest.mark.parametrize("div_value", [0, -2.0, float("nan"), True])
+def test_bad_div_value(div_value) -> None:
+    with pytest.raises(ValueError, match="div_value"):
+        AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), div_value=div_value)
+
+
+def test_counts_are_required() -> None:
+    with pytest.raises(ValueError, match="needs counts"):
+        AdaptiveSoftmaxHead(D, V)
+
+
+def test_vanishing_projection_warns_like_torch_allows() -> None:
+    with pytest.warns(UserWarning, match="0 dims"):
+        head = AdaptiveSoftmaxHead(4, V, counts=zipf_counts(V), cutoffs=[10, 30])
+    torch.testing.assert_close(
+        head.log_prob(torch.randn(3, 4)).logsumexp(-1), torch.zeros(3), atol=1e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize(("vocab_size", "d"), [(2, 16), (50, 16), (57, 4), (1000, 64), (50, 2)])
+def test_default_cutoffs_are_valid_for_any_vocabulary(vocab_size: int, d: int) -> None:
+    head = AdaptiveSoftmaxHead(d, vocab_size, counts=zipf_counts(vocab_size))
+    cuts = head.cutoffs.tolist()
+    assert cuts == default_cutoffs(vocab_size, d) == sorted(set(cuts))
+    assert all(0 < c < vocab_size for c in cuts)
+    lp = head.log_prob(torch.randn(3, d))
+    torch.testing.assert_close(lp.logsumexp(-1), torch.zeros(3), atol=1e-5, rtol=0)
+
+
+def test_default_cutoffs_follow_the_paper_at_scale() -> None:
+    assert default_cutoffs(50, 16) == [10]
+    assert default_cutoffs(267_735, 512) == [4000, 20000, 100000]
+    assert default_cutoffs(793_471, 512) == [4000, 20000, 100000]  # 4th: 2-dim projection
+    # Another cluster only when the vocabulary reaches twice its start (2 × 500,000).
+    assert default_cutoffs(1_000_000, 1024) == [4000, 20000, 100000, 500000]
+    assert default_cutoffs(10_000, 512) == [2000]
+
+
+def test_state_dict_round_trip_and_cutoff_mismatch() -> None:
+    head = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), cutoffs=[20, 80])
+    state = head.state_dict()
+    assert state["cutoffs"].tolist() == [20, 80]
+    restored = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V, seed=9), cutoffs=[20, 80])
+    restored.load_state_dict(state)
+    assert torch.equal(restored.id_of_rank, head.id_of_rank)
+    hidden = torch.randn(5, D)
+    torch.testing.assert_close(restored.log_prob(hidden), head.log_prob(hidden))
+    other = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), cutoffs=[30, 80])
+    with pytest.raises(ValueError, match=r"build the head with cutoffs=\[20, 80\]"):
+        other.load_state_dict(state)
+
+
+def test_auto_cutoffs_with_an_injected_cost_model() -> None:
+    def flops(rows: torch.Tensor, in_dim: int, out_dim: torch.Tensor) -> torch.Tensor:
+        return 1e-6 + rows * in_dim * out_dim
+
+    head = build_head(
+        "adaptive", 32, 1000, counts=zipf_counts(1000), cutoffs="auto", cost_model=flops
+    )
+    cuts = head.cutoffs.tolist()
+    assert len(cuts) >= 1 and cuts == sorted(set(cuts)) and cuts[0] > 0 and cuts[-1] < 1000
+    # Reusable: the printed list rebuilds the same structure.
+    again = AdaptiveSoftmaxHead(32, 1000, counts=zipf_counts(1000), cutoffs=cuts)
+    again.load_state_dict(head.state_dict())
+
+
+def test_auto_cutoffs_measured_on_this_machine() -> None:
+    head = AdaptiveSoftmaxHead(16, 300, counts=zipf_counts(300), cutoffs="auto", batch_tokens=64)
+    cuts = head.cutoffs.tolist()
+    assert cuts == sorted(set(cuts)) and all(0 < c < 300 for c in cuts)
+    assert head(torch.randn(8, 16), zipf_targets(zipf_counts(300), (8,))).loss.isfinite()
+
+
+def test_sample_reaches_tail_clusters() -> None:
+    head = AdaptiveSoftmaxHead(D, 60, counts=zipf_counts(60), cutoffs=[5, 20])
+    with torch.no_grad():
+        head.head.weight.zero_()  # head uniform over 5 words + 2 clusters
+    draws = head.sample(torch.randn(3000, D), generator=torch.Generator().manual_seed(0))
+    ranks = head.rank_of_id[draws]
+    share = torch.bincount(torch.bucketize(ranks, head.cutoffs, right=True), minlength=3) / 3000
+    torch.testing.assert_close(share, torch.tensor([5 / 7, 1 / 7, 1 / 7]), atol=0.03, rtol=0)
+
+
+def test_output_embeddings_are_head_rows_and_projected_tail_rows() -> None:
+    head = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), cutoffs=[20, 80])
+    emb = head.output_embeddings()
+    assert emb.shape == (V, D)
+    first_head_word, first_tail_word = head.id_of_rank[0], head.id_of_rank[20]
+    torch.testing.assert_close(emb[first_head_word], head.head.weight[0])
+    project, out = head.tail[0]
+    torch.testing.assert_close(emb[first_tail_word], out.weight[0] @ project.weight)
