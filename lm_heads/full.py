@@ -98,8 +98,8 @@ class FullSoftmaxHead(Head):
             safe_target,
             chunk_size=self.chunk_size,
             reduction="sum",
-            token_weight=keep.float(),
-        ).float()
+            token_weight=keep.to(hidden.dtype if hidden.dtype == torch.float64 else torch.float32),
+        )
         num_tokens = keep.sum()
         loss = loss_sum / num_tokens.clamp_min(1)
         return HeadOutput(loss, loss_sum.detach(), num_tokens)
@@ -114,7 +114,7 @@ class FullSoftmaxHead(Head):
             return F.cross_entropy(logits, target, reduction="none")
         return linear_cross_entropy(
             hidden, self.weight, self.bias, target, chunk_size=self.chunk_size
-        ).float()
+        )
 
     def _log_prob(self, hidden: Tensor) -> Tensor:
         return linear_f32(hidden, self.weight, self.bias).log_softmax(-1)

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lm_heads.base import Head, HeadOutput, linear_f32
+from lm_heads.base import Head, HeadOutput, _at_least_f32, linear_f32
 from lm_heads.chunked_ce import ChunkSize
 from lm_heads.full import FullSoftmaxHead
 from lm_heads.samplers import PROPOSALS, CategoricalSampler, proposal_probs
@@ -137,10 +137,10 @@ class _SampledHead(FullSoftmaxHead):
         ids = torch.cat([target, noise])
         rows = self.weight.index_select(0, ids)
         row_bias = None if self.bias is None else self.bias.index_select(0, ids)
-        target_logit = (hidden.float() * rows[:n].float()).sum(-1)
+        target_logit = (_at_least_f32(hidden) * _at_least_f32(rows[:n])).sum(-1)
         noise_logit = linear_f32(hidden, rows[n:], None if row_bias is None else row_bias[n:])
         if row_bias is not None:
-            target_logit = target_logit + row_bias[:n].float()
+            target_logit = target_logit + row_bias[:n]
         log_expected = self.proposal.log_prob(ids) + math.log(self.num_samples)
         hits = noise.unsqueeze(0) == target.unsqueeze(1)
         return self._loss_from_logits(
