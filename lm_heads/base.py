@@ -177,7 +177,7 @@ def check_ids(target: Tensor, vocab_size: int, ignore_index: int) -> None:
             first = int(target[bad][0])
             raise ValueError(f"{message}; found {first}. Check the tokenizer and vocab_size.")
     else:
-        # Asynchronous check: no host sync in the training step; the error surfaces at the next sync.
+        # Asynchronous check: no host sync in the training step; it surfaces at the next sync.
         torch._assert_async(~bad.any(), message)
 
 

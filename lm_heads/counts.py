@@ -37,7 +37,7 @@ def as_counts(counts: Tensor | Sequence[float] | None, vocab_size: int, head: st
 
 
 def frequency_order(counts: Tensor) -> tuple[Tensor, Tensor]:
-    """``(id_of_rank, rank_of_id)``: ids sorted by descending count (ties by id), and the inverse."""
+    """``(id_of_rank, rank_of_id)``: ids by descending count (ties by id), and the inverse."""
     # A stable sort keeps ties in id order, so the same counts always give the same structure.
     id_of_rank = torch.sort(counts, descending=True, stable=True).indices
     rank_of_id = torch.empty_like(id_of_rank)

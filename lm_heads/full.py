@@ -139,6 +139,4 @@ class FullSoftmaxHead(Head):
         return self.weight
 
     def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, bias={self.bias is not None}, chunk_size={self.chunk_size}"
-        )
+        return f"{super().extra_repr()}, bias={self.bias is not None}, chunk_size={self.chunk_size}"

@@ -97,9 +97,7 @@ class CategoricalSampler(nn.Module):
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """``[num_samples]`` int64 ids drawn with replacement from ``q``."""
-        u = torch.randint(
-            0, _TICKS, (num_samples,), generator=generator, device=self.cdf.device
-        )
+        u = torch.randint(0, _TICKS, (num_samples,), generator=generator, device=self.cdf.device)
         return torch.searchsorted(self.cdf, u, right=True)
 
     def log_prob(self, ids: Tensor) -> Tensor:

@@ -195,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bptt", type=_positive_int, default=35, help="tokens per window")
     g.add_argument("--max-steps", type=int, default=300, help="-1: no limit (use --max-epochs)")
     g.add_argument("--max-epochs", type=int, default=None)
+    g.add_argument(
+        "--max-time",
+        type=_positive_float,
+        default=None,
+        help="training wall-clock budget in seconds (optimizer steps only, validation excluded); "
+        "stops after the step that crosses it, whichever of this and --max-steps comes first",
+    )
 
     g = p.add_argument_group("hardware")
     g.add_argument("--accelerator", default="auto", help="auto | cpu | gpu | ...")
@@ -224,6 +231,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--limit-train-batches", type=_int_or_fraction, default=None)
     g.add_argument("--limit-val-batches", type=_int_or_fraction, default=None)
     g.add_argument("--limit-test-batches", type=_int_or_fraction, default=None)
+    g.add_argument(
+        "--final-val-batches",
+        type=_int_or_fraction,
+        default=None,
+        help="limit of the final validation only (default: --limit-val-batches); e.g. 1.0 for "
+        "the whole split after cheap, limited validations during training",
+    )
+    g.add_argument(
+        "--target-ppl",
+        type=_positive_float,
+        default=None,
+        help="report the training time and step at which validation perplexity first reached "
+        "this value (results.json: time_to_target)",
+    )
     g.add_argument("--checkpoint-every", type=_positive_int, default=100, help="steps")
     g.add_argument("--log-every", type=_positive_int, default=10, help="steps")
     g.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=True)
@@ -548,6 +569,70 @@ class Throughput(Callback):
         return self.tokens / self.seconds if self.seconds > 0 else None
 
 
+class TrainClock(Callback):
+    """Training wall-clock (optimizer steps only), the ``--max-time`` budget, and the val curve.
+
+    ``seconds`` sums the time from each training batch's start to its end (forward, backward,
+    optimizer step) on this rank, so validation, checkpoints and data loading do not count: the
+    curve of validation perplexity against ``seconds`` compares heads by what training costs.
+    ``curve`` gets one point per validation during ``fit`` (not the sanity check).
+
+    With a budget, every rank stops after the step at which any rank crossed it (one boolean
+    all-reduce per step, so ranks never disagree on the number of steps).
+    """
+
+    def __init__(self, max_seconds: float | None = None) -> None:
+        self.max_seconds = max_seconds
+        self.seconds = 0.0
+        self.tokens = 0
+        self.curve: list[dict[str, float]] = []
+        self.stopped_by_time = False
+        self._t0: float | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, idx: int) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: Any, out: Any, batch: Any, idx: int
+    ) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+        if self._t0 is not None:
+            self.seconds += time.perf_counter() - self._t0
+            self.tokens += batch[1].numel() * trainer.world_size
+        self._t0 = None
+        if self.max_seconds is not None:
+            over = trainer.strategy.reduce_boolean_decision(
+                self.seconds >= self.max_seconds, all=False
+            )
+            if over:
+                self.stopped_by_time = True
+                trainer.should_stop = True
+
+    def on_validation_end(self, trainer: L.Trainer, module: Any) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = trainer.callback_metrics.get("val_ppl")
+        if value is not None:
+            self.add_point(trainer.global_step, float(value))
+
+    def add_point(self, step: int, val_ppl: float) -> None:
+        if self.curve and self.curve[-1]["step"] == step:
+            self.curve.pop()  # same weights evaluated again (e.g. the final, fuller validation)
+        self.curve.append(
+            {"step": step, "train_seconds": self.seconds, "tokens": self.tokens, "val_ppl": val_ppl}
+        )
+
+
+def time_to_target(curve: Sequence[dict[str, float]], target: float) -> dict[str, Any]:
+    """First point of ``curve`` whose validation perplexity is ``<= target`` (``None``: never)."""
+    for point in curve:
+        if point["val_ppl"] <= target:
+            return {"target_ppl": target, **point}
+    return {"target_ppl": target, "step": None, "train_seconds": None, "tokens": None,
+            "val_ppl": None}  # fmt: skip
+
+
 class FinalCheckpoint(Callback):
     """Write ``last.ckpt`` when training stops between two periodic checkpoints.
 
@@ -569,7 +654,7 @@ class FinalCheckpoint(Callback):
             and trainer.current_epoch + 1 >= trainer.max_epochs
             and idx + 1 >= trainer.num_training_batches
         )
-        if (last_step or last_batch) and step % self.every != 0:
+        if (last_step or last_batch or trainer.should_stop) and step % self.every != 0:
             trainer.save_checkpoint(self.path)
 
 
@@ -720,6 +805,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         save_last=True,
     )
     throughput = Throughput()
+    clock = TrainClock(args.max_time)
     limits = {
         f"limit_{k}_batches": getattr(args, f"limit_{k}_batches")
         for k in ("train", "val", "test")
@@ -738,6 +824,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         gradient_clip_val=args.grad_clip or None,
         logger=loggers,
         callbacks=[
+            clock,  # before FinalCheckpoint, which saves last.ckpt when the clock stops training
             checkpoint,
             FinalCheckpoint(out_dir / "checkpoints" / "last.ckpt", args.checkpoint_every),
             throughput,
@@ -760,6 +847,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         trainer.fit(model, datamodule=data, ckpt_path=resume)
         train_seconds = time.perf_counter() - t0
         train_loss = _last_train_loss(trainer)  # read before validate() clears callback_metrics
+    if args.final_val_batches is not None:
+        trainer.limit_val_batches = args.final_val_batches
     val = trainer.validate(model, datamodule=data, verbose=False)
     test = trainer.test(model, datamodule=data, verbose=False)
     if not trainer.is_global_zero:
@@ -784,12 +873,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         "train_loss_last": train_loss,
         "train_tokens_per_s": throughput.tokens_per_s,
         "train_seconds": train_seconds,
+        "stopped_by_time": clock.stopped_by_time,
+        "train_step_seconds": clock.seconds,
         "peak_memory_mib": peak,
         "peak_memory_kind": peak_what,
         "wall_seconds": time.perf_counter() - _START,
         "checkpoint_last": str(out_dir / "checkpoints" / "last.ckpt"),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
+    if not args.eval_only:
+        # The final validation closes the curve (it may cover more batches than the periodic
+        # ones: --final-val-batches); its point is marked so plots can tell.
+        clock.add_point(int(trainer.global_step), results["val_ppl"])
+        clock.curve[-1]["final"] = True
+    results["val_curve"] = clock.curve
+    if args.target_ppl is not None:
+        results["time_to_target"] = time_to_target(clock.curve, args.target_ppl)
     results["similarity"] = _similarity(model, dm, args.simlex)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")

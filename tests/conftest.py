@@ -4,9 +4,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
+import pytest
+import torch
 
 # Unit tests run tiny matmuls: extra threads only add contention on small shared machines.
 torch.set_num_threads(1)
