@@ -1,7 +1,23 @@
 """lm_heads: output layers for large-vocabulary language modelling, behind one contract."""
 
+from typing import Any
+
 from lm_heads.base import Head, HeadOutput
 from lm_heads.registry import HEADS, build_head, head_options
 
-__all__ = ["HEADS", "Head", "HeadOutput", "build_head", "head_options"]
+__all__ = ["HEADS", "Head", "HeadOutput", "LMHeadMixin", "Perplexity", "build_head", "head_options"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The Lightning side is imported on first use, so `import lm_heads` (the heads alone) stays
+    # light and never needs Lightning or torchmetrics.
+    if name == "LMHeadMixin":
+        from lm_heads.mixin import LMHeadMixin
+
+        return LMHeadMixin
+    if name == "Perplexity":
+        from lm_heads.metrics import Perplexity
+
+        return Perplexity
+    raise AttributeError(f"module 'lm_heads' has no attribute {name!r}")

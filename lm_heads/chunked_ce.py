@@ -17,7 +17,9 @@ Two reductions, two ways to get ``g``:
   (the padding mask), so ``g_i = a_i`` up to the scalar upstream gradient, and the gradients are
   formed *during the forward pass* while the chunk's softmax is at hand; backward only scales
   them. Three ``[n, V, d]`` matmul passes, like the naive loss. Recomputing the logits in
-  backward would cost a fourth (≈ 1.33× the FLOPs), which is why training does not.
+  backward would cost a fourth (≈ 1.33× the FLOPs), which is why training does not. The price
+  is ``∂W`` (``[V, d]`` float32, what ``weight.grad`` becomes anyway) held from forward to
+  backward; it is saved for backward, so a retained graph can backward twice.
 - ``reduction="none"`` (per-token losses, ``target_log_prob``): ``g`` is only known in backward,
   so forward saves ``lse [n]`` and backward recomputes each chunk's logits (four passes).
 
@@ -41,7 +43,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-AUTO_CHUNK_BYTES = 256 * 2**20
+AUTO_CHUNK_BYTES = 512 * 2**20
 """``chunk_size="auto"`` sizes a chunk so that its float32 logits take about this many bytes."""
 
 ChunkSize = int | Literal["auto"]

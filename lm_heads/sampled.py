@@ -63,6 +63,7 @@ class _SampledHead(FullSoftmaxHead):
     """Full-softmax parameters and evaluation, sampled training loss (see the module docstring)."""
 
     exact_loss = False
+    registered_name = "sampled"
 
     def __init__(
         self,
@@ -98,11 +99,11 @@ class _SampledHead(FullSoftmaxHead):
         self.num_samples = num_samples
         self.proposal_name = proposal
         self.seed = seed
-        name = type(self).__name__
         self.proposal = CategoricalSampler(
-            proposal_probs(proposal, vocab_size, counts, float(alpha), head=name)
+            proposal_probs(proposal, vocab_size, counts, float(alpha), head=self.registered_name)
         )
         self._generator: torch.Generator | None = None
+        self._generator_device: torch.device | None = None
 
     @property
     def is_exact(self) -> bool:
@@ -122,12 +123,13 @@ class _SampledHead(FullSoftmaxHead):
     def noise_generator(self) -> torch.Generator:
         """The generator for negatives, on the weight's device, seeded ``seed + global rank``."""
         device = self.weight.device
-        if self._generator is None or self._generator.device != device:
+        if self._generator is None or self._generator_device != device:
             rank = 0
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 rank = torch.distributed.get_rank()
             self._generator = torch.Generator(device=device)
             self._generator.manual_seed(self.seed + rank)
+            self._generator_device = device
         return self._generator
 
     def _sampled_token_loss(self, hidden: Tensor, target: Tensor, noise: Tensor) -> Tensor:
@@ -184,6 +186,8 @@ class ImportanceSamplingHead(_SampledHead):
         bias: learn a per-word bias.
         chunk_size: evaluation mode of the full softmax (see :class:`FullSoftmaxHead`).
     """
+
+    registered_name = "importance"
 
     def __init__(
         self,
@@ -248,6 +252,8 @@ class NCEHead(_SampledHead):
         bias: learn a per-word bias (initialised to ``−log V`` so that ``Z ≈ 1`` at the start).
         chunk_size: evaluation mode of the full softmax (see :class:`FullSoftmaxHead`).
     """
+
+    registered_name = "nce"
 
     def __init__(
         self,

@@ -189,8 +189,8 @@ def test_bf16_autocast_is_finite_and_close(chunk_size) -> None:
     torch.testing.assert_close(head.weight.grad, expected, rtol=5e-2, atol=5e-3)
 
 
-def test_auto_chunk_size_targets_256_mb_of_logits() -> None:
-    assert resolve_chunk_size("auto", 267_735) == AUTO_CHUNK_BYTES // (4 * 267_735) == 250
+def test_auto_chunk_size_targets_512_mb_of_logits() -> None:
+    assert resolve_chunk_size("auto", 267_735) == AUTO_CHUNK_BYTES // (4 * 267_735) == 501
     assert resolve_chunk_size("auto", 10**12) == 1
     head = FullSoftmaxHead(D, V, chunk_size="auto")
     assert head.output_embeddings() is head.weight
