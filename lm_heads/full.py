@@ -13,7 +13,8 @@ The reference every other head is measured against (Bengio et al. 2003 onwards).
   matmuls run at full matmul speed, small next to naive's ``3·n·V·4 B``. Same loss and
   gradients as naive to float tolerance.
 
-``log_prob`` returns ``[n, V]`` by contract in both modes.
+``log_prob`` returns ``[n, V]`` by contract in both modes; ``target_log_prob``, ``predict`` and
+``sample`` are chunked in both modes (evaluation memory stays O(chunk·V) at any batch size).
 
 Shape:
     - hidden: ``[..., d]``; target: ``[...]``
@@ -120,20 +121,23 @@ class FullSoftmaxHead(Head):
     def _log_prob(self, hidden: Tensor) -> Tensor:
         return linear_f32(hidden, self.weight, self.bias).log_softmax(-1)
 
+    # Evaluation never needs [n, V] at once: even the naive mode (whose *training* loss is the
+    # speed baseline) scores, predicts and samples chunk by chunk, with the same exact result.
+    @property
+    def _eval_chunk_size(self) -> ChunkSize:
+        return "auto" if self.chunk_size is None else self.chunk_size
+
     def _target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
-        if self.chunk_size is None:
-            return super()._target_log_prob(hidden, target)
-        return -self._exact_token_loss(hidden, target)
+        return -linear_cross_entropy(
+            hidden, self.weight, self.bias, target, chunk_size=self._eval_chunk_size
+        )
 
     def _predict(self, hidden: Tensor) -> Tensor:
-        if self.chunk_size is None:
-            return linear_f32(hidden, self.weight, self.bias).argmax(-1)
-        return linear_argmax(hidden, self.weight, self.bias, chunk_size=self.chunk_size)
+        return linear_argmax(hidden, self.weight, self.bias, chunk_size=self._eval_chunk_size)
 
     def _sample(self, hidden: Tensor, generator: torch.Generator | None) -> Tensor:
-        chunk_size = "auto" if self.chunk_size is None else self.chunk_size
         return linear_sample(
-            hidden, self.weight, self.bias, chunk_size=chunk_size, generator=generator
+            hidden, self.weight, self.bias, chunk_size=self._eval_chunk_size, generator=generator
         )
 
     def output_embeddings(self) -> Tensor:

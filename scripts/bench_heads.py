@@ -300,14 +300,17 @@ def estimate_bytes(case: dict[str, Any], n: int, d: int) -> dict[str, float]:
         width = max(width, vocab / 8)  # "auto" cutoffs are unknown before the head is built
         return {"train": base + params + 16.0 * n * width, "eval": base + 12.0 * n * width}
     chunk = option_value(name, options, ["chunk_size"]) if name in HEADS else None
-    if chunk is not None:
-        rows = max(1, 2**28 // (4 * vocab)) if chunk == "auto" else int(chunk)
-        chunk_logits = 4.0 * min(rows, n) * vocab
-        full_eval = base + 3 * chunk_logits
-    else:
-        chunk_logits = 0.0
-        full_eval = base + 2.5 * logits
-    if case["kind"] == "naive" or name == "full":
+
+    def chunk_bytes(chunk: Any) -> float:  # "auto": ~512 MB of float32 logits per chunk
+        rows = max(1, 2**29 // (4 * vocab)) if chunk == "auto" else int(chunk)
+        return 4.0 * min(rows, n) * vocab
+
+    chunk_logits = 0.0 if chunk is None else chunk_bytes(chunk)
+    # The full-softmax family evaluates chunk by chunk in every mode; the naive baseline does not.
+    full_eval = base + 3 * chunk_bytes("auto" if chunk is None else chunk)
+    if case["kind"] == "naive":
+        return {"train": base + params + 3 * logits, "eval": base + 2.5 * logits}
+    if name == "full":
         train = 3 * (chunk_logits or logits)
         return {"train": base + params + train, "eval": full_eval}
     if name in ("spherical", "taylor"):
