@@ -103,24 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--bptt", type=int, default=35)
     g.add_argument("--lr", type=float, default=3e-3)
-    g.add_argument("--steps", type=int, default=120, help="equal-steps budget")
-    g.add_argument("--seconds", type=float, default=45.0, help="equal-time budget per head")
+    g.add_argument("--steps", type=int, default=100, help="equal-steps budget")
+    g.add_argument("--seconds", type=float, default=40.0, help="equal-time budget per head")
     g.add_argument("--max-time-steps", type=int, default=100_000,
                    help="step cap of the equal-time runs")  # fmt: skip
-    g.add_argument("--val-every", type=int, default=30, help="steps between validations")
-    g.add_argument("--val-batches", type=int, default=4, help="batches per periodic validation")
-    g.add_argument("--final-val-batches", type=int, default=30)
+    g.add_argument("--val-every", type=int, default=25, help="steps between validations")
+    g.add_argument("--val-batches", type=int, default=3, help="batches per periodic validation")
+    g.add_argument("--final-val-batches", type=int, default=20)
     g.add_argument("--test-batches", type=int, default=30,
                    help="test batches (0: the whole test split)")  # fmt: skip
 
     g = p.add_argument_group("synthetic suite")
     g.add_argument("--synthetic-vocab-size", type=int, default=200_000)
-    g.add_argument("--synthetic-tokens", type=int, default=1_000_000)
-    g.add_argument("--synthetic-budgets", nargs="+", choices=BUDGETS, default=["steps"])
+    g.add_argument("--synthetic-tokens", type=int, default=300_000)
+    g.add_argument("--synthetic-budgets", nargs="+", choices=BUDGETS, default=["time"],
+                   help="time: at V = 200k the O(V) heads cost seconds per step")  # fmt: skip
     g.add_argument("--synthetic-embed-dim", type=int, default=64)
     g.add_argument("--synthetic-d-model", type=int, default=64)
     g.add_argument("--synthetic-batch-size", type=int, default=8)
-    g.add_argument("--synthetic-steps", type=int, default=120)
+    g.add_argument("--synthetic-steps", type=int, default=60)
     return p
 
 
@@ -246,20 +247,26 @@ KEEP = ("head_is_exact", "vocab_size", "parameters", "global_step", "val_ppl", "
 
 
 def estimate_seconds(args: argparse.Namespace, runs: Sequence[dict[str, Any]]) -> float:
-    """A rough duration from per-run overheads and the budgets (2 CPU cores, measured)."""
+    """A rough duration of ``runs`` on 2 CPU cores (measured there with other work running).
+
+    Model: a head's step (training) or batch (exact evaluation) costs in proportion to
+    ``tokens × width × V``; averaged over all heads, ~0.6 s per training step and ~0.3 s per
+    evaluation batch at 560 tokens × 128 × 33,278; plus ~12 s to start each run.
+    """
     total = 0.0
     for run in runs:
         synthetic = run["suite"] == "synthetic"
-        if run["budget"] == "time":
-            total += args.seconds + 40  # startup, validations, final evaluation
-        else:
-            tokens = (args.synthetic_batch_size if synthetic else args.batch_size) * args.bptt
-            width = args.synthetic_d_model if synthetic else args.d_model
-            vocab = args.synthetic_vocab_size if synthetic else 33_278
-            steps = args.synthetic_steps if synthetic else args.steps
-            # ~0.9 s per full-softmax step of 1120 tokens × 128 × 33k on 2 loaded cores
-            per_step = 0.9 * (tokens * width * vocab) / (1120 * 128 * 33_278) + 0.1
-            total += steps * per_step + 40
+        tokens = (args.synthetic_batch_size if synthetic else args.batch_size) * args.bptt
+        width = args.synthetic_d_model if synthetic else args.d_model
+        vocab = args.synthetic_vocab_size if synthetic else 33_278
+        scale = tokens * width * vocab / (560 * 128 * 33_278)
+        step = 0.6 * scale + 0.05
+        steps = args.synthetic_steps if synthetic else args.steps
+        train = args.seconds if run["budget"] == "time" else steps * step
+        validations = max(1.0, (train / step) / args.val_every)
+        batches = validations * args.val_batches + args.final_val_batches
+        batches += args.test_batches or 440 * 560 / tokens
+        total += 12 + train + 0.3 * scale * batches
     return total
 
 
