@@ -91,8 +91,11 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path) -> None:
     common = ["--head", "adaptive", "--devices", "2", "--checkpoint-every", "2"]
     # 6000 tokens / (2 ranks x 4 streams) = 750 per stream = 75 batches of 10: step 5 is mid-epoch.
     full = _recipe(tmp_path, "full", *common, "--max-steps", "8")
+    # The interrupted run gets past step 5, but resumes from its last *periodic* checkpoint
+    # (step 4), as a run killed at step 5 would: the end-of-run save plays no part.
     _recipe(tmp_path, "part", *common, "--max-steps", "5")
-    resumed = _recipe(tmp_path, "part", *common, "--max-steps", "8", "--resume", "last")
+    periodic = str(tmp_path / "part/checkpoints/step4.ckpt")
+    resumed = _recipe(tmp_path, "part", *common, "--max-steps", "8", "--resume", periodic)
     assert resumed["global_step"] == full["global_step"] == 8
     a = torch.load(tmp_path / "full/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     b = torch.load(tmp_path / "part/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
