@@ -859,6 +859,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         "head": args.head,
         "head_options": args.head_options,
         "head_is_exact": bool(model.head.exact_loss),
+        # The resolved structure (e.g. the cutoffs that cutoffs="auto" chose), to reuse as options.
+        "head_structure": model.head.extra_repr(),
         "model": args.model,
         "tie_weights": args.tie_weights,
         "data": args.data,
@@ -907,6 +909,7 @@ def _print_summary(r: dict[str, Any], path: Path) -> None:
 
     lines = [
         f"head            {r['head']} {r['head_options'] or ''}",
+        f"head structure  {r['head_structure']}",
         f"data            {r['data_description']} (V={r['vocab_size']})",
         f"steps           {r['global_step']} on {r['world_size']} rank(s)",
         f"val ppl         {fmt(r['val_ppl'])}",
