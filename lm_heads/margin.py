@@ -66,7 +66,7 @@ def _at_least_f32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-class _LogitHead(Head):
+class LogitSoftmaxHead(Head):
     """A head whose distribution is ``softmax(logits(h))`` over ``[n, V]`` logits."""
 
     def _logits(self, hidden: Tensor) -> Tensor:
@@ -86,7 +86,7 @@ class _LogitHead(Head):
         return self.weight
 
 
-class CosineSoftmaxHead(_LogitHead):
+class CosineSoftmaxHead(LogitSoftmaxHead):
     r"""Cosine softmax with an additive margin at training time (AM-Softmax / CosFace).
 
     ``z_j = s·cos(h, w_j)``, minus ``s·m`` on the target while training. No bias.
@@ -169,7 +169,7 @@ class CosineSoftmaxHead(_LogitHead):
         )
 
 
-class RBFSoftmaxHead(_LogitHead):
+class RBFSoftmaxHead(LogitSoftmaxHead):
     r"""RBF-Softmax: ``z_j = s·exp(−‖h − w_j‖² / γ)`` (Zhang et al. 2020).
 
     Args:

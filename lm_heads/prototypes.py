@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lm_heads.base import Head
+from lm_heads.margin import LogitSoftmaxHead
 
 __all__ = ["HypersphericalPrototypeHead", "hyperspherical_prototypes"]
 
@@ -144,7 +144,7 @@ def _simplex(num: int, dim: int) -> Tensor:
     return F.pad(vertices, (0, dim - (num - 1))).float()
 
 
-class HypersphericalPrototypeHead(Head):
+class HypersphericalPrototypeHead(LogitSoftmaxHead):
     r"""Fixed hyperspherical prototypes, ``(1 − cos)²`` loss, learned softmax temperature.
 
     Args:
@@ -240,16 +240,6 @@ class HypersphericalPrototypeHead(Head):
     def _logits(self, hidden: Tensor) -> Tensor:
         cosines = self._all_cosines(self._embed(hidden))
         return self.log_scale.exp().to(cosines.dtype) * cosines
-
-    def _log_prob(self, hidden: Tensor) -> Tensor:
-        return self._logits(hidden).log_softmax(-1)
-
-    def _target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
-        logits = self._logits(hidden)
-        return logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-
-    def _predict(self, hidden: Tensor) -> Tensor:
-        return self._logits(hidden).argmax(-1)
 
     def output_embeddings(self) -> None:
         # The prototypes are placed before training, independently of the data: SimLex on them

@@ -541,34 +541,6 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
             self._rng_to_restore = None
 
 
-class Throughput(Callback):
-    """Training tokens per second over all ranks, excluding validation and the first step."""
-
-    def __init__(self) -> None:
-        self.tokens = 0
-        self.seconds = 0.0
-        self.steps = 0
-        self._t0: float | None = None
-
-    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, idx: int) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, module: Any, out: Any, batch: Any, idx: int
-    ) -> None:
-        if module.device.type == "cuda":
-            torch.cuda.synchronize(module.device)
-        if self._t0 is not None and self.steps > 0:  # step 0 pays one-off costs (allocations)
-            self.seconds += time.perf_counter() - self._t0
-            self.tokens += batch[1].numel() * trainer.world_size
-        self.steps += 1
-        self._t0 = None
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        return self.tokens / self.seconds if self.seconds > 0 else None
-
-
 class TrainClock(Callback):
     """Training wall-clock (optimizer steps only), the ``--max-time`` budget, and the val curve.
 
@@ -578,7 +550,8 @@ class TrainClock(Callback):
     ``curve`` gets one point per validation during ``fit`` (not the sanity check).
 
     With a budget, every rank stops after the step at which any rank crossed it (one boolean
-    all-reduce per step, so ranks never disagree on the number of steps).
+    all-reduce per step, so ranks never disagree on the number of steps). ``tokens_per_s`` is the
+    training throughput over all ranks without the first step, which pays one-off allocations.
     """
 
     def __init__(self, max_seconds: float | None = None) -> None:
@@ -587,6 +560,7 @@ class TrainClock(Callback):
         self.tokens = 0
         self.curve: list[dict[str, float]] = []
         self.stopped_by_time = False
+        self._first_step: tuple[float, int] | None = None  # (seconds, tokens)
         self._t0: float | None = None
 
     def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, idx: int) -> None:
@@ -600,6 +574,8 @@ class TrainClock(Callback):
         if self._t0 is not None:
             self.seconds += time.perf_counter() - self._t0
             self.tokens += batch[1].numel() * trainer.world_size
+            if self._first_step is None:
+                self._first_step = (self.seconds, self.tokens)
         self._t0 = None
         if self.max_seconds is not None:
             over = trainer.strategy.reduce_boolean_decision(
@@ -608,6 +584,13 @@ class TrainClock(Callback):
             if over:
                 self.stopped_by_time = True
                 trainer.should_stop = True
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if self._first_step is None or self.seconds <= self._first_step[0]:
+            return None
+        first_seconds, first_tokens = self._first_step
+        return (self.tokens - first_tokens) / (self.seconds - first_seconds)
 
     def on_validation_end(self, trainer: L.Trainer, module: Any) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -804,7 +787,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         save_top_k=1,
         save_last=True,
     )
-    throughput = Throughput()
     clock = TrainClock(args.max_time)
     limits = {
         f"limit_{k}_batches": getattr(args, f"limit_{k}_batches")
@@ -827,7 +809,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             clock,  # before FinalCheckpoint, which saves last.ckpt when the clock stops training
             checkpoint,
             FinalCheckpoint(out_dir / "checkpoints" / "last.ckpt", args.checkpoint_every),
-            throughput,
         ],
         default_root_dir=out_dir,
         log_every_n_steps=args.log_every,
@@ -873,7 +854,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         "test_ppl": float(test[0]["test_ppl"]),
         "entropy_floor_ppl": getattr(dm, "entropy_floor_ppl", None),
         "train_loss_last": train_loss,
-        "train_tokens_per_s": throughput.tokens_per_s,
+        "train_tokens_per_s": clock.tokens_per_s,
         "train_seconds": train_seconds,
         "stopped_by_time": clock.stopped_by_time,
         "train_step_seconds": clock.seconds,
