@@ -97,7 +97,7 @@ class Head(nn.Module):
         # Masking with `where` (not boolean indexing) keeps shapes static: no host sync on GPU,
         # and ignored tokens get exactly zero gradient.
         safe_target = torch.where(keep, t, torch.zeros_like(t))
-        per_token = torch.where(keep, _at_least_f32(self._token_loss(h, safe_target)), 0.0)
+        per_token = torch.where(keep, at_least_float32(self._token_loss(h, safe_target)), 0.0)
         num_tokens = keep.sum()
         loss_sum = per_token.sum()
         loss = loss_sum / num_tokens.clamp_min(1)
@@ -114,7 +114,7 @@ class Head(nn.Module):
         h, t = self._flatten(hidden, target)
         keep = t != self.ignore_index
         safe_target = torch.where(keep, t, torch.zeros_like(t))
-        out = torch.where(keep, _at_least_f32(self._target_log_prob(h, safe_target)), 0.0)
+        out = torch.where(keep, at_least_float32(self._target_log_prob(h, safe_target)), 0.0)
         return out.reshape(target.shape)
 
     def predict(self, hidden: Tensor) -> Tensor:
@@ -190,7 +190,7 @@ def sample_categorical(log_prob: Tensor, generator: torch.Generator | None = Non
     return (log_prob.float() + gumbel).argmax(-1)
 
 
-def _at_least_f32(x: Tensor) -> Tensor:
+def at_least_float32(x: Tensor) -> Tensor:
     """float32, except that float64 stays float64 (gradcheck, float64 evaluation)."""
     return x if x.dtype == torch.float64 else x.float()
 
@@ -198,4 +198,4 @@ def _at_least_f32(x: Tensor) -> Tensor:
 def linear_f32(hidden: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``hidden @ weightᵀ + bias`` in the autocast dtype, returned as float32 for normalisers
     (float64 stays float64)."""
-    return _at_least_f32(F.linear(hidden, weight, bias))
+    return at_least_float32(F.linear(hidden, weight, bias))

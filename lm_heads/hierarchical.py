@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lm_heads.base import Head
+from lm_heads.base import Head, linear_f32
 from lm_heads.counts import as_counts
 from lm_heads.tree import Tree, binned_tree, huffman_tree, tree_tensors
 
@@ -166,7 +166,7 @@ class TreeSoftmaxHead(Head):
         weights, biases = segments
         if plan.dense is not None:
             seg = plan.dense[0]
-            return fn(_linear(hidden, weights[seg], biases[seg]), aux)
+            return fn(linear_f32(hidden, weights[seg], biases[seg]), aux)
 
         result = None
         if plan.gather_width:
@@ -184,7 +184,7 @@ class TreeSoftmaxHead(Head):
         sizes = torch.bincount(key, minlength=num_wide + 1).tolist()  # the one host sync
         groups = zip(hidden[order].split(sizes), aux[order].split(sizes), strict=True)
         parts = [
-            fn(_linear(h, weights[seg], biases[seg]), a)
+            fn(linear_f32(h, weights[seg], biases[seg]), a)
             for seg, (h, a) in zip(plan.wide_segments, groups, strict=False)
             if h.shape[0]
         ]
@@ -252,7 +252,7 @@ class TreeSoftmaxHead(Head):
 
     def _log_prob(self, hidden: Tensor) -> Tensor:
         n = hidden.shape[0]
-        logits = _linear(hidden, self.weight, self.bias)  # [n, E]
+        logits = linear_f32(hidden, self.weight, self.bias)  # [n, E]
         num_nodes = self.node_width.numel()
         index = self.edge_node.expand(n, -1)
         # The per-node max only shifts the log-sum-exp for stability: no gradient through it.
@@ -297,12 +297,6 @@ class TreeSoftmaxHead(Head):
             f"{super().extra_repr()}, nodes={self.node_width.numel()}, "
             f"depth={self.path_nodes.shape[1]}, edges={self.weight.shape[0]}"
         )
-
-
-def _linear(hidden: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """Logits in the autocast dtype, returned as float32 (float64 stays float64) for normalisers."""
-    logits = F.linear(hidden, weight, bias)
-    return logits if logits.dtype == torch.float64 else logits.float()
 
 
 def _child_log_prob(logits: Tensor, child: Tensor) -> Tensor:

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lm_heads.base import Head
+from lm_heads.base import Head, at_least_float32
 
 __all__ = ["CosineSoftmaxHead", "RBFSoftmaxHead"]
 
@@ -60,10 +60,6 @@ def _check_positive(name: str, value: float, example: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return float(value)
-
-
-def _at_least_f32(x: Tensor) -> Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class LogitSoftmaxHead(Head):
@@ -145,9 +141,9 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
         # Normalise in at least float32 (a bf16 norm costs 3 digits of every cosine); the matmul
         # itself follows autocast. The scale is folded into the [n, d] side, so the matmul
         # writes the logits directly: one [n, V] pass fewer on a memory-bound head.
-        h = F.normalize(_at_least_f32(hidden), dim=-1)
-        w = F.normalize(_at_least_f32(self.weight), dim=-1)
-        return _at_least_f32(F.linear(h * self.log_scale.exp().to(h.dtype), w))
+        h = F.normalize(at_least_float32(hidden), dim=-1)
+        w = F.normalize(at_least_float32(self.weight), dim=-1)
+        return at_least_float32(F.linear(h * self.log_scale.exp().to(h.dtype), w))
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
         logits = self._logits(hidden)
@@ -211,8 +207,8 @@ class RBFSoftmaxHead(LogitSoftmaxHead):
         directly, instead of three further ``[n, V]`` passes to add the norms and scale.
         """
         with torch.autocast(hidden.device.type, enabled=False):
-            h = _at_least_f32(hidden)
-            w = _at_least_f32(self.weight)
+            h = at_least_float32(hidden)
+            w = at_least_float32(self.weight)
             h_aug = torch.cat(
                 [-2.0 * h, h.square().sum(-1, keepdim=True), torch.ones_like(h[:, :1])], 1
             )

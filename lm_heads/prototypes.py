@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lm_heads.base import at_least_float32
 from lm_heads.margin import LogitSoftmaxHead
 
 __all__ = ["HypersphericalPrototypeHead", "hyperspherical_prototypes"]
@@ -208,11 +209,11 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
     def _embed(self, hidden: Tensor) -> Tensor:
         z = self.proj(hidden)
         # Normalise in at least float32: the cosines feed a loss and a softmax.
-        return F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
+        return F.normalize(at_least_float32(z), dim=-1)
 
     def _all_cosines(self, z: Tensor) -> Tensor:
         cosines = F.linear(z, self.prototypes.to(z.dtype))
-        return cosines.to(torch.promote_types(cosines.dtype, torch.float32))
+        return at_least_float32(cosines)
 
     @property
     def is_exact(self) -> bool:

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lm_heads.base import Head, HeadOutput, _at_least_f32, linear_f32
+from lm_heads.base import Head, HeadOutput, at_least_float32, linear_f32
 from lm_heads.chunked_ce import ChunkSize
 from lm_heads.full import FullSoftmaxHead
 from lm_heads.samplers import PROPOSALS, CategoricalSampler, proposal_probs
@@ -139,7 +139,7 @@ class _SampledHead(FullSoftmaxHead):
         ids = torch.cat([target, noise])
         rows = self.weight.index_select(0, ids)
         row_bias = None if self.bias is None else self.bias.index_select(0, ids)
-        target_logit = (_at_least_f32(hidden) * _at_least_f32(rows[:n])).sum(-1)
+        target_logit = (at_least_float32(hidden) * at_least_float32(rows[:n])).sum(-1)
         noise_logit = linear_f32(hidden, rows[n:], None if row_bias is None else row_bias[n:])
         if row_bias is not None:
             target_logit = target_logit + row_bias[:n]
