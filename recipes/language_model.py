@@ -1,0 +1,257 @@
+"""The recipe's LightningModule and its training callbacks.
+
+``LanguageModel`` is a backbone (``recipes.models``) plus a head wired through ``LMHeadMixin``;
+``TrainClock`` measures training time and throughput, enforces ``--max-time`` and records the
+validation curve; ``FinalCheckpoint`` writes ``last.ckpt`` when training stops between periodic
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lm_heads.mixin import LMHeadMixin
+from recipes.models import LSTMLM, TransformerLM, tie_head_weights
+
+DEFAULT_HEAD = "adaptive"
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+# ------------------------------------------------------------------------------------------------
+# The model
+class LanguageModel(LMHeadMixin, L.LightningModule):
+    """Backbone (``LSTMLM`` / ``TransformerLM``) + head, trained with the mixin's steps.
+
+    Only primitives go to ``save_hyperparameters`` (counts live in the head's buffers), so a
+    checkpoint loads with ``torch.load(..., weights_only=True)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        counts: torch.Tensor | None = None,
+        head: str = DEFAULT_HEAD,
+        head_options: dict[str, Any] | None = None,
+        model: str = "lstm",
+        embed_dim: int = 128,
+        d_model: int = 256,
+        num_layers: int = 1,
+        num_heads: int = 4,
+        positions: str = "learned",
+        dropout: float = 0.2,
+        max_len: int = 512,
+        tie_weights: bool = False,
+        optimizer: str = "adam",
+        lr: float = 2e-3,
+        weight_decay: float = 0.0,
+        lr_schedule: str = "constant",
+        warmup_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["counts"])
+        out_features = embed_dim if tie_weights else None
+        if model == "lstm":
+            self.backbone: torch.nn.Module = LSTMLM(
+                vocab_size,
+                embed_dim=embed_dim,
+                d_model=d_model,
+                num_layers=num_layers,
+                dropout=dropout,
+                out_features=out_features,
+            )
+        elif model == "transformer":
+            self.backbone = TransformerLM(
+                vocab_size,
+                embed_dim=embed_dim,
+                d_model=d_model,
+                num_layers=num_layers,
+                num_heads=num_heads,
+                dropout=dropout,
+                max_len=max_len,
+                positions=positions,
+                out_features=out_features,
+            )
+        else:
+            raise ValueError(f"model must be 'lstm' or 'transformer', got {model!r}")
+        self.configure_head(
+            head,
+            in_features=self.backbone.out_features,
+            vocab_size=vocab_size,
+            counts=counts,
+            **(head_options or {}),
+        )
+        if tie_weights:
+            tie_head_weights(self.backbone.embedding, self.head)
+        self._rng_to_restore: dict[str, torch.Tensor] | None = None
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.backbone(tokens)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch
+        return self.head_training_step(self(inputs), targets)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        inputs, targets = batch
+        self.head_evaluation_step(self(inputs), targets, stage="val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        inputs, targets = batch
+        self.head_evaluation_step(self(inputs), targets, stage="test")
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if hp.optimizer == "adam":
+            opt: torch.optim.Optimizer = torch.optim.Adam(
+                params, lr=hp.lr, weight_decay=hp.weight_decay
+            )
+        elif hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            raise ValueError(f"optimizer must be adam, adamw or sgd, got {hp.optimizer!r}")
+        if hp.lr_schedule == "constant" and hp.warmup_steps == 0:
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup, cosine = hp.warmup_steps, hp.lr_schedule == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not cosine:
+                return 1.0
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # Exact resume: the global torch RNG drives dropout (and any head that samples from it), and
+    # Lightning does not checkpoint it. Tensors only, so weights_only loading still works.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        checkpoint["rng_states"] = rng
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        # Restored here, after the sanity check and loader setup, right before the next step.
+        if self._rng_to_restore is not None:
+            torch.set_rng_state(self._rng_to_restore["torch"])
+            if "cuda" in self._rng_to_restore and self.device.type == "cuda":
+                torch.cuda.set_rng_state(self._rng_to_restore["cuda"], self.device)
+            self._rng_to_restore = None
+
+
+class TrainClock(Callback):
+    """Training wall-clock (optimizer steps only), the ``--max-time`` budget, and the val curve.
+
+    ``seconds`` sums the time from each training batch's start to its end (forward, backward,
+    optimizer step) on this rank, so validation, checkpoints and data loading do not count: the
+    curve of validation perplexity against ``seconds`` compares heads by what training costs.
+    ``curve`` gets one point per validation during ``fit`` (not the sanity check).
+
+    With a budget, every rank stops after the step at which any rank crossed it (one boolean
+    all-reduce per step, so ranks never disagree on the number of steps). ``tokens_per_s`` is the
+    training throughput over all ranks without the first step, which pays one-off allocations.
+    """
+
+    def __init__(self, max_seconds: float | None = None) -> None:
+        self.max_seconds = max_seconds
+        self.seconds = 0.0
+        self.tokens = 0
+        self.curve: list[dict[str, float]] = []
+        self.stopped_by_time = False
+        self._first_step: tuple[float, int] | None = None  # (seconds, tokens)
+        self._t0: float | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, idx: int) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: Any, out: Any, batch: Any, idx: int
+    ) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+        if self._t0 is not None:
+            self.seconds += time.perf_counter() - self._t0
+            self.tokens += batch[1].numel() * trainer.world_size
+            if self._first_step is None:
+                self._first_step = (self.seconds, self.tokens)
+        self._t0 = None
+        if self.max_seconds is not None:
+            over = trainer.strategy.reduce_boolean_decision(
+                self.seconds >= self.max_seconds, all=False
+            )
+            if over:
+                self.stopped_by_time = True
+                trainer.should_stop = True
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if self._first_step is None or self.seconds <= self._first_step[0]:
+            return None
+        first_seconds, first_tokens = self._first_step
+        return (self.tokens - first_tokens) / (self.seconds - first_seconds)
+
+    def on_validation_end(self, trainer: L.Trainer, module: Any) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = trainer.callback_metrics.get("val_ppl")
+        if value is not None:
+            self.add_point(trainer.global_step, float(value))
+
+    def add_point(self, step: int, val_ppl: float) -> None:
+        if self.curve and self.curve[-1]["step"] == step:
+            self.curve.pop()  # same weights evaluated again (e.g. the final, fuller validation)
+        self.curve.append(
+            {"step": step, "train_seconds": self.seconds, "tokens": self.tokens, "val_ppl": val_ppl}
+        )
+
+
+def time_to_target(curve: Sequence[dict[str, float]], target: float) -> dict[str, Any]:
+    """First point of ``curve`` whose validation perplexity is ``<= target`` (``None``: never)."""
+    for point in curve:
+        if point["val_ppl"] <= target:
+            return {"target_ppl": target, **point}
+    return {"target_ppl": target, "step": None, "train_seconds": None, "tokens": None,
+            "val_ppl": None}  # fmt: skip
+
+
+class FinalCheckpoint(Callback):
+    """Write ``last.ckpt`` when training stops between two periodic checkpoints.
+
+    Saved from ``on_train_batch_end`` of the final step, exactly like ModelCheckpoint's periodic
+    saves (which Lightning runs after this callback), so ``--resume last`` continues exactly.
+    """
+
+    def __init__(self, path: Path, every: int) -> None:
+        self.path, self.every = path, every
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: Any, out: Any, batch: Any, idx: int
+    ) -> None:
+        step = trainer.global_step
+        last_step = 0 < trainer.max_steps <= step
+        last_batch = (
+            trainer.max_epochs is not None
+            and trainer.max_epochs > 0
+            and trainer.current_epoch + 1 >= trainer.max_epochs
+            and idx + 1 >= trainer.num_training_batches
+        )
+        if (last_step or last_batch or trainer.should_stop) and step % self.every != 0:
+            trainer.save_checkpoint(self.path)
