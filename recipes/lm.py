@@ -44,10 +44,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from lm_heads import HEADS, head_options  # noqa: E402
-from lm_heads.data import LMDataModule, StreamBatches  # noqa: E402
+from lm_heads.data import LMDataModule  # noqa: E402
 from lm_heads.similarity import find_simlex, load_simlex, word_similarity  # noqa: E402
 from recipes.language_model import (  # noqa: E402
     DEFAULT_HEAD,
@@ -190,11 +189,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
     g.add_argument("--lr", type=_positive_float, default=2e-3)
     g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
+    g.add_argument(
+        "--lr-schedule",
+        default="constant",
+        choices=["constant", "cosine", "plateau"],
+        help="plateau: divide the lr by --lr-decay when an epoch's val perplexity does not improve",
+    )
+    g.add_argument("--lr-decay", type=_positive_float, default=4.0, help="plateau divisor")
+    g.add_argument(
+        "--lr-patience", type=_non_negative_int, default=0, help="plateau: epochs to wait"
+    )
+    g.add_argument(
+        "--carry-state",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="LSTM: carry the (detached) state from each window to the next (truncated BPTT)",
+    )
     g.add_argument("--warmup-steps", type=_non_negative_int, default=0)
     g.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm (0: off)")
     g.add_argument("--batch-size", type=_positive_int, default=32, help="windows per step per rank")
     g.add_argument("--bptt", type=_positive_int, default=35, help="tokens per window")
+    g.add_argument(
+        "--eval-batch-size",
+        type=_positive_int,
+        default=None,
+        help="validation/test streams, split across ranks (default: --batch-size)",
+    )
     g.add_argument("--max-steps", type=int, default=300, help="-1: no limit (use --max-epochs)")
     g.add_argument("--max-epochs", type=int, default=None)
     g.add_argument(
@@ -358,60 +378,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------------
-# Data
-def shard_eval_loader(dataset: Dataset, rank: int, world_size: int) -> DataLoader:
-    """Items (whole ``[B, T]`` batches) of an evaluation dataset dealt to ranks, none repeated.
-
-    The dataset is the single-process one, so every rank count evaluates the very same windows
-    (an LSTM without carried state scores a token by the window it sits in; cutting the split
-    into more, shorter streams would change the number). Lightning's DistributedSampler would
-    instead pad the last share with repeated items. Shares differ by at most one item; that is
-    fine because evaluation runs no per-step collective (the metric is summed once, at the end of
-    the epoch), but every rank needs at least one item, or it would never join that sum.
-    """
-    n = len(dataset)
-    if n < world_size:
-        raise ValueError(
-            f"the evaluation split has {n} batch(es), fewer than the {world_size} ranks; "
-            "use fewer devices, a smaller --batch-size or a smaller --bptt"
-        )
-    return DataLoader(dataset, sampler=list(range(rank, n, world_size)), batch_size=None)
-
-
-class ShardedData(L.LightningDataModule):
-    """An already set-up ``LMDataModule``, with world-size-independent evaluation splits.
-
-    Training batches come from the data module itself: each rank reads its own contiguous
-    streams, and after a restart its sampler skips the batches the checkpoint already trained on
-    (the data module reads that from the restored trainer), so resume is exact.
-    """
-
-    def __init__(self, dm: Any) -> None:
-        super().__init__()
-        self.dm = dm
-
-    def train_dataloader(self) -> DataLoader:
-        # The data module reads rank, world size and restart progress from the trainer.
-        self.dm.trainer = self.trainer
-        return self.dm.train_dataloader()
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        dm = self.dm
-        dataset = StreamBatches(
-            dm.splits[split], dm.eval_batch_size, dm.bptt, pad_tail=True, start_id=dm.vocab.eos_id
-        )
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return shard_eval_loader(dataset, rank, world)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("valid")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
-
-
-# ------------------------------------------------------------------------------------------------
 def _global_rank_from_env() -> int:
     """Global rank as set by Lightning's launcher, torchrun or SLURM (0 when single-process)."""
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
@@ -489,6 +455,12 @@ def _similarity(model: LanguageModel, dm: Any, simlex: Path | None) -> dict[str,
     return out
 
 
+def _similarity_scores(model: LanguageModel, dm: Any, simlex: Path | None) -> dict[str, Any]:
+    """Spearman ρ of input and output embeddings, flat, for the validation curve's points."""
+    scores = _similarity(model, dm, simlex)
+    return {f"simlex_{k}": scores[k].get("spearman") for k in ("input", "output")}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Run the recipe; returns the results dict on global rank 0 (``None`` on other ranks)."""
     args = parse_args(argv)
@@ -503,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         data=args.data,
         batch_size=args.batch_size,
         bptt=args.bptt,
+        eval_batch_size=args.eval_batch_size,
         cache_dir=args.cache_dir,
         min_count=args.min_count,
         max_size=args.max_size,
@@ -535,8 +508,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         weight_decay=args.weight_decay,
         lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps,
+        lr_decay=args.lr_decay,
+        lr_patience=args.lr_patience,
+        carry_state=args.carry_state,
     )
-    data = ShardedData(dm)
+    data = dm
     out_dir: Path = args.output_dir
     resume = _resolve_resume(args)
 
@@ -557,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         save_top_k=1,
         save_last=True,
     )
-    clock = TrainClock(args.max_time)
+    clock = TrainClock(args.max_time, probe=lambda: _similarity_scores(model, dm, args.simlex))
     limits = {
         f"limit_{k}_batches": getattr(args, f"limit_{k}_batches")
         for k in ("train", "val", "test")
@@ -584,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         log_every_n_steps=args.log_every,
         enable_progress_bar=args.progress_bar,
         enable_model_summary=rank == 0,
-        use_distributed_sampler=False,  # ShardedData deals the windows to ranks itself
+        use_distributed_sampler=False,  # LMDataModule gives each rank its own streams
         num_sanity_val_steps=0 if resume is not None else 2,
         **limits,
     )

@@ -10,12 +10,11 @@ Notation used for tensor shapes:
     - ``B``: batch, ``T``: time (BPTT length)
     - ``V``: vocabulary size, ``e``: ``embed_dim``, ``d``: ``d_model`` (hidden size)
 
-State across BPTT windows: ``LSTMLM`` starts every window from a zero state. Carrying the
-(detached) state from one batch to the next is the classic recipe and gains a little perplexity,
-but it ties batch ``i`` of a rank to batch ``i+1`` of the same rank, which breaks under a DDP
-sampler that deals windows to ranks, under shuffling, and under exact mid-epoch resume (the state
-would have to be checkpointed). Zero state keeps every window independent; use a longer ``bptt``
-to give the model more context.
+Recurrent state across BPTT windows: ``forward(tokens, state)`` returns ``(hidden, state)``.
+Feeding a window's returned state (detached) into the next window of the same streams is truncated
+BPTT as in pytorch/examples' ``word_language_model``, AWD-LSTM and Grave et al. 2017: the model
+sees unbounded left context at the cost of ``bptt``-long gradients. ``LanguageModel`` does the
+carrying; ``TransformerLM`` takes no state (its context is the window) and returns ``None``.
 """
 
 from __future__ import annotations
@@ -26,6 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from lm_heads.base import Head
+
+LSTMState = tuple[Tensor, Tensor]
+"""``(h, c)``, each ``[num_layers, B, d_model]``, as ``nn.LSTM`` takes and returns it."""
 
 
 class LSTMLM(nn.Module):
@@ -70,11 +72,11 @@ class LSTMLM(nn.Module):
         self.proj = nn.Linear(d_model, self.out_features) if self.out_features != d_model else None
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """``tokens [B, T]`` → hidden ``[B, T, out_features]``."""
-        hidden, _ = self.rnn(self.drop(self.embedding(tokens)))
+    def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """``tokens [B, T]`` (and the previous window's state) → hidden ``[B, T, out]``, state."""
+        hidden, state = self.rnn(self.drop(self.embedding(tokens)), state)
         hidden = self.drop(hidden)
-        return self.proj(hidden) if self.proj is not None else hidden
+        return (self.proj(hidden) if self.proj is not None else hidden), state
 
 
 class TransformerLM(nn.Module):
@@ -142,8 +144,11 @@ class TransformerLM(nn.Module):
         self.out_features = out_features or d_model
         self.proj = nn.Linear(d_model, self.out_features) if self.out_features != d_model else None
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """``tokens [B, T]`` → hidden ``[B, T, out_features]`` (position t sees tokens ≤ t)."""
+    def forward(self, tokens: Tensor, state: None = None) -> tuple[Tensor, None]:
+        """``tokens [B, T]`` → hidden ``[B, T, out_features]`` (position t sees tokens ≤ t), None.
+
+        ``state`` exists for a common backbone signature; a window's context is the window.
+        """
         length = tokens.shape[1]
         if length > self.max_len:
             raise ValueError(
@@ -156,7 +161,7 @@ class TransformerLM(nn.Module):
         x = self.drop(x + self.pos[:length].to(x.dtype))
         mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
         hidden = self.blocks(x, mask=mask, is_causal=True)
-        return self.proj(hidden) if self.proj is not None else hidden
+        return (self.proj(hidden) if self.proj is not None else hidden), None
 
 
 def tie_head_weights(embedding: nn.Embedding, head: Head) -> str:

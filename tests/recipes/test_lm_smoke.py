@@ -113,7 +113,7 @@ def test_transformer_is_causal(positions: str) -> None:
     tokens = torch.randint(0, 50, (2, 10))
     changed = tokens.clone()
     changed[:, 6:] = (changed[:, 6:] + 1) % 50
-    a, b = model(tokens), model(changed)
+    (a, _), (b, _) = model(tokens), model(changed)
     assert a.shape == (2, 10, 16)
     torch.testing.assert_close(a[:, :6], b[:, :6])
     assert not torch.allclose(a[:, 6:], b[:, 6:])
@@ -123,7 +123,8 @@ def test_transformer_is_causal(positions: str) -> None:
 
 def test_lstm_shapes_and_projection() -> None:
     model = LSTMLM(30, embed_dim=8, d_model=12, num_layers=2, dropout=0.1, out_features=8)
-    assert model(torch.randint(0, 30, (3, 5))).shape == (3, 5, 8)
+    hidden, (h, c) = model(torch.randint(0, 30, (3, 5)))
+    assert hidden.shape == (3, 5, 8) and h.shape == c.shape == (2, 3, 12)
     with pytest.raises(ValueError, match="dropout"):
         LSTMLM(30, dropout=1.0)
 
@@ -135,7 +136,7 @@ def test_tie_weights_shares_the_parameter() -> None:
     assert head.get_parameter(name) is model.embedding.weight
     params = list(model.parameters()) + list(head.parameters())
     assert len({id(p) for p in params}) == len(params) - 1  # one shared, counted once by optimizers
-    out = head(model(torch.randint(0, 40, (2, 5))), torch.randint(0, 40, (2, 5)))
+    out = head(model(torch.randint(0, 40, (2, 5)))[0], torch.randint(0, 40, (2, 5)))
     out.loss.backward()
     assert model.embedding.weight.grad is not None
 
