@@ -62,8 +62,8 @@ def tie_weights(embedding: nn.Embedding, head: Head, *, init: str = "head") -> s
         raise ValueError(
             f"cannot tie weights: {type(head).__name__} output rows are {tuple(param.shape)} but "
             f"the embedding is {tuple(embedding.weight.shape)}; the embedding must be "
-            "[vocab_size, in_features] (project the backbone's hidden states to the embedding "
-            "size when they differ)"
+            "[vocab_size, in_features]: when they differ, the backbone must project its hidden "
+            "states to the embedding size"
         )
     if init == "head":
         embedding.weight = param
@@ -78,15 +78,15 @@ def _output_parameter_name(head: Head) -> str:
     """Name of ``head``'s ``[V, d]`` Parameter whose row ``w`` is word ``w``'s output vector."""
     if isinstance(head, AdaptiveSoftmaxHead):
         raise ValueError(
-            "cannot tie an nn.Embedding to the adaptive head: its rows are in frequency order and "
-            "its tail clusters score words in d / div_value^i dims; tie it to an adaptive input "
-            "embedding (same clusters) instead, or use a head with one row per word (full, "
-            "importance, nce)"
+            "cannot tie an nn.Embedding to the adaptive head: it has no output embedding per word "
+            "in one [V, d] matrix (rows in frequency order, tail clusters in d / div_value^i "
+            "dims); tie it to an adaptive input embedding (same clusters) instead, or use a head "
+            "with one row per word (full, importance, nce)"
         )
     rows = head.output_embeddings()
     if rows is None:
         raise ValueError(
-            f"cannot tie weights: {type(head).__name__} has no learned output row per word id "
+            f"cannot tie weights: {type(head).__name__} has no output embedding per word id "
             "(class and hierarchical score tree edges in frequency order, prototypes are fixed); "
             "use full, importance, nce, spherical, taylor, cosine or rbf"
         )

@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lm_heads.mixin import LMHeadMixin
-from recipes.models import LSTMLM, TransformerLM, tie_head_weights
+from recipes.models import LSTMLM, TransformerLM
 
 DEFAULT_HEAD = "adaptive"
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -30,8 +30,11 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class LanguageModel(LMHeadMixin, L.LightningModule):
     """Backbone (``LSTMLM`` / ``TransformerLM``) + head, trained with the mixin's steps.
 
-    Only primitives go to ``save_hyperparameters`` (counts live in the head's buffers), so a
-    checkpoint loads with ``torch.load(..., weights_only=True)``.
+    Only primitives go to ``save_hyperparameters``; the head's structure (counts included)
+    travels in the state dict (``LMHeadMixin``), so ``LanguageModel.load_from_checkpoint(path)``
+    needs no corpus, and a checkpoint loads with ``torch.load(..., weights_only=True)``.
+    ``compile=True`` compiles the backbone and the head's training forward (``torch.compile``)
+    when training starts.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
         weight_decay: float = 0.0,
         lr_schedule: str = "constant",
         warmup_steps: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["counts"])
@@ -90,7 +94,7 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
             **(head_options or {}),
         )
         if tie_weights:
-            tie_head_weights(self.backbone.embedding, self.head)
+            self.tie_head_weights(self.backbone.embedding)
         self._rng_to_restore: dict[str, torch.Tensor] | None = None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -147,6 +151,13 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get("rng_states")
+
+    def on_fit_start(self) -> None:
+        # Here, not in __init__: loading a checkpoint may rebuild the head after construction.
+        # In place (Module.compile), so parameter names and checkpoints stay those of eager runs.
+        if self.hparams.get("compile", False):
+            self.backbone.compile()
+            self.head.compile()
 
     def on_train_start(self) -> None:
         # Restored here, after the sanity check and loader setup, right before the next step.
