@@ -161,17 +161,22 @@ class LMHeadMixin:
         stage has several dataloaders, each with its own metric.
 
         ``dataloader_idx`` defaults to the dataloader Lightning is running (the index its
-        ``self.log`` appends). Returns the target log-probabilities ``[B, T]`` (0 where target is
-        ``ignore_index``).
+        ``self.log`` appends). Called by hand outside a Lightning loop, it only accumulates (read
+        ``self.val_ppl.compute()``). Returns the target log-probabilities ``[B, T]`` (0 where
+        target is ``ignore_index``).
         """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         head = self._configured_head()
+        results = _running_results(self)
         if dataloader_idx is None:
-            dataloader_idx = _running_dataloader_idx(self)
+            index = getattr(results, "dataloader_idx", None)  # what self.log appends to the name
+            dataloader_idx = 0 if index is None else int(index)
         metric, attribute = self._stage_metric(stage, dataloader_idx)
         target_log_prob = head.target_log_prob(hidden, target)
         metric.update(target_log_prob, target)
+        if results is None:
+            return target_log_prob  # called by hand, outside a Lightning loop: accumulate only
         # Logging the metric object (not its value) makes Lightning call compute() once per epoch,
         # after torchmetrics has summed both states over ranks, and then reset it.
         self.log(
@@ -317,11 +322,9 @@ def _load_head_structure(
         module._restore_head(HeadSpec.from_state(state), state_dict, prefix + "head.")
 
 
-def _running_dataloader_idx(module: Any) -> int:
-    """The dataloader Lightning is evaluating (0 outside a loop, or with a single dataloader)."""
-    results = getattr(getattr(module, "_trainer", None), "_results", None)
-    index = getattr(results, "dataloader_idx", None)
-    return 0 if index is None else int(index)
+def _running_results(module: Any) -> Any:
+    """The result collection of the Lightning loop now running (``None`` outside any loop)."""
+    return getattr(getattr(module, "_trainer", None), "_results", None)
 
 
 def _describe(spec: HeadSpec) -> str:
