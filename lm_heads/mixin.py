@@ -65,8 +65,9 @@ class LMHeadMixin:
     ``tie_head_weights``.
 
     Put it before ``LightningModule`` in the bases. After ``configure_head`` the module has
-    ``self.head`` (a :class:`~lm_heads.base.Head`) and ``self.val_ppl`` / ``self.test_ppl``
-    (:class:`~lm_heads.metrics.Perplexity` of the first dataloader of each stage).
+    ``self.head`` (a :class:`~lm_heads.base.Head`), ``self.val_ppl`` / ``self.test_ppl``
+    (:class:`~lm_heads.metrics.Perplexity` of the first dataloader of each stage) and
+    ``self.extra_ppl`` (those of further dataloaders: ``"val_1"``, ...).
     """
 
     head: Head
