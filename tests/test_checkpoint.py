@@ -147,3 +147,19 @@ def test_head_spec_rebuilds_outside_lightning() -> None:
     torch.testing.assert_close(rebuilt.log_prob(hidden), head.log_prob(hidden), rtol=0, atol=0)
     with pytest.raises(TypeError, match="plain values"):
         HeadSpec("full", DIM, VOCAB, options={"chunk_size": object()}).to_state()
+
+
+def test_training_resumes_from_a_checkpoint_without_counts(tmp_path) -> None:
+    """ckpt_path= restores before the optimizer is made, so a pending head trains on."""
+    torch.manual_seed(0)
+    model = HeadLM("hierarchical", COUNTS)
+    _trained_checkpoint(model, tmp_path / "h.ckpt")
+    resumed = HeadLM("hierarchical")  # no counts
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(resumed, _data(), ckpt_path=tmp_path / "h.ckpt")
+    assert trainer.global_step == 3
+    before = torch.load(tmp_path / "h.ckpt", weights_only=True)["state_dict"]["head.weight"]
+    assert not torch.equal(resumed.head.weight.detach(), before)  # the rebuilt head was trained
