@@ -96,9 +96,8 @@ class HeadSpec:
 
     def to_state(self) -> dict[str, Tensor]:
         """Tensors only (``spec``: the JSON of name, sizes and options as bytes; ``counts``), so
-        a state dict holding them still loads with ``weights_only=True`` and saves as
-        safetensors. Raises TypeError when an option is not plain data (numbers, strings,
-        lists, dicts)."""
+        a state dict holding them still loads with ``weights_only=True``. Raises TypeError when
+        an option is not plain data (numbers, strings, lists, dicts)."""
         meta = {
             "name": self.name,
             "in_features": self.in_features,
