@@ -300,6 +300,10 @@ class AdaptiveSoftmaxHead(Head):
         out = out.to(self.head.weight.device)
         return out.index_copy(0, self.id_of_rank, torch.cat(blocks))
 
+    def resolved_options(self) -> dict[str, Any]:
+        # "auto" measured the machine: a rebuild takes the cutoffs it chose, without a cost model.
+        return {"cutoffs": self.bounds[1:-1], "cost_model": None}
+
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, cutoffs={self.bounds[1:-1]}, div_value={self.div_value}, "

@@ -17,7 +17,7 @@ going through ``[n, V]``.
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +83,11 @@ class Head(nn.Module):
         """``[V, d]`` output word vectors in id order, or ``None`` if the head has no such rows."""
         return None
 
+    def resolved_options(self) -> dict[str, Any]:
+        """Options whose value the head chose when built (e.g. ``cutoffs="auto"``), as they must
+        be passed to rebuild the same structure without choosing again."""
+        return {}
+
     @property
     def is_exact(self) -> bool:
         """Whether this instance's loss is currently the exact NLL (may depend on train/eval)."""
@@ -141,9 +146,15 @@ class Head(nn.Module):
                 "pass the model's hidden states, not token ids"
             )
         if hidden.dim() == 0 or hidden.shape[-1] != self.in_features:
+            hint = ""
+            if hidden.dim() and hidden.shape[-1] == self.vocab_size:
+                hint = (
+                    f"; its last dimension is vocab_size={self.vocab_size}: did you pass logits "
+                    "instead of hidden states? The head computes the logits itself"
+                )
             raise ValueError(
                 f"hidden must have shape [..., {self.in_features}] (in_features), "
-                f"got {tuple(hidden.shape)}"
+                f"got {tuple(hidden.shape)}{hint}"
             )
         if hidden.numel() == 0:
             raise ValueError(f"empty batch: hidden of shape {tuple(hidden.shape)} has no tokens")
@@ -172,12 +183,14 @@ def check_ids(target: Tensor, vocab_size: int, ignore_index: int) -> None:
         f"target ids must lie in [0, {vocab_size}) (vocab_size) or equal ignore_index="
         f"{ignore_index}"
     )
-    if target.device.type == "cpu":
+    # Eager CPU: a host check costs nothing and can name the bad id. Elsewhere, and under
+    # torch.compile (where a Python branch on a tensor breaks the graph), an asynchronous check:
+    # no host sync in the training step; it surfaces at the next sync.
+    if target.device.type == "cpu" and not torch.compiler.is_compiling():
         if bool(bad.any()):
             first = int(target[bad][0])
             raise ValueError(f"{message}; found {first}. Check the tokenizer and vocab_size.")
     else:
-        # Asynchronous check: no host sync in the training step; it surfaces at the next sync.
         torch._assert_async(~bad.any(), message)
 
 

@@ -13,10 +13,14 @@ import torch
 from torch import Tensor
 
 
+class MissingCountsError(ValueError):
+    """A head that builds structure from word frequencies got ``counts=None``."""
+
+
 def as_counts(counts: Tensor | Sequence[float] | None, vocab_size: int, head: str) -> Tensor:
     """Validate ``counts`` for a head and return them as a float64 CPU tensor ``[V]``."""
     if counts is None:
-        raise ValueError(
+        raise MissingCountsError(
             f"the {head!r} head needs counts=<corpus frequency of each word id, length "
             f"{vocab_size}>; e.g. Vocabulary.counts from lm_heads.data, or torch.bincount(ids)"
         )

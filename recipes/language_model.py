@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lm_heads.mixin import LMHeadMixin
-from recipes.models import LSTMLM, TransformerLM, tie_head_weights
+from recipes.models import LSTMLM, TransformerLM
 
 DEFAULT_HEAD = "adaptive"
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -30,8 +30,11 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class LanguageModel(LMHeadMixin, L.LightningModule):
     """Backbone (``LSTMLM`` / ``TransformerLM``) + head, trained with the mixin's steps.
 
-    Only primitives go to ``save_hyperparameters`` (counts live in the head's buffers), so a
-    checkpoint loads with ``torch.load(..., weights_only=True)``.
+    Only primitives go to ``save_hyperparameters``; the head's structure (counts included)
+    travels in the state dict (``LMHeadMixin``), so ``LanguageModel.load_from_checkpoint(path)``
+    needs no corpus, and a checkpoint loads with ``torch.load(..., weights_only=True)``.
+    ``compile=True`` compiles the backbone and the head's training forward (``torch.compile``)
+    when training starts.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
         lr_decay: float = 4.0,
         lr_patience: int = 0,
         carry_state: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["counts"])
@@ -93,7 +97,7 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
             **(head_options or {}),
         )
         if tie_weights:
-            tie_head_weights(self.backbone.embedding, self.head)
+            self.tie_head_weights(self.backbone.embedding)
         if lr_schedule == "plateau" and warmup_steps:
             raise ValueError("lr_schedule='plateau' takes no warmup_steps (use 'constant')")
         if lr_schedule == "plateau" and not lr_decay > 1.0:
@@ -202,6 +206,13 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
         carried = checkpoint.get("carried_state")
         if carried is not None:
             self._state_to_restore = (carried["state"], int(carried["batches_in_epoch"]))
+
+    def on_fit_start(self) -> None:
+        # Here, not in __init__: loading a checkpoint may rebuild the head after construction.
+        # In place (Module.compile), so parameter names and checkpoints stay those of eager runs.
+        if self.hparams.get("compile", False):
+            self.backbone.compile()
+            self.head.compile()
 
     def on_train_start(self) -> None:
         # Restored here, after the sanity check and loader setup, right before the next step.

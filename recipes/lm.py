@@ -184,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="share input embedding and head output rows (adds a d_model→embed_dim projection)",
     )
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="torch.compile the backbone and the head's training forward (slow first steps)",
+    )
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
@@ -503,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         dropout=args.dropout,
         max_len=max(512, args.bptt),
         tie_weights=args.tie_weights,
+        compile=args.compile,
         optimizer=args.optimizer,
         lr=args.lr,
         weight_decay=args.weight_decay,

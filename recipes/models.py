@@ -24,7 +24,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lm_heads.base import Head
+from lm_heads.tying import tie_weights as tie_head_weights
+
+__all__ = ["LSTMLM", "TransformerLM", "tie_head_weights"]
 
 LSTMState = tuple[Tensor, Tensor]
 """``(h, c)``, each ``[num_layers, B, d_model]``, as ``nn.LSTM`` takes and returns it."""
@@ -162,43 +164,6 @@ class TransformerLM(nn.Module):
         mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
         hidden = self.blocks(x, mask=mask, is_causal=True)
         return (self.proj(hidden) if self.proj is not None else hidden), None
-
-
-def tie_head_weights(embedding: nn.Embedding, head: Head) -> str:
-    """Make ``head``'s output-embedding Parameter the very Parameter of ``embedding``.
-
-    Works for heads whose ``output_embeddings()`` *is* one of their ``[V, e]`` Parameters, in word
-    id order (full, sampled, spherical, Taylor, ...). Returns the name of the replaced parameter.
-    Raises ValueError when the head has no such row per word, or the sizes differ.
-    """
-    rows = head.output_embeddings()
-    if rows is None:
-        raise ValueError(
-            f"cannot tie weights: head {type(head).__name__} has no output embedding per word; "
-            "drop --tie-weights or pick a head with one row per word (e.g. full, importance, nce)"
-        )
-    if tuple(rows.shape) != tuple(embedding.weight.shape):
-        raise ValueError(
-            f"cannot tie weights: head output embeddings are {tuple(rows.shape)} but the input "
-            f"embedding is {tuple(embedding.weight.shape)}; the backbone must project its hidden "
-            "states to embed_dim (recipes do this with out_features=embed_dim)"
-        )
-    for name, param in head.named_parameters():
-        same_view = (
-            param.shape == rows.shape
-            and param.data_ptr() == rows.data_ptr()
-            and param.stride() == rows.stride()
-        )
-        if same_view:
-            owner_name, _, attr = name.rpartition(".")
-            owner = head.get_submodule(owner_name) if owner_name else head
-            setattr(owner, attr, embedding.weight)
-            return name
-    raise ValueError(
-        f"cannot tie weights: {type(head).__name__}.output_embeddings() is not one of its "
-        "parameters in word-id order (it is derived, e.g. normalised or permuted), so there is "
-        "no single Parameter to share with the input embedding; drop --tie-weights"
-    )
 
 
 def _sinusoidal(max_len: int, dim: int) -> Tensor:
