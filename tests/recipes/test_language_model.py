@@ -38,8 +38,8 @@ def test_load_from_checkpoint_needs_no_counts(head: str, tie: bool, tmp_path) ->
         assert restored.backbone.embedding.weight is restored.head.weight
     model.eval(), restored.eval()
     with torch.no_grad():
-        expected = model.head.target_log_prob(model(tokens[:, 0]), tokens[:, 1])
-        got = restored.head.target_log_prob(restored(tokens[:, 0]), tokens[:, 1])
+        expected = model.head.target_log_prob(model(tokens[:, 0])[0], tokens[:, 1])
+        got = restored.head.target_log_prob(restored(tokens[:, 0])[0], tokens[:, 1])
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
