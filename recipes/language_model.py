@@ -201,6 +201,16 @@ class TrainClock(Callback):
                 self.stopped_by_time = True
                 trainer.should_stop = True
 
+    # Saved in checkpoints, so that a resumed run's time, tokens and curve cover the whole run.
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "tokens": self.tokens, "curve": self.curve,
+                "first_step": self._first_step}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seconds, self.tokens = float(state["seconds"]), int(state["tokens"])
+        self.curve = list(state["curve"])
+        self._first_step = tuple(state["first_step"]) if state["first_step"] else None
+
     @property
     def tokens_per_s(self) -> float | None:
         if self._first_step is None or self.seconds <= self._first_step[0]:
