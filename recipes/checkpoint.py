@@ -1,7 +1,7 @@
 """The recipe's checkpoints: what they carry besides weights, and how they are read back.
 
 A checkpoint of ``recipes/lm.py`` holds the model's hyperparameters, its weights, and (from
-:class:`VocabularyInCheckpoint`) the vocabulary it was trained with, so that ``generate.py``,
+:class:`CheckpointExtras`) the vocabulary and options it was trained with, so that ``generate.py``,
 ``evaluate.py`` and ``export_embeddings.py`` need nothing but the checkpoint. Before a run resumes
 from one, :func:`check_resume` compares it with the model and data of this run and says what
 differs (head, vocabulary, sizes) instead of failing inside ``load_state_dict``.
@@ -23,13 +23,16 @@ from recipes.cli import UsageError
 from recipes.language_model import LanguageModel
 
 
-class VocabularyInCheckpoint(Callback):
-    """Stores the training vocabulary (words in id order, and counts) in every checkpoint."""
+class CheckpointExtras(Callback):
+    """Stores the training vocabulary (words in id order, and counts) and the recipe's options
+    (``recipe_args``) in every checkpoint."""
 
-    def __init__(self) -> None:
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.args = args
         self.vocab: Vocabulary | None = None  # set once the data module has built it
 
     def on_save_checkpoint(self, trainer: L.Trainer, module: Any, checkpoint: dict) -> None:
+        checkpoint["recipe_args"] = self.args
         if self.vocab is not None:
             checkpoint["vocabulary"] = {"words": self.vocab.itos, "counts": self.vocab.counts}
 
@@ -135,8 +138,10 @@ def _state_mismatch(saved: dict[str, torch.Tensor], model: dict[str, torch.Tenso
     return "; ".join(parts)
 
 
-def load_model(path: Path, vocab_file: Path | None = None) -> tuple[LanguageModel, Vocabulary]:
-    """The trained model (eval mode, CPU) and vocabulary of a recipe checkpoint.
+def load_model(
+    path: Path, vocab_file: Path | None = None
+) -> tuple[LanguageModel, Vocabulary, dict[str, Any]]:
+    """The trained model (eval mode, CPU), vocabulary and recipe options of a checkpoint.
 
     ``vocab_file`` (a cache's ``vocab.json``) is needed only for checkpoints written before they
     carried their vocabulary.
@@ -176,4 +181,4 @@ def load_model(path: Path, vocab_file: Path | None = None) -> tuple[LanguageMode
     if mismatch:
         raise UsageError(f"checkpoint {path} does not match its own hyperparameters: {mismatch}")
     model.load_state_dict(state)
-    return model.eval(), vocab
+    return model.eval(), vocab, dict(ckpt.get("recipe_args") or {})

@@ -13,6 +13,8 @@ against the head's signature here, before anything runs.
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -284,6 +286,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Namespace:
     """
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
+    for key, value in args.items():
+        if key != "config":  # jsonargparse's int/float subclasses would not load weights_only
+            args[key] = json.loads(json.dumps(value))
     try:
         check_args(args)
     except UsageError as err:
@@ -327,3 +332,20 @@ def recorded_args(args: Namespace) -> dict[str, Any]:
     out.pop("config", None)
     out.pop("__path__", None)
     return out
+
+
+def run_command(function: Any, argv: Sequence[str] | None, prog: str) -> Any:
+    """``function``'s typed parameters as a command line (help from its docstring); a mistake in
+    them, or a :class:`UsageError` it raises, exits with status 2 and one paragraph."""
+    from jsonargparse import auto_cli
+
+    from lm_heads.data import CacheError, DataUnavailableError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Dashes as in recipes/lm.py (--num-words) or underscores as jsonargparse names them.
+    argv = [re.sub(r"^--[a-z][a-z0-9-]*", lambda m: m[0][:2] + m[0][2:].replace("-", "_"), a)
+            for a in argv]  # fmt: skip
+    try:
+        return auto_cli(function, args=argv, parser_class=Parser, as_positional=False, prog=prog)
+    except (UsageError, DataUnavailableError, CacheError) as error:
+        usage_exit(error, prog)

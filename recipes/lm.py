@@ -155,7 +155,7 @@ def run(args: Any) -> dict[str, Any] | None:
 
     trainer, ours = build_trainer(args, out_dir, resuming=resume is not None, rank=rank)
     dm = build_data(args, trainer.world_size)
-    ours["vocab"].vocab = dm.vocab
+    ours["extras"].vocab = dm.vocab
     if rank == 0:
         print(f"{dm.description} [--data {args.data}]", flush=True)
     model = build_model(args, dm)

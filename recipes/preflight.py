@@ -24,8 +24,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lm_heads.data import LMDataModule
 from lm_heads.similarity import find_simlex, load_pairs, pairs_name, word_similarity
-from recipes.checkpoint import FitTimer, VocabularyInCheckpoint
-from recipes.cli import UsageError, build_parser
+from recipes.checkpoint import CheckpointExtras, FitTimer
+from recipes.cli import UsageError, build_parser, recorded_args
 from recipes.language_model import FinalCheckpoint, LanguageModel, TrainClock
 
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -135,12 +135,12 @@ def _strategy(args: Namespace) -> Any:
 def build_trainer(
     args: Namespace, out_dir: Path, resuming: bool, rank: int
 ) -> tuple[L.Trainer, dict[str, Any]]:
-    """The Trainer and the callbacks the recipe reads back (``clock``, ``timer``, ``vocab``)."""
+    """The Trainer and the callbacks the recipe reads back (``clock``, ``timer``, ``extras``)."""
     progress = sys.stdout.isatty() if args.progress_bar is None else args.progress_bar
     ours = {
         "clock": TrainClock(args.max_time),
         "timer": FitTimer(),
-        "vocab": VocabularyInCheckpoint(),
+        "extras": CheckpointExtras(recorded_args(args)),
     }
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
@@ -154,7 +154,7 @@ def build_trainer(
     callbacks = [
         ours["clock"],  # before FinalCheckpoint, which saves last.ckpt when the clock stops
         ours["timer"],
-        ours["vocab"],
+        ours["extras"],
         checkpoint,
         FinalCheckpoint(out_dir / "checkpoints" / "last.ckpt", args.checkpoint_every),
     ]
