@@ -20,7 +20,14 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, get_loader, set_loader
+from jsonargparse import (
+    ActionConfigFile,
+    ActionYesNo,
+    ArgumentParser,
+    Namespace,
+    get_loader,
+    set_loader,
+)
 from jsonargparse.typing import (
     NonNegativeInt,
     PositiveFloat,
@@ -121,7 +128,8 @@ def build_parser() -> ArgumentParser:
         action=HeadOption,
         metavar="KEY=VALUE",
         default=argparse.SUPPRESS,
-        help="one head option, value read as YAML (repeatable), e.g. cutoffs=[2000,10000]",
+        help="one head option, value read as YAML (repeatable), e.g. cutoffs=[2000,10000] "
+        "(default: none; adds to --head-options)",
     )
 
     add(
@@ -166,13 +174,13 @@ def build_parser() -> ArgumentParser:
     add("--dropout", type=Fraction, default=0.2, help="dropout probability in [0, 1)")
     add(
         "--tie-weights",
-        action=argparse.BooleanOptionalAction,
+        action=ActionYesNo(no_prefix="no-"),
         default=False,
         help="share input embedding and head output rows",
     )
     add(
         "--carry-state",
-        action=argparse.BooleanOptionalAction,
+        action=ActionYesNo(no_prefix="no-"),
         default=True,
         help="LSTM: carry the recurrent state from one BPTT window to the next",
     )
@@ -216,7 +224,7 @@ def build_parser() -> ArgumentParser:
     add("--threads", type=PositiveInt | None, default=None, help="CPU threads per rank")
     add(
         "--compile",
-        action=argparse.BooleanOptionalAction,
+        action=ActionYesNo(no_prefix="no-"),
         default=False,
         help="torch.compile the model",
     )
@@ -226,13 +234,13 @@ def build_parser() -> ArgumentParser:
     add("--resume", type=str | None, default=None, help="checkpoint path, or 'last'")
     add(
         "--overwrite",
-        action=argparse.BooleanOptionalAction,
+        action=ActionYesNo(no_prefix="no-"),
         default=False,
         help="start afresh in an --output-dir that holds an earlier run",
     )
     add(
         "--eval-only",
-        action=argparse.BooleanOptionalAction,
+        action=ActionYesNo(no_prefix="no-"),
         default=False,
         help="skip training: evaluate the weights of --resume on val and test",
     )
@@ -271,7 +279,7 @@ def build_parser() -> ArgumentParser:
     )
     add(
         "--progress-bar",
-        action=argparse.BooleanOptionalAction,
+        action=ActionYesNo(no_prefix="no-"),
         default=None,
         help="progress bar (default: on when stdout is a terminal; else one line per "
         "--log-every steps)",

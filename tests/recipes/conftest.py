@@ -35,3 +35,39 @@ def lm() -> ModuleType:
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+TINY = [
+    "--data", "synthetic", "--synthetic-vocab-size", "60", "--synthetic-tokens", "4000",
+    "--batch-size", "4", "--bptt", "8", "--embed-dim", "16", "--d-model", "16",
+    "--checkpoint-every", "2", "--no-progress-bar", "--threads", "1", "--accelerator", "cpu",
+]  # fmt: skip
+"""A recipe run of a few seconds: a 60-word synthetic language and a tiny LSTM."""
+
+
+def write_corpus(root: Path, seed: int = 0, words: int = 40) -> Path:
+    """A local data folder (train/valid/test.txt) of random lines over ``words`` words."""
+    import random
+
+    rng = random.Random(seed)
+    vocab = [f"word{i}" for i in range(words)]
+    root.mkdir(parents=True, exist_ok=True)
+    for split, lines in (("train", 400), ("valid", 60), ("test", 60)):
+        text = "\n".join(" ".join(rng.choices(vocab, k=rng.randint(3, 12))) for _ in range(lines))
+        (root / f"{split}.txt").write_text(text + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def tiny_args(tmp_path, monkeypatch) -> list[str]:
+    monkeypatch.chdir(tmp_path)  # Lightning writes nothing outside tmp_path
+    return [*TINY, "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "run")]
+
+
+@pytest.fixture(scope="module")
+def trained(lm, tmp_path_factory) -> Path:
+    """A checkpoint of a 2-step adaptive-softmax run on the tiny synthetic language."""
+    root = tmp_path_factory.mktemp("trained")
+    lm.main([*TINY, "--cache-dir", str(root / "cache"), "--output-dir", str(root / "run"),
+             "--head", "adaptive", "--max-steps", "2"])  # fmt: skip
+    return root / "run" / "checkpoints" / "last.ckpt"

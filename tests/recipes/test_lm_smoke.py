@@ -11,18 +11,6 @@ import torch
 from lm_heads import build_head
 from recipes.models import LSTMLM, TransformerLM, tie_head_weights
 
-TINY = [
-    "--data", "synthetic", "--synthetic-vocab-size", "60", "--synthetic-tokens", "4000",
-    "--batch-size", "4", "--bptt", "8", "--embed-dim", "16", "--d-model", "16",
-    "--checkpoint-every", "2", "--no-progress-bar", "--threads", "1", "--accelerator", "cpu",
-]  # fmt: skip
-
-
-@pytest.fixture
-def tiny_args(tmp_path, monkeypatch) -> list[str]:
-    monkeypatch.chdir(tmp_path)  # Lightning writes nothing outside tmp_path
-    return [*TINY, "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "run")]
-
 
 def test_recipe_trains_evaluates_and_reports(lm, tiny_args, tmp_path, capsys) -> None:
     results = lm.main([*tiny_args, "--head", "adaptive", "--max-steps", "3"])
@@ -100,9 +88,10 @@ def test_transformer_and_sampled_head(lm, tiny_args) -> None:
     assert math.isfinite(results["val_ppl"])
 
 
-def test_resume_last_without_checkpoint_says_so(lm, tiny_args) -> None:
-    with pytest.raises(SystemExit, match="no checkpoint at"):
+def test_resume_last_without_checkpoint_says_so(lm, tiny_args, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
         lm.main([*tiny_args, "--resume", "last", "--max-steps", "2"])
+    assert exc.value.code == 2 and "no checkpoint at" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------
