@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -95,6 +96,10 @@ def build_loggers(names: list[str] | None, out_dir: Path) -> list[Any]:
         "wandb": lambda: loggers.WandbLogger(save_dir=str(out_dir), offline=True),
         "mlflow": lambda: loggers.MLFlowLogger(tracking_uri=(out_dir / "mlruns").as_uri()),
     }
+    if "mlflow" in names:
+        # A plain folder under the output directory works offline, with no database server;
+        # MLflow >= 3.7 asks for this opt-in to keep writing its file store.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return [made[name]() for name in dict.fromkeys(names)]
 
 
