@@ -119,8 +119,15 @@ def build_parser() -> ArgumentParser:
         exit_on_error=True,
     )
     p.add_argument("--config", action=ActionConfigFile, help="YAML options file (CLI wins)")
-    add = p.add_argument
+    _head_and_data(p.add_argument_group("head and data").add_argument)
+    _model(p.add_argument_group("model").add_argument)
+    _optimisation(p.add_argument_group("optimisation").add_argument)
+    _hardware_and_run(p.add_argument_group("hardware and run").add_argument)
+    return p
 
+
+def _head_and_data(add: Any) -> None:
+    """The head, its options, the data and the word-similarity file."""
     add("--head", type=Literal[tuple(sorted(HEADS))], default="adaptive", help="output layer")
     add("--head-options", type=dict[str, Any], default={}, help="head keyword arguments")
     add(
@@ -154,6 +161,9 @@ def build_parser() -> ArgumentParser:
         help="word-similarity file: SimLex-999, WordSim-353 or SimVerb-3500 format",
     )
 
+
+def _model(add: Any) -> None:
+    """The backbone."""
     add("--model", type=Literal["lstm", "transformer"], default="lstm", help="backbone")
     add(
         "--input",
@@ -185,6 +195,9 @@ def build_parser() -> ArgumentParser:
         help="LSTM: carry the recurrent state from one BPTT window to the next",
     )
 
+
+def _optimisation(add: Any) -> None:
+    """Optimizer, schedule, batches and the training length."""
     add("--optimizer", type=Literal["adam", "adamw", "sgd"], default="adam", help="optimizer")
     add("--lr", type=PositiveFloat, default=2e-3, help="learning rate")
     add("--weight-decay", type=float, default=0.0, help="weight decay")
@@ -216,6 +229,9 @@ def build_parser() -> ArgumentParser:
         "crosses it, or at --max-steps, whichever comes first",
     )
 
+
+def _hardware_and_run(add: Any) -> None:
+    """Devices, precision, seeds, output, resume, evaluation and logging."""
     add("--accelerator", type=str, default="auto", help="auto | cpu | gpu | cuda | mps | ...")
     add("--devices", type=PositiveInt | Literal["auto"], default=1, help="devices per node")
     add("--num-nodes", type=PositiveInt, default=1, help="nodes")
@@ -284,7 +300,6 @@ def build_parser() -> ArgumentParser:
         help="progress bar (default: on when stdout is a terminal; else one line per "
         "--log-every steps)",
     )
-    return p
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Namespace:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, load_recipe, write_corpus
+from recipe_helpers import TINY, load_recipe, write_corpus
 
 from lm_heads import HEADS
 from recipes.language_model import LanguageModel

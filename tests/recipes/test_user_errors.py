@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_corpus
+from recipe_helpers import write_corpus
 
 from lm_heads.data import LMDataModule
 
