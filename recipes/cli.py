@@ -167,6 +167,7 @@ def _model(add: Any) -> None:
     add("--model", type=Literal["lstm", "transformer"], default="lstm", help="backbone")
     add(
         "--input",
+        dest="input_layer",
         type=Literal["embedding", "adaptive"],
         default="embedding",
         help="input layer: a plain embedding or an adaptive input",

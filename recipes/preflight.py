@@ -266,17 +266,18 @@ def build_model(args: Namespace, dm: LMDataModule) -> LanguageModel:
         "lr_decay": args.lr_decay,
         "lr_patience": args.lr_patience,
         "carry_state": args.carry_state,
-        "input": args.input,
+        "input_layer": args.input_layer,
         "compile": args.compile,
     }
     # Options that LanguageModel does not take yet are passed once it does; until then only
     # their defaults are allowed (another value would be silently ignored).
     accepted = inspect.signature(LanguageModel.__init__).parameters
     defaults = build_parser().get_defaults()
-    for key in ("lr_decay", "lr_patience", "carry_state", "input", "compile"):
+    for key in ("lr_decay", "lr_patience", "carry_state", "input_layer", "compile"):
         if key not in accepted:
             if options[key] != defaults[key]:
-                raise UsageError(f"--{key.replace('_', '-')} is not supported by this model yet")
+                option = "--input" if key == "input_layer" else f"--{key.replace('_', '-')}"
+                raise UsageError(f"{option} is not supported by this model yet")
             del options[key]
     if args.lr_schedule == "plateau" and "lr_decay" not in accepted:
         raise UsageError("--lr-schedule plateau is not supported by this model yet")

@@ -77,10 +77,14 @@ def test_old_option_names_keep_working(cli) -> None:
                           "--compile"])  # fmt: skip
     assert (new.carry_state, new.lr_schedule, new.lr_decay, new.lr_patience) == (
         False, "plateau", 2.0, 1)  # fmt: skip
-    assert (new.eval_batch_size, new.input, new.compile) == (5, "adaptive", True)
+    assert (new.eval_batch_size, new.input_layer, new.compile) == (5, "adaptive", True)
     default = cli.parse_args([])
     assert (default.carry_state, default.lr_decay, default.lr_patience) == (True, 4.0, 0)
-    assert (default.input, default.compile, default.eval_batch_size) == ("embedding", False, None)
+    assert (default.input_layer, default.compile, default.eval_batch_size) == (
+        "embedding",
+        False,
+        None,
+    )
 
 
 def test_print_config_round_trips(cli, tmp_path, capsys) -> None:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from recipe_helpers import TINY  # noqa: F401 - other test modules import it from here
 
 from lm_heads import build_head
 from recipes.models import LSTMLM, TransformerLM, tie_head_weights
