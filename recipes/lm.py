@@ -204,6 +204,7 @@ def _results(
         "head_structure": model.head.extra_repr(),
         "model": args.model,
         "tie_weights": args.tie_weights,
+        "input_layer": args.input_layer,
         "data": args.data,
         "data_description": dm.description,
         "vocab_size": int(dm.vocab_size),
