@@ -166,6 +166,7 @@ def run(args: Any) -> dict[str, Any] | None:
     train_loss = None
     if args.eval_only:
         model.load_state_dict(ckpt["state_dict"])
+        ours["timer"].load_state_dict(ckpt.get("callbacks", {}).get("FitTimer", {}))
     else:
         del ckpt  # Lightning reads it again
         with warnings.catch_warnings():

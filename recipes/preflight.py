@@ -285,8 +285,8 @@ def build_model(args: Namespace, dm: LMDataModule) -> LanguageModel:
         return LanguageModel(vocab_size=dm.vocab_size, counts=torch.as_tensor(dm.counts), **options)
     except (ValueError, TypeError) as error:
         raise UsageError(
-            f"--head {args.head} with head options {args.head_options or '{}'} (or the model "
-            f"options) cannot be built: {error}"
+            f"cannot build the model: {error} (--head {args.head}, head options "
+            f"{args.head_options or '{}'}; --help lists the model options)"
         ) from None
 
 

@@ -75,7 +75,7 @@ def test_unusable_data_source(lm, tiny_args, tmp_path, capsys, monkeypatch, kind
 def test_bad_head_option_values(lm, tiny_args, tmp_path, capsys, head, option, message) -> None:
     line = _fails(lm, [*tiny_args, "--head", head, "--head-option", option], capsys,
                   f"--head {head}", message)  # fmt: skip
-    assert "cannot be built" in line
+    assert "cannot build the model" in line
     _not_trained(tmp_path / "run")
 
 
