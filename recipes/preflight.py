@@ -42,17 +42,20 @@ def prepare_output_dir(out_dir: Path, args: Namespace, rank: int) -> None:
             "logs/ and results.json)"
         )
     earlier = [p for p in (out_dir / "checkpoints", out_dir / "results.json") if p.exists()]
-    if rank != 0 or not earlier:  # DDP ranks > 0 start after rank 0 has decided
+    # Lightning itself resumes a SLURM-requeued job from its hpc_ckpt_*.ckpt (scripts/slurm_lm.sh).
+    requeued = any(out_dir.glob("hpc_ckpt_*.ckpt"))
+    if not earlier or args.resume is not None or requeued:
         return
-    if args.overwrite:
-        for path in earlier:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    elif args.resume is None:
+    if not args.overwrite:
+        # Every rank decides alike (nothing is written before fit), so none is left waiting.
         names = ", ".join(p.name for p in earlier)
         raise UsageError(
             f"--output-dir {out_dir} holds an earlier run ({names}): continue it with --resume "
             "last, replace it with --overwrite, or choose another --output-dir"
         )
+    if rank == 0:
+        for path in earlier:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def resolve_resume(args: Namespace, out_dir: Path) -> Path | None:

@@ -199,3 +199,24 @@ def test_resume_is_quiet_and_counts_the_whole_run(lm, tiny_args, tmp_path) -> No
     assert steps == sorted(steps)
     results = json.loads((run / "results.json").read_text())
     assert results["train_seconds"] == pytest.approx(again["train_seconds"])
+
+
+def test_output_dir_rules_on_every_rank(tmp_path) -> None:
+    from recipes.cli import UsageError, parse_args
+    from recipes.preflight import prepare_output_dir
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "results.json").write_text("{}")
+    fresh = parse_args(["--output-dir", str(out)])
+    for rank in (0, 1):  # every rank refuses alike: none is left waiting for the others
+        with pytest.raises(UsageError, match="holds an earlier run"):
+            prepare_output_dir(out, fresh, rank)
+    overwrite = parse_args(["--output-dir", str(out), "--overwrite"])
+    prepare_output_dir(out, overwrite, rank=1)
+    assert (out / "results.json").exists()  # only rank 0 deletes
+    (out / "hpc_ckpt_1.ckpt").write_bytes(b"")  # Lightning resumes a requeued SLURM job itself
+    prepare_output_dir(out, fresh, rank=0)
+    (out / "hpc_ckpt_1.ckpt").unlink()
+    prepare_output_dir(out, overwrite, rank=0)
+    assert not (out / "results.json").exists() and not (out / "checkpoints").exists()
