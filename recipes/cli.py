@@ -290,9 +290,10 @@ def _hardware_and_run(add: Any) -> None:
     add("--log-every", type=PositiveInt, default=10, help="steps between logged metrics")
     add(
         "--logger",
-        type=list[Literal[LOGGERS]] | None,
+        type=Literal[LOGGERS] | list[Literal[LOGGERS]] | None,
         default=None,
-        help="loggers by name, e.g. [csv,wandb] (default: csv, and tensorboard if installed)",
+        help="logger(s) by name: csv, or a list, e.g. [csv,mlflow] (default: csv, and "
+        "tensorboard if installed)",
     )
     add(
         "--progress-bar",
@@ -313,6 +314,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Namespace:
     for key, value in args.items():
         if key != "config":  # jsonargparse's int/float subclasses would not load weights_only
             args[key] = json.loads(json.dumps(value))
+    if isinstance(args.logger, str):
+        args.logger = [args.logger]
     try:
         check_args(args)
     except UsageError as err:

@@ -71,6 +71,8 @@ def test_old_option_names_keep_working(cli) -> None:
     assert args.limit_val_batches == 1.0 and isinstance(args.limit_val_batches, float)
     assert args.limit_test_batches == 3 and isinstance(args.limit_test_batches, int)
     assert args.devices == "auto"
+    assert cli.parse_args(["--logger", "csv"]).logger == ["csv"]
+    assert cli.parse_args(["--logger", "[csv, mlflow]"]).logger == ["csv", "mlflow"]
     # The lead's options: accepted with these names and defaults.
     new = cli.parse_args(["--no-carry-state", "--lr-schedule", "plateau", "--lr-decay", "2",
                           "--lr-patience", "1", "--eval-batch-size", "5", "--input", "adaptive",
