@@ -26,6 +26,7 @@ if str(_REPO) not in sys.path:  # run as a script from a checkout without instal
 
 import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
+from lightning.fabric.utilities.exceptions import MisconfigurationException  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from lm_heads.data import StreamBatches, Vocabulary  # noqa: E402
@@ -103,14 +104,12 @@ def evaluate(
     if words == 0:
         raise UsageError(f"--text {text} holds no words")
     batches = StreamBatches(ids, batch_size, bptt, pad_tail=True, start_id=vocabulary.eos_id)
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
+    try:
+        trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            enable_checkpointing=False)  # fmt: skip
+    except (MisconfigurationException, ValueError, RuntimeError) as error:
+        raise UsageError(f"--accelerator {accelerator} does not work here: {error}") from None
     loader = DataLoader(batches, batch_size=None)
     ppl = float(trainer.test(model, dataloaders=loader, verbose=False)[0]["test_ppl"])
     scores = {

@@ -88,6 +88,7 @@ def test_evaluate_counts_unknown_words(evaluate, trained, tmp_path) -> None:
         (["--text", "nowhere.txt"], "does not exist"),
         (["--text", "."], "without any"),
         (["--text", "t.txt", "--checkpoint", "t.txt"], "cannot read checkpoint"),
+        (["--text", "t.txt", "--accelerator", "nope"], "--accelerator nope"),
     ],
 )
 def test_evaluate_errors(evaluate, trained, tmp_path, monkeypatch, capsys, argv, message) -> None:
