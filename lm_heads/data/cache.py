@@ -88,8 +88,8 @@ def remove_stale_temporaries(folder: Path, now: float | None = None) -> list[Pat
             old = now - path.stat().st_mtime > STALE_SECONDS
         except FileNotFoundError:  # its writer just renamed or removed it
             continue
-        ours = match is not None and match["host"] == _HOST
-        if old or (ours and match is not None and not _process_alive(int(match["pid"]))):
+        pid = int(match["pid"]) if match is not None and match["host"] == _HOST else None
+        if old or (pid is not None and not _process_alive(pid)):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
