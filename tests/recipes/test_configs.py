@@ -181,3 +181,19 @@ def test_bad_cli_values(cli, capsys, argv: list[str], message: str) -> None:
     err = capsys.readouterr().err
     assert message in err, err
     assert len(err.strip().splitlines()) == 1, err  # one paragraph, no usage dump
+
+
+OLD_OPTIONS = """--accelerator --batch-size --bptt --cache-dir --checkpoint-every --config --d-model --data
+--devices --dropout --embed-dim --eval-only --final-val-batches --grad-clip --head --head-option
+--limit-test-batches --limit-train-batches --limit-val-batches --log-every --lr --lr-schedule
+--max-epochs --max-size --max-steps --max-time --min-count --model --no-progress-bar
+--no-tie-weights --num-heads --num-layers --num-nodes --num-workers --optimizer --output-dir
+--positions --precision --progress-bar --resume --seed --simlex --strategy --synthetic-tokens
+--synthetic-vocab-size --target-ppl --threads --tie-weights --val-check-interval --warmup-steps
+--weight-decay""".split()
+"""Every option of the argparse recipe that this command line replaced."""
+
+
+def test_every_earlier_option_name_is_kept(cli) -> None:
+    names = {name for action in cli.build_parser()._actions for name in action.option_strings}
+    assert set(OLD_OPTIONS) <= names
