@@ -183,14 +183,59 @@ def test_bad_cli_values(cli, capsys, argv: list[str], message: str) -> None:
     assert len(err.strip().splitlines()) == 1, err  # one paragraph, no usage dump
 
 
-OLD_OPTIONS = """--accelerator --batch-size --bptt --cache-dir --checkpoint-every --config --d-model --data
---devices --dropout --embed-dim --eval-only --final-val-batches --grad-clip --head --head-option
---limit-test-batches --limit-train-batches --limit-val-batches --log-every --lr --lr-schedule
---max-epochs --max-size --max-steps --max-time --min-count --model --no-progress-bar
---no-tie-weights --num-heads --num-layers --num-nodes --num-workers --optimizer --output-dir
---positions --precision --progress-bar --resume --seed --simlex --strategy --synthetic-tokens
---synthetic-vocab-size --target-ppl --threads --tie-weights --val-check-interval --warmup-steps
---weight-decay""".split()
+OLD_OPTIONS = [
+    "--accelerator",
+    "--batch-size",
+    "--bptt",
+    "--cache-dir",
+    "--checkpoint-every",
+    "--config",
+    "--d-model",
+    "--data",
+    "--devices",
+    "--dropout",
+    "--embed-dim",
+    "--eval-only",
+    "--final-val-batches",
+    "--grad-clip",
+    "--head",
+    "--head-option",
+    "--limit-test-batches",
+    "--limit-train-batches",
+    "--limit-val-batches",
+    "--log-every",
+    "--lr",
+    "--lr-schedule",
+    "--max-epochs",
+    "--max-size",
+    "--max-steps",
+    "--max-time",
+    "--min-count",
+    "--model",
+    "--no-progress-bar",
+    "--no-tie-weights",
+    "--num-heads",
+    "--num-layers",
+    "--num-nodes",
+    "--num-workers",
+    "--optimizer",
+    "--output-dir",
+    "--positions",
+    "--precision",
+    "--progress-bar",
+    "--resume",
+    "--seed",
+    "--simlex",
+    "--strategy",
+    "--synthetic-tokens",
+    "--synthetic-vocab-size",
+    "--target-ppl",
+    "--threads",
+    "--tie-weights",
+    "--val-check-interval",
+    "--warmup-steps",
+    "--weight-decay",
+]
 """Every option of the argparse recipe that this command line replaced."""
 
 
