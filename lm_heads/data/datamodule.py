@@ -189,6 +189,7 @@ class LMDataModule(L.LightningDataModule):
         seed: synthetic language seed and shuffle seed.
         shuffle: permute training batches per epoch (breaks recurrent state carry-over).
         num_workers: DataLoader workers (batches are cheap slices of a memmap: 0 is fine).
+        encoding: text encoding of local data files (an undecodable line is an error).
     """
 
     def __init__(
@@ -207,6 +208,7 @@ class LMDataModule(L.LightningDataModule):
         seed: int = 0,
         shuffle: bool = False,
         num_workers: int = 0,
+        encoding: str = "utf-8",
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("bptt", bptt)):
@@ -229,6 +231,7 @@ class LMDataModule(L.LightningDataModule):
         self.seed = seed
         self.shuffle = shuffle
         self.num_workers = num_workers
+        self.encoding = encoding
 
         self.description: str = ""
         self.source: TextSource | None = None
@@ -290,7 +293,7 @@ class LMDataModule(L.LightningDataModule):
                     f"data={data!r} is neither one of {', '.join(DATA_CHOICES)} nor an existing "
                     "directory with train/valid/test files"
                 )
-            self.source = LocalTextSource.open(path)
+            self.source = LocalTextSource.open(path, encoding=self.encoding)
             self.description = f"data: {self.source.description}"
         if self.language is not None:
             self._cache = TokenCache(self.cache_dir, "synthetic", self._synthetic_key())
@@ -299,6 +302,8 @@ class LMDataModule(L.LightningDataModule):
             self._cache = TokenCache(
                 self.cache_dir, self.source.name, {"source": self.source.key, **vocab_opts}
             )
+        for path in self._cache.remove_stale_temporaries():
+            log.info("removed %s, left by an interrupted cache build", path)
         return self._cache
 
     def _resolve_auto(self, vocab_opts: dict[str, Any]) -> None:
