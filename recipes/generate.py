@@ -33,8 +33,7 @@ def next_word(
     model: LanguageModel, context: Tensor, temperature: float, generator: torch.Generator
 ) -> Tensor:
     """One draw ``[B]`` of the word after ``context [B, T]``."""
-    hidden = model(context)
-    hidden = (hidden[0] if isinstance(hidden, tuple) else hidden)[:, -1]
+    hidden = model(context)[0][:, -1]
     if temperature == 0:
         return model.head.predict(hidden)
     if temperature == 1:

@@ -47,7 +47,7 @@ def test_generate_draws_from_the_exact_distribution(generate, head: str, tempera
     draws = 40_000
     context = torch.tensor([[5, 2, 9]]).expand(draws, 3)
     with torch.no_grad():
-        hidden = model(context[:1])[:, -1]
+        hidden = model(context[:1])[0][:, -1]
         exact = torch.softmax(model.head.log_prob(hidden)[0].double() / temperature, -1)
         sample = generate.next_word(model, context, temperature, torch.Generator().manual_seed(3))
     freq = torch.bincount(sample, minlength=vocab).double() / draws
