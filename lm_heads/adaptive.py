@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from lm_heads.base import Head, linear_f32, sample_categorical
+from lm_heads._check import check_int
+from lm_heads.base import Head, at_least_float32, linear_f32, sample_categorical
 from lm_heads.counts import as_counts, frequency_order
 from lm_heads.cutoffs import CostModel, choose_cutoffs, default_cutoffs, projection_dims
 
@@ -143,6 +144,8 @@ class AdaptiveSoftmaxHead(Head):
         cost_model: ``cost(rows, in_dim, out_dim) -> seconds`` for ``cutoffs="auto"`` instead
             of measuring (see :mod:`lm_heads.cutoffs`).
     """
+
+    uses_counts = True
 
     def __init__(
         self,
@@ -312,7 +315,7 @@ class AdaptiveSoftmaxHead(Head):
 
     def _cluster_logits(self, hidden: Tensor, i: int) -> Tensor:
         project, out = self.tail[i]
-        return F.linear(F.linear(hidden, project.weight), out.weight).float()
+        return at_least_float32(F.linear(F.linear(hidden, project.weight), out.weight))
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
@@ -337,8 +340,10 @@ def _check_cutoffs(
         raise ValueError(
             f"cutoffs must be a list of ints, None or 'auto', got {cutoffs!r}"
         ) from None
-    if any(isinstance(c, bool) or not isinstance(c, int) for c in cuts):
-        raise ValueError(f"cutoffs must be ints (word ranks), got {cuts}")
+    try:
+        cuts = [check_int("cutoff", c) for c in cuts]  # numpy and tensor ints too
+    except ValueError:
+        raise ValueError(f"cutoffs must be ints (word ranks), got {cuts}") from None
     if any(b <= a for a, b in itertools.pairwise(cuts)):
         raise ValueError(f"cutoffs must be strictly increasing, got {cuts}")
     if cuts and (cuts[0] <= 0 or cuts[-1] >= vocab_size):

@@ -43,8 +43,8 @@ def build_head(
 ) -> Head:
     """Build the head registered as ``name``; ``options`` are that head's keyword arguments.
 
-    ``counts`` (corpus frequency per word id, any id order) is passed to every head; heads that
-    build structure from frequencies require it, the others ignore it.
+    ``counts`` (corpus frequency per word id, any id order) is validated for every head and
+    passed to those whose ``uses_counts`` is set (they build structure or proposals from it).
     """
     if name not in HEADS:
         raise KeyError(f"unknown head {name!r}; valid heads: {', '.join(sorted(HEADS))}")
@@ -58,7 +58,9 @@ def build_head(
         )
     if counts is not None:
         counts = as_counts(counts, vocab_size, name)
-    return cls(in_features, vocab_size, counts=counts, **options)
+    if cls.uses_counts:
+        options["counts"] = counts
+    return cls(in_features, vocab_size, **options)
 
 
 def head_options(name: str) -> dict[str, Any]:

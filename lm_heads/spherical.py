@@ -60,12 +60,11 @@ parameter gets a gradient whatever the targets.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from lm_heads._check import check_bool, check_float
 from lm_heads.base import Head, linear_f32
 
 __all__ = ["SphericalSoftmaxHead", "TaylorSoftmaxHead"]
@@ -99,15 +98,11 @@ class _SphericalFamilyHead(Head):
         in_features: int,
         vocab_size: int,
         *,
-        counts: Tensor | Sequence[float] | None = None,
         ignore_index: int = -100,
         gram: bool = True,
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
-        del counts  # the spherical family needs no corpus statistics
-        if not isinstance(gram, bool):
-            raise ValueError(f"gram must be True (O(d²) per token) or False (naive), got {gram!r}")
-        self.gram = gram
+        self.gram = check_bool("gram", gram, hint="True: O(d²) per token; False: naive")
         self.weight = nn.Parameter(torch.empty(vocab_size, in_features))
         self.bias = nn.Parameter(torch.empty(vocab_size))
         self.reset_parameters()
@@ -181,7 +176,6 @@ class SphericalSoftmaxHead(_SphericalFamilyHead):
     Args:
         in_features: ``d``.
         vocab_size: ``V``.
-        counts: ignored (accepted for a uniform constructor).
         ignore_index: target id that changes neither loss nor gradient.
         gram: compute the loss through the ``d×d`` Gram matrix (O(d²) per token); ``False`` builds
             the ``[n, V]`` logits (the naive formula, kept as the oracle and benchmark baseline).
@@ -190,26 +184,18 @@ class SphericalSoftmaxHead(_SphericalFamilyHead):
             staying small next to logits of order 1 (the model can always scale ``W`` up).
     """
 
-    exact_loss: ClassVar[bool] = True
-
     def __init__(
         self,
         in_features: int,
         vocab_size: int,
         *,
-        counts: Tensor | Sequence[float] | None = None,
         ignore_index: int = -100,
         gram: bool = True,
         eps: float = 1e-2,
     ) -> None:
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps must be a positive float (e.g. 1e-2), got {eps!r}")
-        if not math.isfinite(eps):
-            raise ValueError(f"eps must be finite, got {eps!r}")
-        super().__init__(
-            in_features, vocab_size, counts=counts, ignore_index=ignore_index, gram=gram
-        )
-        self.eps = float(eps)
+        eps = check_float("eps", eps, positive=True, hint="e.g. 1e-2")
+        super().__init__(in_features, vocab_size, ignore_index=ignore_index, gram=gram)
+        self.eps = eps
 
     def _score(self, logits: Tensor) -> Tensor:
         return logits.square() + self.eps
@@ -230,13 +216,10 @@ class TaylorSoftmaxHead(_SphericalFamilyHead):
     Args:
         in_features: ``d``.
         vocab_size: ``V``.
-        counts: ignored (accepted for a uniform constructor).
         ignore_index: target id that changes neither loss nor gradient.
         gram: compute the loss through the ``d×d`` Gram matrix (O(d²) per token); ``False`` builds
             the ``[n, V]`` logits (the naive formula, kept as the oracle and benchmark baseline).
     """
-
-    exact_loss: ClassVar[bool] = True
 
     def _score(self, logits: Tensor) -> Tensor:
         return 1.0 + logits + 0.5 * logits.square()

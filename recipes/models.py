@@ -25,6 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lm_heads._check import check_int
 from lm_heads.base import Head
 
 
@@ -207,5 +208,4 @@ def _sinusoidal(max_len: int, dim: int) -> Tensor:
 
 def _check_sizes(**sizes: int) -> None:
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(name, value, minimum=1)
