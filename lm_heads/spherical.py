@@ -34,12 +34,15 @@ for the naive formula: for ``n ≫ d`` (4096 tokens, d = 512) that is a large wi
 
 Numerics: the Gram matrix, ``s``, ``q`` and the normaliser are computed in float32 even under
 autocast (float64 when the weights are float64). ``q = h̃ᵀ G̃ h̃`` is a quadratic form: its error
-is ``~ u·‖G̃‖·‖h̃‖²`` (``u = 2⁻²⁴``), not relative to ``q``. When ``W̃`` has full column rank, which
-is every LM (``V ≫ d``), ``q ≥ σ_min(G̃)‖h̃‖²`` and the relative error is ``~ u·cond(G̃)``: tests
-find float32 Gram log-probs within 1e-5 of float64 ones. Only when ``h`` is almost orthogonal
-to every row of ``W̃`` (possible when ``V ≤ d``) does ``q`` lose its digits to cancellation; it
-may then round below 0, so it is clamped at 0 (its exact value is a sum of squares) and every log
-stays finite, but the value is inaccurate (use ``gram=False`` there). Rounding ``q`` more
+is ``~ u·‖G̃‖·‖h̃‖²`` (``u = 2⁻²⁴``), not relative to ``q``. When ``W̃ = [W, b]`` has full column
+rank *and is well conditioned*, ``q ≥ σ_min(G̃)‖h̃‖²`` and the relative error is ``~ u·cond(G̃)``:
+tests find float32 Gram log-probs within 1e-5 of float64 ones for random weights and biases.
+The condition matters. When ``h̃`` is nearly in the null space of ``W̃`` (``‖W̃h̃‖ ≪ ‖W̃‖‖h̃‖``),
+``q`` loses its digits to cancellation. That happens when ``V ≤ d``, and also when
+``[W, b]`` is rank-deficient or nearly so, e.g. ``b = −W h₀`` with hidden states near a large
+``h₀``: with ``‖h₀‖ = 100`` the Gram log-probs are off by about 2e-3 nats (tested). ``q`` may then
+round below 0, so it is clamped at 0 (its exact value is a sum of squares) and every log stays
+finite, but the value is inaccurate: use ``gram=False`` there. Rounding ``q`` more
 cleverly would not help: the error is already made when ``G̃ = W̃ᵀW̃`` is formed in float32 (a
 factor ``L`` with ``q = ‖Lᵀh̃‖²`` inherits it, and needs ``G̃`` non-singular besides). The
 normaliser is at least ``V ε`` (spherical) or ``V/2`` (Taylor: ``1 + o + o²/2 = ((1+o)² + 1)/2``,
