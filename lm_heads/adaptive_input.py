@@ -177,6 +177,12 @@ class AdaptiveInput(nn.Module):
             out = out + vectors @ projection
         return out.reshape(*tokens.shape, self.embedding_dim)
 
+    @property
+    def weight(self) -> Tensor:
+        """``[V, d]``: every word's vector in id order, computed (as ``nn.Embedding.weight`` reads,
+        for similarity evaluation and export; not a parameter)."""
+        return self(torch.arange(self.vocab_size, device=self.rank_of_id.device))
+
     def extra_repr(self) -> str:
         return (
             f"vocab_size={self.vocab_size}, embedding_dim={self.embedding_dim}, "

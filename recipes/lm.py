@@ -185,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="share input embedding and head output rows (adds a d_model→embed_dim projection)",
     )
+    g.add_argument(
+        "--input",
+        dest="input_layer",
+        default="embedding",
+        choices=["embedding", "adaptive"],
+        help="input layer: a word embedding, or adaptive input (Baevski & Auli 2019) on the "
+        "adaptive head's clusters (with --tie-weights: shares its words and projections)",
+    )
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
@@ -530,6 +538,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         dropout=args.dropout,
         max_len=max(512, args.bptt),
         tie_weights=args.tie_weights,
+        input_layer=args.input_layer,
         optimizer=args.optimizer,
         lr=args.lr,
         weight_decay=args.weight_decay,
@@ -614,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         "head_structure": model.head.extra_repr(),
         "model": args.model,
         "tie_weights": args.tie_weights,
+        "input_layer": args.input_layer,
         "data": args.data,
         "data_description": dm.description,
         "vocab_size": int(dm.vocab_size),

@@ -38,6 +38,7 @@ def test_matches_the_formula() -> None:
     assert [tuple(p.shape) for p in module.projections] == [(16, 32), (8, 32), (4, 32)]
     tokens = torch.randint(0, V, (4, 9))
     torch.testing.assert_close(module(tokens), reference(module, tokens))
+    torch.testing.assert_close(module.weight, reference(module, torch.arange(V)))
     # Ranks follow the counts: the most frequent word is row 0 of band 0.
     top = int(torch.argmax(counts))
     torch.testing.assert_close(module(torch.tensor([top]))[0], module.weights[0][0])
