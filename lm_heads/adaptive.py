@@ -40,7 +40,6 @@ Shape:
 from __future__ import annotations
 
 import itertools
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -50,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from lm_heads._check import check_int
+from lm_heads._check import check_float, check_int
 from lm_heads.base import Head, at_least_float32, linear_f32, sample_categorical
 from lm_heads.counts import as_counts, frequency_order
 from lm_heads.cutoffs import CostModel, choose_cutoffs, default_cutoffs, projection_dims
@@ -162,10 +161,7 @@ class AdaptiveSoftmaxHead(Head):
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
         counts_t = as_counts(counts, vocab_size, "adaptive")
-        if isinstance(div_value, bool) or not (
-            isinstance(div_value, int | float) and math.isfinite(div_value) and div_value > 0
-        ):
-            raise ValueError(f"div_value must be a positive number, got {div_value!r}")
+        div_value = check_float("div_value", div_value, positive=True)
         if isinstance(cutoffs, str):
             if cutoffs != "auto":
                 raise ValueError(f"cutoffs must be a list of ints, None or 'auto', got {cutoffs!r}")
