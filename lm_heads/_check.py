@@ -17,7 +17,7 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, hint: str = 
     """``value`` as an ``int`` (``≥ minimum`` when given)."""
     need = "an int" if minimum is None else f"an int ≥ {minimum}"
     try:
-        if isinstance(value, bool) or type(value).__name__ == "bool_":
+        if _is_bool(value):
             raise TypeError
         number = operator.index(value)
     except TypeError:
@@ -45,14 +45,14 @@ def check_float(
         need = f"a finite number ≥ {minimum}"
     else:
         need = "a finite number"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        try:
-            value = float(operator.index(value))  # numpy / tensor integers
-        except TypeError:
-            if type(value).__module__ != "numpy" or not hasattr(value, "__float__"):
-                raise ValueError(f"{name} must be {need}{_hint(hint)}, got {value!r}") from None
-            value = float(value)
-    number = float(value)
+    if _is_bool(value):
+        raise ValueError(f"{name} must be {need}{_hint(hint)}, got {value!r}")
+    try:
+        number = float(operator.index(value))  # ints, numpy and tensor integers
+    except TypeError:
+        if not isinstance(value, float) and type(value).__module__ != "numpy":
+            raise ValueError(f"{name} must be {need}{_hint(hint)}, got {value!r}") from None
+        number = float(value)
     out_of_range = (
         not math.isfinite(number)
         or (positive and not number > 0)
@@ -69,6 +69,11 @@ def check_bool(name: str, value: Any, *, hint: str = "") -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False{_hint(hint)}, got {value!r}")
     return value
+
+
+def _is_bool(value: Any) -> bool:
+    # Python's bool and numpy's (``numpy.bool`` / ``numpy.bool_``), without importing numpy.
+    return isinstance(value, bool) or type(value).__name__ in ("bool", "bool_")
 
 
 def _hint(hint: str) -> str:

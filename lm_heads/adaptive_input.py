@@ -13,8 +13,8 @@ Words are ranked by corpus frequency and cut into the adaptive softmax's cluster
     e(w) = E_i[r - c_i]\, Q_i              \quad c_i \le r < c_{i+1}
 
 Rare words get few dimensions, so the embedding costs ``Σ_i k_i d_i + d_i d`` parameters instead
-of ``V d``: 8.1M instead of 137M at ``V = 267,735``, ``d = 512`` with the default cutoffs. Band 0 has ``d_0 = d`` and no projection (a ``d×d``
-map there would only reparametrise ``E_0``).
+of ``V d``: 8.1M instead of 137M at ``V = 267,735``, ``d = 512`` with the default cutoffs.
+Band 0 has ``d_0 = d`` and no projection (a ``d×d`` map there would only reparametrise ``E_0``).
 
 Tying (fairseq's ``tie_adaptive_weights`` / ``tie_adaptive_proj``): the adaptive softmax scores
 band 0 with its head rows ``A[:c_1]`` and cluster ``i`` with ``B_i (P_i h)``, ``B_i [k_i, d_i]``,

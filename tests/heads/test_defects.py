@@ -199,3 +199,18 @@ def test_is_exact_reads_loss_is_exact() -> None:
     margin = build_head("cosine", 8, 20, margin=0.2)
     assert not margin.loss_is_exact(training=True) and margin.loss_is_exact(training=False)
     assert margin.train()(torch.randn(5, 8), torch.arange(5)).nll_sum is None
+
+
+def test_shared_checks_refuse_bools_and_accept_numpy_numbers() -> None:
+    from lm_heads._check import check_bool, check_float, check_int
+
+    for check in (check_int, check_float):
+        for value in (True, np.True_, "3", None):
+            with pytest.raises(ValueError, match=r"^x must be"):
+                check("x", value)
+    assert check_int("x", np.int16(3), minimum=1) == 3
+    assert check_float("x", np.float32(0.5), minimum=0.0, maximum=1.0) == 0.5
+    with pytest.raises(ValueError, match=r"x must be a positive finite number \(e.g. 1\), got nan"):
+        check_float("x", float("nan"), positive=True, hint="e.g. 1")
+    with pytest.raises(ValueError, match="x must be True or False, got 1"):
+        check_bool("x", 1)
