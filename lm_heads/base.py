@@ -227,28 +227,32 @@ def check_finite(hidden: Tensor) -> Tensor:
     return hidden
 
 
-def gumbel_noise(
-    shape: torch.Size | tuple[int, ...],
-    generator: torch.Generator | None,
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """Standard Gumbel noise ``−log(−log u)`` of ``shape``, returned in ``dtype``.
+_GUMBEL_BLOCK = 2**22
+"""Uniforms drawn per block by :func:`add_gumbel_` (32 MB of float64)."""
 
-    ``u`` is float64 whatever ``dtype``: float32 uniforms step by 2⁻²⁴ near 1, which caps the
-    noise at about 16.6 and coarsens its tail, so words more than ~16 nats below the mode would be
-    drawn too rarely and never past ~19.5. float64 uniforms reach 36.7 (2⁻⁵³). ``u = 0`` gives
+
+def add_gumbel_(scores: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Add standard Gumbel noise ``−log(−log u)`` to ``scores`` in place and return it.
+
+    ``u`` is float64 whatever the dtype of ``scores``: float32 uniforms step by 2⁻²⁴ near 1, which
+    caps the noise at about 16.6 and coarsens its tail, so words more than ~16 nats below the mode
+    would be drawn too rarely and never past ~19.5. float64 uniforms reach 36.7 (2⁻⁵³). They are
+    drawn in blocks of 2²² so that sampling needs no float64 copy of ``scores``. ``u = 0`` gives
     ``−inf`` noise (that word loses), never NaN.
     """
-    uniform = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
-    return uniform.log_().neg_().log_().neg_().to(dtype)
+    flat = scores.view(-1)
+    for start in range(0, flat.numel(), _GUMBEL_BLOCK):
+        block = flat[start : start + _GUMBEL_BLOCK]
+        u = torch.rand(block.shape, generator=generator, device=block.device, dtype=torch.float64)
+        block.add_(u.log_().neg_().log_().neg_())
+    return scores
 
 
 def sample_categorical(log_prob: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Gumbel-max draw from rows of ``log_prob [n, V]``: device-side, no host sync."""
-    scores = at_least_float32(log_prob)
-    noise = gumbel_noise(scores.shape, generator, scores.device, scores.dtype)
-    return (scores + noise).argmax(-1)
+    dtype = torch.promote_types(log_prob.dtype, torch.float32)
+    scores = log_prob.detach().to(dtype, memory_format=torch.contiguous_format, copy=True)
+    return add_gumbel_(scores, generator).argmax(-1)
 
 
 def at_least_float32(x: Tensor) -> Tensor:

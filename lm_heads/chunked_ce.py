@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lm_heads.base import gumbel_noise
+from lm_heads.base import add_gumbel_
 
 AUTO_CHUNK_BYTES = 512 * 2**20
 """``chunk_size="auto"`` sizes a chunk so that its float32 logits take about this many bytes."""
@@ -141,8 +141,7 @@ def linear_sample(
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
         for rows, logits in _forward_chunks(hidden, weight, bias, chunk_size, dtype):
             # Gumbel-max needs no normaliser: argmax(o + g) ~ softmax(o).
-            noise = gumbel_noise(logits.shape, generator, logits.device, logits.dtype)
-            out[rows] = logits.add_(noise).argmax(1)
+            out[rows] = add_gumbel_(logits, generator).argmax(1)
     return out
 
 

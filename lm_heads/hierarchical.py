@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lm_heads._check import check_int
-from lm_heads.base import Head, gumbel_noise, linear_f32
+from lm_heads.base import Head, add_gumbel_, linear_f32
 from lm_heads.counts import as_counts
 from lm_heads.tree import Tree, binned_tree, huffman_tree, tree_tensors
 
@@ -298,7 +298,7 @@ class TreeSoftmaxHead(Head):
         active = torch.ones(n, dtype=torch.bool, device=device)
 
         def gumbel_argmax(logits: Tensor, _: Tensor) -> Tensor:
-            return (logits + gumbel_noise(logits.shape, generator, device, logits.dtype)).argmax(-1)
+            return add_gumbel_(logits.detach().clone(), generator).argmax(-1)
 
         for depth in range(self.path_nodes.shape[1]):
             child = self._per_node(depth, hidden, node, active, gumbel_argmax, node, segments)

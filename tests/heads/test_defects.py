@@ -11,19 +11,20 @@ import torch
 
 from lm_heads import HEADS, build_head
 from lm_heads.adaptive import AdaptiveSoftmaxHead
-from lm_heads.base import check_finite, sample_categorical
+from lm_heads.base import add_gumbel_, check_finite, sample_categorical
 from lm_heads.chunked_ce import linear_sample
 
 
 # ------------------------------------------------------------------------------------------------
 # D1: Gumbel noise from float32 uniforms (clamped at 1 - 1e-7) capped at ~16 nats, so words far
 # below the mode were drawn too rarely, and never past ~19.5 nats.
-def _rand_near_one(column: int, gap: float):
-    """A stand-in for torch.rand: 0.5 everywhere except ``1 - gap`` in ``column``."""
+def _rand_near_one(column: int, gap: float, width: int):
+    """A stand-in for torch.rand: 0.5 everywhere except ``1 - gap`` in ``column`` of every row of
+    ``width`` (the noise may be drawn for a flattened ``[rows, width]`` block)."""
 
     def fake(shape, *, generator=None, device=None, dtype=None):
         u = torch.full(tuple(shape), 0.5, dtype=dtype or torch.float32, device=device)
-        u[..., column] = 1.0 - gap
+        u.view(-1)[column::width] = 1.0 - gap
         return u
 
     return fake
@@ -37,7 +38,7 @@ def test_noise_resolves_words_twenty_nats_below_the_mode(path, monkeypatch) -> N
     vocab, tail = 8, 5
     logits = torch.zeros(3, vocab)
     logits[:, tail] = -20.0
-    monkeypatch.setattr(torch, "rand", _rand_near_one(tail, 2.0**-30))
+    monkeypatch.setattr(torch, "rand", _rand_near_one(tail, 2.0**-30, vocab))
     if path == "sample_categorical":
         draws = sample_categorical(logits.log_softmax(-1))
     else:
@@ -46,13 +47,21 @@ def test_noise_resolves_words_twenty_nats_below_the_mode(path, monkeypatch) -> N
     assert draws.tolist() == [tail] * 3
 
 
+def test_gumbel_noise_is_drawn_in_blocks_without_a_float64_copy(monkeypatch) -> None:
+    monkeypatch.setattr("lm_heads.base._GUMBEL_BLOCK", 5)
+    generator = torch.Generator().manual_seed(0)
+    noise = add_gumbel_(torch.zeros(3, 4), generator)
+    assert noise.dtype == torch.float32 and torch.isfinite(noise).all()
+    assert noise.unique().numel() == 12  # every block drew its own uniforms
+
+
 def test_hierarchical_sampling_uses_the_same_noise(monkeypatch) -> None:
     # Every node of a Huffman tree over 2 words is one 2-way softmax: the same argument applies.
     head = build_head("hierarchical", 4, 2, counts=torch.tensor([3.0, 1.0]), tree="huffman")
     with torch.no_grad():
         head.weight.zero_()
         head.bias.copy_(torch.tensor([0.0, -20.0]))  # child 0 = word 0 (the frequent one)
-    monkeypatch.setattr(torch, "rand", _rand_near_one(1, 2.0**-30))
+    monkeypatch.setattr(torch, "rand", _rand_near_one(1, 2.0**-30, 2))
     assert head.sample(torch.zeros(3, 4)).tolist() == [1, 1, 1]
 
 
