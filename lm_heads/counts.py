@@ -24,7 +24,11 @@ def as_counts(counts: Tensor | Sequence[float] | None, vocab_size: int, head: st
             f"the {head!r} head needs counts=<corpus frequency of each word id, length "
             f"{vocab_size}>; e.g. Vocabulary.counts from lm_heads.data, or torch.bincount(ids)"
         )
-    tensor = torch.as_tensor(counts).detach().to("cpu", torch.float64).reshape(-1)
+    tensor = torch.as_tensor(counts).detach().to("cpu", torch.float64)
+    if tensor.dim() != 1:
+        raise ValueError(
+            f"counts must be 1-D (one count per word id), got shape {tuple(tensor.shape)}"
+        )
     if tensor.numel() != vocab_size:
         raise ValueError(
             f"counts has {tensor.numel()} entries but vocab_size is {vocab_size}: "

@@ -53,8 +53,8 @@ def build_head(
 ) -> Head:
     """Build the head registered as ``name``; ``options`` are that head's keyword arguments.
 
-    ``counts`` (corpus frequency per word id, any id order) is passed to every head; heads that
-    build structure from frequencies require it, the others ignore it.
+    ``counts`` (corpus frequency per word id, any id order) is validated for every head and
+    passed to those whose ``uses_counts`` is set (they build structure or proposals from it).
     """
     if name not in HEADS:
         raise KeyError(f"unknown head {name!r}; valid heads: {', '.join(sorted(HEADS))}")
@@ -68,7 +68,11 @@ def build_head(
         )
     if counts is not None:
         counts = as_counts(counts, vocab_size, name)
-    head = cls(in_features, vocab_size, counts=counts, **options)
+    if not cls.uses_counts:
+        counts = None  # validated above; the head's structure does not depend on them
+    head = cls(
+        in_features, vocab_size, **({"counts": counts} if cls.uses_counts else {}), **options
+    )
     head.build_spec = HeadSpec(
         name, in_features, vocab_size, counts, {**options, **head.resolved_options()}
     )

@@ -18,8 +18,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lm_heads import build_head
 from lm_heads.mixin import LMHeadMixin
-from recipes.models import LSTMLM, TransformerLM
+from recipes.models import LSTMLM, TransformerLM, adaptive_input
 
 DEFAULT_HEAD = "adaptive"
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -53,6 +54,7 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
         dropout: float = 0.2,
         max_len: int = 512,
         tie_weights: bool = False,
+        input_layer: str = "embedding",
         optimizer: str = "adam",
         lr: float = 2e-3,
         weight_decay: float = 0.0,
@@ -66,6 +68,16 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["counts"])
         out_features = embed_dim if tie_weights else None
+        head_options = head_options or {}
+        built_head, embedding = None, None
+        if input_layer == "adaptive":
+            # Adaptive input shares the adaptive head's clusters: build the head first.
+            built_head = build_head(
+                head, out_features or d_model, vocab_size, counts=counts, **head_options
+            )
+            embedding = adaptive_input(built_head, vocab_size, embed_dim, counts, tie_weights)
+        elif input_layer != "embedding":
+            raise ValueError(f"input_layer must be 'embedding' or 'adaptive', got {input_layer!r}")
         if model == "lstm":
             self.backbone: torch.nn.Module = LSTMLM(
                 vocab_size,
@@ -74,6 +86,7 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
                 num_layers=num_layers,
                 dropout=dropout,
                 out_features=out_features,
+                embedding=embedding,
             )
         elif model == "transformer":
             self.backbone = TransformerLM(
@@ -86,17 +99,21 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
                 max_len=max_len,
                 positions=positions,
                 out_features=out_features,
+                embedding=embedding,
             )
         else:
             raise ValueError(f"model must be 'lstm' or 'transformer', got {model!r}")
-        self.configure_head(
-            head,
-            in_features=self.backbone.out_features,
-            vocab_size=vocab_size,
-            counts=counts,
-            **(head_options or {}),
-        )
-        if tie_weights:
+        if built_head is not None:
+            self.configure_head(built_head)
+        else:
+            self.configure_head(
+                head,
+                in_features=self.backbone.out_features,
+                vocab_size=vocab_size,
+                counts=counts,
+                **head_options,
+            )
+        if tie_weights and input_layer == "embedding":
             self.tie_head_weights(self.backbone.embedding)
         if lr_schedule == "plateau" and warmup_steps:
             raise ValueError("lr_schedule='plateau' takes no warmup_steps (use 'constant')")

@@ -152,7 +152,7 @@ def _results(
     results: dict[str, Any] = {
         "head": args.head,
         "head_options": args.head_options,
-        "head_is_exact": bool(model.head.exact_loss),
+        "head_is_exact": model.head.loss_is_exact(training=True),
         # The resolved structure (e.g. the cutoffs that cutoffs="auto" chose), to reuse as options.
         "head_structure": model.head.extra_repr(),
         "model": args.model,

@@ -24,9 +24,13 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lm_heads._check import check_int
+from lm_heads.adaptive import AdaptiveSoftmaxHead
+from lm_heads.adaptive_input import AdaptiveInput
+from lm_heads.base import Head
 from lm_heads.tying import tie_weights as tie_head_weights
 
-__all__ = ["LSTMLM", "TransformerLM", "tie_head_weights"]
+__all__ = ["LSTMLM", "TransformerLM", "adaptive_input", "tie_head_weights"]
 
 LSTMState = tuple[Tensor, Tensor]
 """``(h, c)``, each ``[num_layers, B, d_model]``, as ``nn.LSTM`` takes and returns it."""
@@ -43,6 +47,8 @@ class LSTMLM(nn.Module):
         dropout: dropout on embeddings, between layers and on the output.
         out_features: size of the returned hidden states; defaults to ``d_model``. When it differs,
             a linear projection is added (used to tie embeddings with ``e != d``).
+        embedding: the input layer, ids ``[B, T]`` → ``[B, T, e]`` with ``embedding_dim == e``
+            (e.g. :class:`~lm_heads.AdaptiveInput`); ``None``: an ``nn.Embedding(V, e)``.
     """
 
     def __init__(
@@ -54,6 +60,7 @@ class LSTMLM(nn.Module):
         num_layers: int = 1,
         dropout: float = 0.2,
         out_features: int | None = None,
+        embedding: nn.Module | None = None,
     ) -> None:
         super().__init__()
         _check_sizes(vocab_size=vocab_size, embed_dim=embed_dim, d_model=d_model)
@@ -61,7 +68,7 @@ class LSTMLM(nn.Module):
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        self.embedding = _input_layer(embedding, vocab_size, embed_dim)
         self.drop = nn.Dropout(dropout)
         self.rnn = nn.LSTM(
             embed_dim,
@@ -72,7 +79,8 @@ class LSTMLM(nn.Module):
         )
         self.out_features = out_features or d_model
         self.proj = nn.Linear(d_model, self.out_features) if self.out_features != d_model else None
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if embedding is None:
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
 
     def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
         """``tokens [B, T]`` (and the previous window's state) → hidden ``[B, T, out]``, state."""
@@ -94,6 +102,7 @@ class TransformerLM(nn.Module):
         max_len: longest sequence (learned positions have this many rows).
         positions: ``"learned"`` or ``"sinusoidal"`` (Vaswani et al. 2017).
         out_features: size of the returned hidden states (defaults to ``d_model``).
+        embedding: the input layer (see :class:`LSTMLM`); ``None``: an ``nn.Embedding(V, e)``.
     """
 
     def __init__(
@@ -108,6 +117,7 @@ class TransformerLM(nn.Module):
         max_len: int = 512,
         positions: str = "learned",
         out_features: int | None = None,
+        embedding: nn.Module | None = None,
     ) -> None:
         super().__init__()
         _check_sizes(vocab_size=vocab_size, embed_dim=embed_dim, d_model=d_model)
@@ -120,8 +130,9 @@ class TransformerLM(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.max_len = max_len
-        self.embedding = nn.Embedding(vocab_size, embed_dim)
-        nn.init.normal_(self.embedding.weight, std=0.02)
+        self.embedding = _input_layer(embedding, vocab_size, embed_dim)
+        if embedding is None:
+            nn.init.normal_(self.embedding.weight, std=0.02)
         self.in_proj = nn.Linear(embed_dim, d_model) if embed_dim != d_model else None
         self.positions = positions
         if positions == "learned":
@@ -166,6 +177,21 @@ class TransformerLM(nn.Module):
         return (self.proj(hidden) if self.proj is not None else hidden), None
 
 
+def adaptive_input(
+    head: Head, vocab_size: int, embed_dim: int, counts: Tensor | None, tie: bool
+) -> AdaptiveInput:
+    """Adaptive input on ``head``'s clusters (tied: words and projections, as Baevski & Auli's
+    best models), or on the default clusters of ``counts`` when the head is not adaptive."""
+    if isinstance(head, AdaptiveSoftmaxHead):
+        return AdaptiveInput.from_head(head, embedding_dim=embed_dim, tie_weights=tie, tie_proj=tie)
+    if tie:
+        raise ValueError(
+            f"adaptive input ties only to the adaptive head, not {type(head).__name__}: use "
+            "--head adaptive, or drop --tie-weights"
+        )
+    return AdaptiveInput(vocab_size, embed_dim, counts=counts)
+
+
 def _sinusoidal(max_len: int, dim: int) -> Tensor:
     position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
     freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
@@ -175,7 +201,17 @@ def _sinusoidal(max_len: int, dim: int) -> Tensor:
     return table
 
 
+def _input_layer(embedding: nn.Module | None, vocab_size: int, embed_dim: int) -> nn.Module:
+    if embedding is None:
+        return nn.Embedding(vocab_size, embed_dim)
+    size = getattr(embedding, "embedding_dim", None)
+    if size != embed_dim:
+        raise ValueError(
+            f"the input layer's embedding_dim ({size}) must equal embed_dim ({embed_dim})"
+        )
+    return embedding
+
+
 def _check_sizes(**sizes: int) -> None:
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(name, value, minimum=1)

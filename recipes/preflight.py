@@ -9,7 +9,6 @@ loggers), the data (sources, encoding, a test split, lengths against ``--bptt``)
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import math
 import os
 import shutil
@@ -26,7 +25,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lm_heads.data import LMDataModule
 from lm_heads.similarity import find_simlex, load_pairs, pairs_name, word_similarity
 from recipes.checkpoint import CheckpointExtras, FitTimer
-from recipes.cli import UsageError, build_parser, recorded_args
+from recipes.cli import UsageError, recorded_args
 from recipes.language_model import FinalCheckpoint, LanguageModel, TrainClock
 
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -277,18 +276,6 @@ def build_model(args: Namespace, dm: LMDataModule) -> LanguageModel:
         "input_layer": args.input_layer,
         "compile": args.compile,
     }
-    # Options that LanguageModel does not take yet are passed once it does; until then only
-    # their defaults are allowed (another value would be silently ignored).
-    accepted = inspect.signature(LanguageModel.__init__).parameters
-    defaults = build_parser().get_defaults()
-    for key in ("lr_decay", "lr_patience", "carry_state", "input_layer", "compile"):
-        if key not in accepted:
-            if options[key] != defaults[key]:
-                option = "--input" if key == "input_layer" else f"--{key.replace('_', '-')}"
-                raise UsageError(f"{option} is not supported by this model yet")
-            del options[key]
-    if args.lr_schedule == "plateau" and "lr_decay" not in accepted:
-        raise UsageError("--lr-schedule plateau is not supported by this model yet")
     try:
         return LanguageModel(vocab_size=dm.vocab_size, counts=torch.as_tensor(dm.counts), **options)
     except (ValueError, TypeError) as error:
