@@ -40,6 +40,7 @@ import re
 import resource
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -222,17 +223,24 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_process(cmd: list[str], cwd: Path, log: Path) -> dict[str, Any]:
+def run_process(cmd: list[str], cwd: Path, log: Path, **env_extra: str) -> dict[str, Any]:
     """Run ``cmd`` with its output in ``log``; returns its exit status and the load during it."""
     sampler, cpu0, t0 = LoadSampler(), _children_cpu(), time.perf_counter()
     sampler.start()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}  # fmt: skip
+           "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO), **env_extra}  # fmt: skip
     with open(log, "a") as out:
-        code = subprocess.run(
-            cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env
-        ).returncode
-    sampler.stop()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = proc.wait()
+        finally:  # the driver stopped (Ctrl-C, SIGTERM): stop the run too, it resumes later
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            sampler.stop()
     wall = time.perf_counter() - t0
     load = {"wall_s": wall, "study_cpu_cores": (_children_cpu() - cpu0) / max(wall, 1e-9)}
     load |= report.summarize_samples("loadavg_1min", sampler.load)
@@ -376,26 +384,29 @@ def examples_data(data: Path, tmp: Path) -> Path:
     return linked
 
 
+def examples_argv(data: Path, seed: int) -> list[str]:
+    """pytorch/examples' flags for the reference configuration (its defaults, stated)."""
+    return ["--data", str(data), "--epochs", "1", "--model", "LSTM", "--emsize", "200",
+            "--nhid", "200", "--nlayers", "2", "--lr", "20", "--clip", "0.25", "--batch_size",
+            "20", "--bptt", "35", "--dropout", "0.2", "--seed", str(seed)]  # fmt: skip
+
+
 def run_examples(args: argparse.Namespace, data: Path, run_dir: Path) -> dict[str, Any]:
     """pytorch/examples' main.py, capped at --reference-steps batches; its parsed perplexities."""
     done = run_dir / "results.json"
-    argv = ["--data", str(data), "--epochs", "1", "--model", "LSTM", "--emsize", "200",
-            "--nhid", "200", "--nlayers", "2", "--lr", "20", "--clip", "0.25", "--batch_size",
-            "20", "--bptt", "35", "--dropout", "0.2", "--seed", str(args.seed)]  # fmt: skip
-    key = {"argv": argv, "steps": args.reference_steps, "examples": str(args.examples)}
+    key = {"argv": examples_argv(data, args.seed), "steps": args.reference_steps,
+           "examples": str(args.examples)}  # fmt: skip
     if done.exists() and not args.rerun and json.loads(done.read_text())["key"] == key:
         return {**json.loads(done.read_text()), "reused": True}
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
         patch_examples(args.examples, Path(tmp), args.reference_steps)
-        data_dir = examples_data(data, Path(tmp))
-        argv[1] = str(data_dir)
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # as the recipe's --threads
-        proc = run_process([sys.executable, "main.py", *argv, "--save", str(Path(tmp) / "m.pt")],
-                           Path(tmp), run_dir / "log.txt")  # fmt: skip
-        os.environ.pop("OMP_NUM_THREADS")
-    argv[1] = str(data)
+        argv = examples_argv(examples_data(data, Path(tmp)), args.seed)
+        save = ["--save", str(Path(tmp) / "model.pt")]
+        # OMP_NUM_THREADS: the same number of threads as the recipe's --threads.
+        proc = run_process([sys.executable, "main.py", *argv, *save], Path(tmp),
+                           run_dir / "log.txt", OMP_NUM_THREADS=str(args.threads))  # fmt: skip
     log = (run_dir / "log.txt").read_text()
     result = report.parse_examples_log(log, batch_tokens=20 * 35)
     if result.get("val_ppl") is None:
@@ -465,4 +476,5 @@ def _finished(args: argparse.Namespace) -> set[str]:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stops the running run too
     main()

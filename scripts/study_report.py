@@ -243,7 +243,8 @@ def reference_row(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
             "theirs_test_ppl": theirs["test_ppl"], "val_ratio": ratio,
             "within_2pct": abs(ratio - 1) <= 0.02,
             "ours_tokens_per_s": ours.get("train_tokens_per_s"),
-            "theirs_tokens_per_s": theirs.get("train_tokens_per_s")}  # fmt: skip
+            "theirs_tokens_per_s": theirs.get("train_tokens_per_s"),
+            "theirs_note": theirs.get("note")}  # fmt: skip
 
 
 def load_row(run: dict[str, Any]) -> dict[str, Any]:
@@ -412,7 +413,8 @@ def reference_md(study: dict[str, Any]) -> list[str]:
             f"Equal steps ({r['steps']} batches of 20 × 35), same configuration; their `main.py` "
             "unmodified but for the step cap.", "",
             *_table(["", "val ppl", "test ppl", "train tok/s"], rows),
-            f"Ratio ours / theirs (val ppl): {r['val_ratio']:.4f}: {verdict}.", ""]  # fmt: skip
+            f"Ratio ours / theirs (val ppl): {r['val_ratio']:.4f}: {verdict}."
+            + (f" Their run: {r['theirs_note']}." if r.get("theirs_note") else ""), ""]  # fmt: skip
 
 
 def load_md(study: dict[str, Any]) -> list[str]:
