@@ -351,7 +351,7 @@ def equal_time_md(study: dict[str, Any], prefix: str) -> list[str]:
              "validation batches; val/test ppl: the whole splits at the end.", ""]  # fmt: skip
     source = next((r.get("simlex_source") for r in study["equal_time"] if r.get("simlex_source")),
                   None)  # fmt: skip
-    lines += [f"Similarity set: {source or 'none measured'}.", ""]
+    lines += [f"Similarity set: {source or 'none measured'}. {simlex_spread(study)}", ""]
     if target:
         lines += [f"Target for time to target: validation ppl {target:.1f} "
                   f"({study['target_source']}).", ""]  # fmt: skip
@@ -384,10 +384,13 @@ def headline_md(study: dict[str, Any], prefix: str) -> list[str]:
              f"`adaptive` resumed from its equal-time run and trained to {s['headline_epochs']} "
              "epochs; `full` resumed likewise and trained for the same training minutes.",
              ""]  # fmt: skip
-    rows = [[f"`{r['head']}`", f"failed: {r['error']}", "–", "–", "–", "–"] if "error" in r else
+    header = ["head", "test ppl", "val ppl", "training min", "epochs", "steps", "SimLex ρ in",
+              "SimLex ρ out"]  # fmt: skip
+    rows = [[f"`{r['head']}`", f"failed: {r['error']}", *["–"] * 6] if "error" in r else
             [f"`{r['head']}`", _f(r["test_ppl"]), _f(r["val_ppl"]), _f(r["train_minutes"]),
-             _f(r["epochs"], ".2f"), str(r["steps"])] for r in study["headline"]]  # fmt: skip
-    lines += _table(["head", "test ppl", "val ppl", "training min", "epochs", "steps"], rows)
+             _f(r["epochs"], ".2f"), str(r["steps"]), _f(r["simlex_input"], ".3f"),
+             _f(r["simlex_output"], ".3f")] for r in study["headline"]]  # fmt: skip
+    lines += _table(header, rows)
     if study["simlex_trend"]:
         rows = [[_f(p["epoch"], ".2f"), _f(p["val_ppl"]), _f(p["simlex_input"], ".3f"),
                  _f(p["simlex_output"], ".3f")] for p in study["simlex_trend"]]  # fmt: skip
@@ -396,6 +399,24 @@ def headline_md(study: dict[str, Any], prefix: str) -> list[str]:
                   *_table(["epoch", "val ppl (subset)", "ρ input", "ρ output"], rows)]  # fmt: skip
     lines += [f"![headline curves]({prefix}headline.png)", ""]
     return lines
+
+
+def simlex_spread(study: dict[str, Any]) -> str:
+    """How far apart the heads' SimLex ρ are, against how much ρ moves with training."""
+    rhos = sorted((r["simlex_input"], r["head"]) for r in study["equal_time"]
+                  if r.get("simlex_input") is not None)  # fmt: skip
+    if not rhos:
+        return ""
+    (lo, lo_head), (hi, hi_head) = rhos[0], rhos[-1]
+    text = (f"Input-embedding ρ at equal time spans {lo:.3f} (`{lo_head}`) to {hi:.3f} "
+            f"(`{hi_head}`), a spread of {hi - lo:.3f}")  # fmt: skip
+    trend = study["simlex_trend"]
+    if len(trend) >= 2:
+        first, last = trend[0], trend[-1]
+        text += (f"; `adaptive` alone moves from {first['simlex_input']:.3f} at epoch "
+                 f"{first['epoch']:.1f} to {last['simlex_input']:.3f} at epoch "
+                 f"{last['epoch']:.1f}")  # fmt: skip
+    return text + "."
 
 
 def reference_md(study: dict[str, Any]) -> list[str]:

@@ -175,6 +175,40 @@ def test_bad_arguments_are_refused(results, tmp_path, capsys) -> None:
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_finished_runs_are_reused_and_killed_runs_resume(results, tmp_path, monkeypatch) -> None:
+    calls: list[list[str]] = []
+
+    def fake_process(cmd: list[str], cwd: Path, log: Path, **env: str) -> dict:
+        calls.append(cmd)
+        (cwd / "results.json").write_text(json.dumps({"val_ppl": 1.0}))
+        return {"returncode": 0, "load": {"wall_s": 1.0}}
+
+    monkeypatch.setattr(results, "run_process", fake_process)
+    args = results.parse_args(["--quick", "--output-dir", str(tmp_path)])
+    run = {"head": "full", "dir": tmp_path / "run", "argv": ["--head", "full"]}
+    assert results.run_recipe(run, args)["resumed_from"] is None  # fresh
+    assert results.run_recipe(run, args)["reused"] is True and len(calls) == 1
+    # Killed mid-way (no results.json, a last.ckpt): resumed if the checkpoint holds the clock...
+    (run["dir"] / "results.json").unlink()
+    (run["dir"] / "checkpoints").mkdir()
+    (run["dir"] / "checkpoints" / "last.ckpt").write_text("")
+    monkeypatch.setattr(results, "clock_persisted", lambda path: True)
+    assert results.run_recipe(run, args)["resumed_from"] == "last"
+    assert calls[-1][-2:] == ["--resume", "last"]
+    # ... else started again (its --max-time would otherwise restart from 0).
+    (run["dir"] / "results.json").unlink()
+    monkeypatch.setattr(results, "clock_persisted", lambda path: False)
+    assert results.run_recipe(run, args)["resumed_from"] is None
+    assert not (run["dir"] / "checkpoints").exists()
+    # A changed command is a new run; a continuation starts from its source checkpoint.
+    run["argv"] = ["--head", "full", "--lr", "2"]
+    run["start"] = tmp_path / "source.ckpt"
+    assert "no checkpoint" in results.run_recipe(run, args)["error"]
+    run["start"].write_text("")
+    assert results.run_recipe(run, args)["resumed_from"] == str(run["start"])
+    assert results.run_recipe(run, args, execute=False)["reused"] is True
+
+
 def test_recipe_time_budget_and_validation_curve(tmp_path, monkeypatch) -> None:
     """The recipe options the study needs: --max-time, the val curve, --target-ppl."""
     monkeypatch.chdir(tmp_path)
