@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=360.0, help="equal-time training budget")
     p.add_argument("--val-every", type=int, default=150, help="steps between periodic validations")
     p.add_argument("--val-batches", type=int, default=50, help="batches per periodic validation")
+    p.add_argument("--final-batches", default="1.0",
+                   help="final validation and test batches (1.0: the whole splits; fewer only "
+                   "to smoke-test the study on real data)")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps (for resuming)")
     p.add_argument("--headline-epochs", type=int, default=6)
     p.add_argument("--reference-steps", type=int, default=600)
@@ -160,8 +163,8 @@ def base_argv(args: argparse.Namespace, head: str, run_dir: Path) -> list[str]:
 def curve_argv(args: argparse.Namespace) -> list[str]:
     """Periodic validation on a fixed subset (the curves); whole splits at the end."""
     return ["--val-check-interval", str(args.val_every), "--limit-val-batches",
-            str(args.val_batches), "--final-val-batches", "1.0",
-            "--limit-test-batches", "1.0"]  # fmt: skip
+            str(args.val_batches), "--final-val-batches", args.final_batches,
+            "--limit-test-batches", args.final_batches]  # fmt: skip
 
 
 def equal_time_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -433,8 +436,8 @@ def phase_reference(args: argparse.Namespace, execute: bool = True) -> list[dict
     argv = base_argv(args, "full", run_dir)
     argv[argv.index("--data") + 1] = str(data)
     argv += ["--max-steps", str(args.reference_steps), "--val-check-interval",
-             str(args.reference_steps), "--limit-val-batches", "1", "--final-val-batches", "1.0",
-             "--limit-test-batches", "1.0"]  # fmt: skip
+             str(args.reference_steps), "--limit-val-batches", "1", "--final-val-batches",
+             args.final_batches, "--limit-test-batches", args.final_batches]  # fmt: skip
     ours = {"phase": "reference", "head": "full", "dir": run_dir, "argv": argv}
     theirs = {"phase": "reference", "head": "pytorch/examples", "dir": run_dir.parent / "theirs"}
     if execute:

@@ -172,7 +172,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"data": args.data, "config": None if args.quick else str(args.config),
             "seconds": args.seconds, "val_every": args.val_every, "val_batches": args.val_batches,
             "headline_epochs": args.headline_epochs, "reference_steps": args.reference_steps,
-            "threads": args.threads, "seed": args.seed, "quick": args.quick}  # fmt: skip
+            "threads": args.threads, "seed": args.seed, "quick": args.quick,
+            "final_batches": args.final_batches}  # fmt: skip
 
 
 def equal_time_row(
@@ -352,12 +353,14 @@ def markdown(study: dict[str, Any], prefix: str = "") -> str:
 
 def equal_time_md(study: dict[str, Any], prefix: str) -> list[str]:
     s, target = study["settings"], study["target_ppl"]
+    final = ("the whole splits" if float(s["final_batches"]) == 1.0 else
+             f"only {s['final_batches']} batches of each split (a smoke test)")  # fmt: skip
     config = "the --quick tiny model" if s["quick"] else f"reference configuration `{s['config']}`"
     lines = ["### Equal wall-clock", "",
              f"Every head, {config}, {s['seconds']:g} s of training (optimizer steps only), "
              f"{s['threads']} threads, seed {s['seed']}, data `{s['data']}`. Curves: "
              f"validation every {s['val_every']} steps on the first {s['val_batches']} "
-             "validation batches; val/test ppl: the whole splits at the end.", ""]  # fmt: skip
+             f"validation batches; val/test ppl: {final} at the end.", ""]  # fmt: skip
     source = next((r.get("simlex_source") for r in study["equal_time"] if r.get("simlex_source")),
                   None)  # fmt: skip
     lines += [f"Similarity set: {source or 'none measured'}. {simlex_spread(study)}", ""]
