@@ -133,7 +133,11 @@ def _sim(res: dict[str, Any], side: str) -> float | None:
 
 
 def _epochs(curve: Sequence[dict[str, Any]]) -> float | None:
-    return curve[-1].get("epoch") if curve else None
+    """Epochs at the curve's last point (the final one carries no epoch: scaled by steps)."""
+    marked = [p for p in curve if p.get("epoch") and p["step"] > 0]
+    if not marked:
+        return None
+    return curve[-1]["step"] * marked[-1]["epoch"] / marked[-1]["step"]
 
 
 # ------------------------------------------------------------------------------------------------

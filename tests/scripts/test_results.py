@@ -93,6 +93,8 @@ def test_simlex_trend_takes_the_points_nearest_each_epoch(report) -> None:
     assert [(p["epoch"], p["simlex_input"]) for p in trend] == [(0.9, 0.09), (2.9, 0.29),
                                                                 (6.1, 0.61)]  # fmt: skip
     assert report.simlex_trend(curve[:2]) == trend[:1]  # no point near 3 or 6 epochs: left out
+    final = {"step": 700, "train_seconds": 5.0, "tokens": 7000, "val_ppl": 140.0, "final": True}
+    assert report._epochs([*curve, final]) == pytest.approx(7.0)  # 100 steps per epoch
 
 
 def test_examples_log_is_parsed_and_loop_is_capped(results, report, tmp_path) -> None:
@@ -264,6 +266,7 @@ def test_quick_study_end_to_end(results, tmp_path) -> None:
     assert set(eq) == {"full", "adaptive"} and not any("error" in r for r in eq.values())
     for r in eq.values():
         assert r["train_seconds"] >= 1.0 and r["steps"] > 0 and r["peak_rss_mib"] > 0
+        assert r["epochs"] > 0
         assert r["simlex_input"] is not None  # the synthetic ground-truth pairs
     ada, full = study["headline"]
     assert (ada["head"], full["head"]) == ("adaptive", "full")
