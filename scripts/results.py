@@ -407,9 +407,11 @@ def run_examples(args: argparse.Namespace, data: Path, run_dir: Path) -> dict[st
         patch_examples(args.examples, Path(tmp), args.reference_steps)
         argv = examples_argv(examples_data(data, Path(tmp)), args.seed)
         save = ["--save", str(Path(tmp) / "model.pt")]
-        # OMP_NUM_THREADS: the same number of threads as the recipe's --threads.
+        # The same threads as the recipe's --threads; it reloads its own whole-model save for
+        # the test split, which torch >= 2.6 refuses by default (weights_only).
+        env = {"OMP_NUM_THREADS": str(args.threads), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
         proc = run_process([sys.executable, "main.py", *argv, *save], Path(tmp),
-                           run_dir / "log.txt", OMP_NUM_THREADS=str(args.threads))  # fmt: skip
+                           run_dir / "log.txt", **env)  # fmt: skip
     log = (run_dir / "log.txt").read_text()
     result = report.parse_examples_log(log, batch_tokens=20 * 35)
     if result.get("val_ppl") is None:

@@ -86,7 +86,7 @@ def estimate_minutes(args: argparse.Namespace, done: set[str]) -> float:
     minutes = 0.0
     if "equal_time" in args.phases:
         todo = [h for h in args.heads if h not in done]
-        minutes += len(todo) * (args.seconds * 1.08 + 20 + 45) / 60  # + validation, start, eval
+        minutes += len(todo) * (args.seconds * 1.08 + 15 + 65) / 60  # + validation, start, eval
     if "headline" in args.phases:
         more = max(0.0, args.headline_epochs * 2.09e6 / 14_000 - args.seconds)
         minutes += 2 * (more * 1.08 + 60) / 60
