@@ -420,7 +420,10 @@ def run_examples(args: argparse.Namespace, data: Path, run_dir: Path) -> dict[st
         result["note"] = (
             f"exit status {proc['returncode']} after validation: {log.splitlines()[-1]}"
         )
-    result |= {"key": key, "load": proc["load"], "steps": args.reference_steps}
+    commit = subprocess.run(["git", "-C", str(args.examples), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    result |= {"key": key, "load": proc["load"], "steps": args.reference_steps,
+               "examples_commit": commit or None}  # fmt: skip
     done.write_text(json.dumps(result, indent=2) + "\n")
     return result
 

@@ -258,7 +258,8 @@ def reference_row(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
             "within_2pct": abs(ratio - 1) <= 0.02,
             "ours_tokens_per_s": ours.get("train_tokens_per_s"),
             "theirs_tokens_per_s": theirs.get("train_tokens_per_s"),
-            "theirs_note": theirs.get("note")}  # fmt: skip
+            "theirs_note": theirs.get("note"),
+            "examples_commit": theirs.get("examples_commit")}  # fmt: skip
 
 
 def load_row(run: dict[str, Any]) -> dict[str, Any]:
@@ -457,7 +458,8 @@ def reference_md(study: dict[str, Any]) -> list[str]:
                               ("recipes/lm.py --head full", "ours"))]  # fmt: skip
     return ["### pytorch/examples side by side", "",
             f"Equal steps ({r['steps']} batches of 20 × 35), same configuration; their `main.py` "
-            "unmodified but for the step cap.", "",
+            f"(commit {r.get('examples_commit') or 'unknown'}) unmodified but for the step cap, "
+            "applied by the driver in a temporary copy.", "",
             *_table(["", "val ppl", "test ppl", "train tok/s"], rows),
             f"Ratio ours / theirs (val ppl): {r['val_ratio']:.4f}: {verdict}."
             + (f" Their run: {r['theirs_note']}." if r.get("theirs_note") else ""), ""]  # fmt: skip
