@@ -2,10 +2,23 @@
 
 from typing import Any
 
+from lm_heads.adaptive_input import AdaptiveInput
 from lm_heads.base import Head, HeadOutput
-from lm_heads.registry import HEADS, build_head, head_options
+from lm_heads.registry import HEADS, HeadSpec, build_head, head_options
+from lm_heads.tying import tie_weights
 
-__all__ = ["HEADS", "Head", "HeadOutput", "LMHeadMixin", "Perplexity", "build_head", "head_options"]
+__all__ = [
+    "HEADS",
+    "AdaptiveInput",
+    "Head",
+    "HeadOutput",
+    "HeadSpec",
+    "LMHeadMixin",
+    "Perplexity",
+    "build_head",
+    "head_options",
+    "tie_weights",
+]
 __version__ = "0.1.0"
 
 

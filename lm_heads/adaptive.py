@@ -40,7 +40,6 @@ Shape:
 from __future__ import annotations
 
 import itertools
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -50,7 +49,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from lm_heads.base import Head, linear_f32, sample_categorical
+from lm_heads._check import check_float, check_int
+from lm_heads.base import Head, at_least_float32, linear_f32, sample_categorical
 from lm_heads.counts import as_counts, frequency_order
 from lm_heads.cutoffs import CostModel, choose_cutoffs, default_cutoffs, projection_dims
 
@@ -144,6 +144,8 @@ class AdaptiveSoftmaxHead(Head):
             of measuring (see :mod:`lm_heads.cutoffs`).
     """
 
+    uses_counts = True
+
     def __init__(
         self,
         in_features: int,
@@ -159,10 +161,7 @@ class AdaptiveSoftmaxHead(Head):
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
         counts_t = as_counts(counts, vocab_size, "adaptive")
-        if isinstance(div_value, bool) or not (
-            isinstance(div_value, int | float) and math.isfinite(div_value) and div_value > 0
-        ):
-            raise ValueError(f"div_value must be a positive number, got {div_value!r}")
+        div_value = check_float("div_value", div_value, positive=True)
         if isinstance(cutoffs, str):
             if cutoffs != "auto":
                 raise ValueError(f"cutoffs must be a list of ints, None or 'auto', got {cutoffs!r}")
@@ -300,6 +299,10 @@ class AdaptiveSoftmaxHead(Head):
         out = out.to(self.head.weight.device)
         return out.index_copy(0, self.id_of_rank, torch.cat(blocks))
 
+    def resolved_options(self) -> dict[str, Any]:
+        # "auto" measured the machine: a rebuild takes the cutoffs it chose, without a cost model.
+        return {"cutoffs": self.bounds[1:-1], "cost_model": None}
+
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, cutoffs={self.bounds[1:-1]}, div_value={self.div_value}, "
@@ -312,7 +315,7 @@ class AdaptiveSoftmaxHead(Head):
 
     def _cluster_logits(self, hidden: Tensor, i: int) -> Tensor:
         project, out = self.tail[i]
-        return F.linear(F.linear(hidden, project.weight), out.weight).float()
+        return at_least_float32(F.linear(F.linear(hidden, project.weight), out.weight))
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
@@ -337,8 +340,10 @@ def _check_cutoffs(
         raise ValueError(
             f"cutoffs must be a list of ints, None or 'auto', got {cutoffs!r}"
         ) from None
-    if any(isinstance(c, bool) or not isinstance(c, int) for c in cuts):
-        raise ValueError(f"cutoffs must be ints (word ranks), got {cuts}")
+    try:
+        cuts = [check_int("cutoff", c) for c in cuts]  # numpy and tensor ints too
+    except ValueError:
+        raise ValueError(f"cutoffs must be ints (word ranks), got {cuts}") from None
     if any(b <= a for a, b in itertools.pairwise(cuts)):
         raise ValueError(f"cutoffs must be strictly increasing, got {cuts}")
     if cuts and (cuts[0] <= 0 or cuts[-1] >= vocab_size):

@@ -12,16 +12,24 @@ Subclasses implement on flattened tensors (``hidden [n, d]``, ``target [n]`` alr
     - ``_token_loss(hidden, target) -> [n]``: per-token training objective, float32
     - ``_log_prob(hidden) -> [n, V]``: normalised log-probabilities, float32
 and override ``_target_log_prob``, ``_predict`` and ``_sample`` when they can do better than
-going through ``[n, V]``.
+going through ``[n, V]``; ``loss_is_exact`` when their training loss is not the NLL; and set
+``uses_counts`` when their constructor takes corpus ``counts`` (``build_head`` passes them then).
+
+Non-finite hidden states: at ``ignore_index`` positions they are masked out before any matmul, so
+they change neither loss nor gradient (padding after fully masked attention is often NaN). At
+counted positions they give a non-finite loss, as in ``F.cross_entropy``: checking would cost a
+host sync per step. Use :func:`check_finite` where that is affordable, e.g. when debugging.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lm_heads._check import check_int
 
 
 class HeadOutput(NamedTuple):
@@ -45,20 +53,15 @@ class Head(nn.Module):
         ignore_index: target value whose tokens change neither loss nor gradient (padding).
     """
 
-    exact_loss: ClassVar[bool] = True
-    """True when ``forward(h, t).loss == -target_log_prob(h, t).mean()`` (False: sampled heads,
-    margin heads while training)."""
+    uses_counts: ClassVar[bool] = False
+    """Whether the constructor takes ``counts`` (corpus frequency per word id): ``build_head``
+    validates counts for every head but passes them only to heads that use them."""
 
     def __init__(self, in_features: int, vocab_size: int, *, ignore_index: int = -100) -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("vocab_size", vocab_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if vocab_size < 2:
-            raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
-        self.in_features = in_features
-        self.vocab_size = vocab_size
-        self.ignore_index = int(ignore_index)
+        self.in_features = check_int("in_features", in_features, minimum=1)
+        self.vocab_size = check_int("vocab_size", vocab_size, minimum=2)
+        self.ignore_index = check_int("ignore_index", ignore_index)
 
     # ----------------------------------------------------------------------------------------
     # What a head implements (on flattened, validated tensors).
@@ -69,6 +72,11 @@ class Head(nn.Module):
     def _log_prob(self, hidden: Tensor) -> Tensor:
         """Normalised log-probabilities ``[n, V]`` (float32)."""
         raise NotImplementedError
+
+    def _loss_sum(self, hidden: Tensor, target: Tensor, keep: Tensor) -> Tensor:
+        """Scalar ``Σ`` of the training objective over tokens where ``keep`` (ignored tokens have
+        zero hidden rows and target 0). Heads with a fused reduced kernel override this."""
+        return torch.where(keep, at_least_float32(self._token_loss(hidden, target)), 0.0).sum()
 
     def _target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
         return self._log_prob(hidden).gather(-1, target.unsqueeze(-1)).squeeze(-1)
@@ -83,23 +91,29 @@ class Head(nn.Module):
         """``[V, d]`` output word vectors in id order, or ``None`` if the head has no such rows."""
         return None
 
+    def resolved_options(self) -> dict[str, Any]:
+        """Options whose value the head chose when built (e.g. ``cutoffs="auto"``), as they must
+        be passed to rebuild the same structure without choosing again."""
+        return {}
+
+    def loss_is_exact(self, training: bool) -> bool:
+        """Whether ``forward(h, t).loss == -target_log_prob(h, t).mean()`` in training or eval
+        mode (False for sampled heads and margin heads while training). The one source of truth:
+        :attr:`is_exact` reads it."""
+        return True
+
     @property
     def is_exact(self) -> bool:
-        """Whether this instance's loss is currently the exact NLL (may depend on train/eval)."""
-        return self.exact_loss
+        """Whether this instance's loss is currently the exact NLL (its current mode)."""
+        return self.loss_is_exact(self.training)
 
     # ----------------------------------------------------------------------------------------
     # The public API: validation, flattening, ignore_index and float32 handled once, here.
     def forward(self, hidden: Tensor, target: Tensor) -> HeadOutput:
         """Training objective for ``hidden [..., d]`` and ``target [...]``."""
-        h, t = self._flatten(hidden, target)
-        keep = t != self.ignore_index
-        # Masking with `where` (not boolean indexing) keeps shapes static: no host sync on GPU,
-        # and ignored tokens get exactly zero gradient.
-        safe_target = torch.where(keep, t, torch.zeros_like(t))
-        per_token = torch.where(keep, at_least_float32(self._token_loss(h, safe_target)), 0.0)
+        h, t, keep = self._masked(hidden, target)
+        loss_sum = self._loss_sum(h, t, keep)
         num_tokens = keep.sum()
-        loss_sum = per_token.sum()
         loss = loss_sum / num_tokens.clamp_min(1)
         nll_sum = loss_sum.detach() if self.is_exact else None
         return HeadOutput(loss, nll_sum, num_tokens)
@@ -111,10 +125,8 @@ class Head(nn.Module):
 
     def target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
         """``log p(target | hidden)`` as ``[...]`` (float32); 0 where target is ``ignore_index``."""
-        h, t = self._flatten(hidden, target)
-        keep = t != self.ignore_index
-        safe_target = torch.where(keep, t, torch.zeros_like(t))
-        out = torch.where(keep, at_least_float32(self._target_log_prob(h, safe_target)), 0.0)
+        h, t, keep = self._masked(hidden, target)
+        out = torch.where(keep, at_least_float32(self._target_log_prob(h, t)), 0.0)
         return out.reshape(target.shape)
 
     def predict(self, hidden: Tensor) -> Tensor:
@@ -141,13 +153,46 @@ class Head(nn.Module):
                 "pass the model's hidden states, not token ids"
             )
         if hidden.dim() == 0 or hidden.shape[-1] != self.in_features:
+            hint = ""
+            if hidden.dim() and hidden.shape[-1] == self.vocab_size:
+                hint = (
+                    f"; its last dimension is vocab_size={self.vocab_size}: did you pass logits "
+                    "instead of hidden states? The head computes the logits itself"
+                )
             raise ValueError(
                 f"hidden must have shape [..., {self.in_features}] (in_features), "
-                f"got {tuple(hidden.shape)}"
+                f"got {tuple(hidden.shape)}{hint}"
             )
         if hidden.numel() == 0:
             raise ValueError(f"empty batch: hidden of shape {tuple(hidden.shape)} has no tokens")
+        dtype = self._param_dtype()
+        # Under autocast the matmuls cast both sides; otherwise torch's own error is opaque.
+        mixed = dtype is not None and hidden.dtype != dtype
+        if mixed and not torch.is_autocast_enabled(hidden.device.type):
+            raise TypeError(
+                f"hidden is {hidden.dtype} but the head's parameters are {dtype}: cast one "
+                f"to the other (e.g. hidden.to({dtype}) or head.to({hidden.dtype})), or run "
+                "under torch.autocast for mixed precision"
+            )
         return hidden
+
+    def _param_dtype(self) -> torch.dtype | None:
+        """dtype of the first floating-point parameter (``None`` if there is none)."""
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return None
+
+    def _masked(self, hidden: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Flat ``(hidden, target, keep)`` with ignored tokens' rows and targets set to 0.
+
+        Masking with `where` (not boolean indexing) keeps shapes static: no host sync on GPU.
+        Zeroing ignored hidden rows *before* any matmul keeps NaN/inf padding out of the loss
+        and of every gradient (``0 · NaN`` would otherwise reach the weights' gradient)."""
+        h, t = self._flatten(hidden, target)
+        keep = t != self.ignore_index
+        h = torch.where(keep.unsqueeze(1), h, 0.0)
+        return h, torch.where(keep, t, torch.zeros_like(t)), keep
 
     def _flatten(self, hidden: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         self._check_hidden(hidden)
@@ -172,22 +217,55 @@ def check_ids(target: Tensor, vocab_size: int, ignore_index: int) -> None:
         f"target ids must lie in [0, {vocab_size}) (vocab_size) or equal ignore_index="
         f"{ignore_index}"
     )
-    if target.device.type == "cpu":
+    # Eager CPU: a host check costs nothing and can name the bad id. Elsewhere, and under
+    # torch.compile (where a Python branch on a tensor breaks the graph), an asynchronous check:
+    # no host sync in the training step; it surfaces at the next sync.
+    if target.device.type == "cpu" and not torch.compiler.is_compiling():
         if bool(bad.any()):
             first = int(target[bad][0])
             raise ValueError(f"{message}; found {first}. Check the tokenizer and vocab_size.")
     else:
-        # Asynchronous check: no host sync in the training step; it surfaces at the next sync.
         torch._assert_async(~bad.any(), message)
+
+
+def check_finite(hidden: Tensor) -> Tensor:
+    """Raise if ``hidden`` holds NaN or inf (a host sync: for debugging, not every step)."""
+    bad = ~torch.isfinite(hidden)
+    if bool(bad.any()):
+        rows = int(bad.reshape(-1, hidden.shape[-1]).any(-1).sum())
+        raise ValueError(
+            f"hidden holds non-finite values in {rows} position(s); they would make the loss "
+            "NaN/inf (padding positions are fine when their target is ignore_index)"
+        )
+    return hidden
+
+
+_GUMBEL_BLOCK = 2**22
+"""Uniforms drawn per block by :func:`add_gumbel_` (32 MB of float64)."""
+
+
+def add_gumbel_(scores: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Add standard Gumbel noise ``−log(−log u)`` to ``scores`` in place and return it.
+
+    ``u`` is float64 whatever the dtype of ``scores``: float32 uniforms step by 2⁻²⁴ near 1, which
+    caps the noise at about 16.6 and coarsens its tail, so words more than ~16 nats below the mode
+    would be drawn too rarely and never past ~19.5. float64 uniforms reach 36.7 (2⁻⁵³). They are
+    drawn in blocks of 2²² so that sampling needs no float64 copy of ``scores``. ``u = 0`` gives
+    ``−inf`` noise (that word loses), never NaN.
+    """
+    flat = scores.view(-1)
+    for start in range(0, flat.numel(), _GUMBEL_BLOCK):
+        block = flat[start : start + _GUMBEL_BLOCK]
+        u = torch.rand(block.shape, generator=generator, device=block.device, dtype=torch.float64)
+        block.add_(u.log_().neg_().log_().neg_())
+    return scores
 
 
 def sample_categorical(log_prob: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Gumbel-max draw from rows of ``log_prob [n, V]``: device-side, no host sync."""
-    uniform = torch.rand(
-        log_prob.shape, generator=generator, device=log_prob.device, dtype=torch.float32
-    )
-    gumbel = -torch.log(-torch.log(uniform.clamp_(min=1e-20, max=1.0 - 1e-7)))
-    return (log_prob.float() + gumbel).argmax(-1)
+    dtype = torch.promote_types(log_prob.dtype, torch.float32)
+    scores = log_prob.detach().to(dtype, memory_format=torch.contiguous_format, copy=True)
+    return add_gumbel_(scores, generator).argmax(-1)
 
 
 def at_least_float32(x: Tensor) -> Tensor:

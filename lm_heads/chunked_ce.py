@@ -43,6 +43,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from lm_heads.base import add_gumbel_
+
 AUTO_CHUNK_BYTES = 512 * 2**20
 """``chunk_size="auto"`` sizes a chunk so that its float32 logits take about this many bytes."""
 
@@ -139,11 +141,7 @@ def linear_sample(
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
         for rows, logits in _forward_chunks(hidden, weight, bias, chunk_size, dtype):
             # Gumbel-max needs no normaliser: argmax(o + g) ~ softmax(o).
-            uniform = torch.rand(
-                logits.shape, generator=generator, device=logits.device, dtype=logits.dtype
-            )
-            gumbel = uniform.clamp_(min=1e-20, max=1.0 - 1e-7).log_().neg_().log_().neg_()
-            out[rows] = logits.add_(gumbel).argmax(1)
+            out[rows] = add_gumbel_(logits, generator).argmax(1)
     return out
 
 

@@ -34,6 +34,7 @@ import math
 
 from torch import Tensor
 
+from lm_heads._check import check_int
 from lm_heads.counts import as_counts
 from lm_heads.hierarchical import TreeSoftmaxHead
 from lm_heads.tree import binned_tree
@@ -52,6 +53,8 @@ class ClassBasedSoftmaxHead(TreeSoftmaxHead):
         num_classes: ``C`` in ``[1, V]``; default ``round(√V)``.
     """
 
+    uses_counts = True
+
     def __init__(
         self,
         in_features: int,
@@ -64,8 +67,7 @@ class ClassBasedSoftmaxHead(TreeSoftmaxHead):
         counts = as_counts(counts, vocab_size, "class")
         if num_classes is None:
             num_classes = max(1, round(math.sqrt(vocab_size)))
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-            raise ValueError(f"num_classes must be an int, got {num_classes!r}")
+        num_classes = check_int("num_classes", num_classes, hint="or None for round(sqrt(V))")
         if not 1 <= num_classes <= vocab_size:
             raise ValueError(
                 f"num_classes must lie in [1, {vocab_size}] (vocab_size), got {num_classes}; "

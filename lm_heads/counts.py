@@ -13,14 +13,22 @@ import torch
 from torch import Tensor
 
 
+class MissingCountsError(ValueError):
+    """A head that builds structure from word frequencies got ``counts=None``."""
+
+
 def as_counts(counts: Tensor | Sequence[float] | None, vocab_size: int, head: str) -> Tensor:
     """Validate ``counts`` for a head and return them as a float64 CPU tensor ``[V]``."""
     if counts is None:
-        raise ValueError(
+        raise MissingCountsError(
             f"the {head!r} head needs counts=<corpus frequency of each word id, length "
             f"{vocab_size}>; e.g. Vocabulary.counts from lm_heads.data, or torch.bincount(ids)"
         )
-    tensor = torch.as_tensor(counts).detach().to("cpu", torch.float64).reshape(-1)
+    tensor = torch.as_tensor(counts).detach().to("cpu", torch.float64)
+    if tensor.dim() != 1:
+        raise ValueError(
+            f"counts must be 1-D (one count per word id), got shape {tuple(tensor.shape)}"
+        )
     if tensor.numel() != vocab_size:
         raise ValueError(
             f"counts has {tensor.numel()} entries but vocab_size is {vocab_size}: "

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lm_heads.base import Head, HeadOutput, linear_f32
+from lm_heads.base import Head, linear_f32
 from lm_heads.chunked_ce import (
     ChunkSize,
     check_chunk_size,
@@ -82,29 +82,21 @@ class FullSoftmaxHead(Head):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def forward(self, hidden: Tensor, target: Tensor) -> HeadOutput:
-        if self.chunk_size is None:
-            return super().forward(hidden, target)
-        return self._chunked_forward(hidden, target)
-
-    def _chunked_forward(self, hidden: Tensor, target: Tensor) -> HeadOutput:
-        # Same contract as Head.forward, but the padding mask goes into the fused loss as token
-        # weights: the loss is a weighted sum, so gradients can be formed during forward.
-        h, t = self._flatten(hidden, target)
-        keep = t != self.ignore_index
-        safe_target = torch.where(keep, t, torch.zeros_like(t))
-        loss_sum = linear_cross_entropy(
-            h,
+    def _loss_sum(self, hidden: Tensor, target: Tensor, keep: Tensor) -> Tensor:
+        if self.chunk_size is None or not self.is_exact:
+            # Naive mode, or a subclass whose training loss is not this NLL (sampled heads).
+            return super()._loss_sum(hidden, target, keep)
+        # The padding mask goes into the fused loss as token weights: the loss is a weighted sum,
+        # so its gradients can be formed during forward.
+        return linear_cross_entropy(
+            hidden,
             self.weight,
             self.bias,
-            safe_target,
+            target,
             chunk_size=self.chunk_size,
             reduction="sum",
             token_weight=keep.to(hidden.dtype if hidden.dtype == torch.float64 else torch.float32),
         )
-        num_tokens = keep.sum()
-        loss = loss_sum / num_tokens.clamp_min(1)
-        return HeadOutput(loss, loss_sum.detach(), num_tokens)
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
         return self._exact_token_loss(hidden, target)

@@ -48,12 +48,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lm_heads.base import Head, linear_f32
+from lm_heads._check import check_int
+from lm_heads.base import Head, add_gumbel_, linear_f32
 from lm_heads.counts import as_counts
 from lm_heads.tree import Tree, binned_tree, huffman_tree, tree_tensors
 
@@ -96,9 +98,7 @@ class TreeSoftmaxHead(Head):
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
         if tree.vocab_size != vocab_size:
             raise ValueError(f"tree has {tree.vocab_size} words but vocab_size is {vocab_size}")
-        if gather_width < 0:
-            raise ValueError(f"gather_width must be >= 0, got {gather_width}")
-        self.gather_width = gather_width
+        self.gather_width = check_int("gather_width", gather_width, minimum=0)
         for name, value in tree_tensors(tree)._asdict().items():
             self.register_buffer(name, value)
         self.weight = nn.Parameter(torch.empty(tree.num_edges, in_features))
@@ -108,6 +108,25 @@ class TreeSoftmaxHead(Head):
         self._plan()
         # A checkpoint may hold another tree of the same shapes: re-plan from the loaded buffers.
         self.register_load_state_dict_post_hook(lambda module, _: module._plan())
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # Checked before anything is copied: the post-load hook re-plans from the buffers, and a
+        # tree of another shape would leave it half-loaded (and fail inside the plan).
+        mine = {**dict(self.named_buffers(recurse=False)), **dict(self.named_parameters())}
+        wrong = [
+            f"{name} {tuple(state_dict[prefix + name].shape)} vs {tuple(value.shape)}"
+            for name, value in mine.items()
+            if prefix + name in state_dict and state_dict[prefix + name].shape != value.shape
+        ]
+        if wrong:
+            raise ValueError(
+                f"this checkpoint holds another tree than this head ({self.extra_repr()}): "
+                f"checkpoint vs head shapes {', '.join(wrong)}. Build the head with the counts "
+                "and tree options of the checkpoint's run (the tree is built from the counts)"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----------------------------------------------------------------------------------------
     def _plan(self) -> None:
@@ -279,9 +298,7 @@ class TreeSoftmaxHead(Head):
         active = torch.ones(n, dtype=torch.bool, device=device)
 
         def gumbel_argmax(logits: Tensor, _: Tensor) -> Tensor:
-            uniform = torch.rand(logits.shape, generator=generator, device=logits.device)
-            gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1.0 - 1e-7)))
-            return (logits + gumbel).argmax(-1)
+            return add_gumbel_(logits.detach().clone(), generator).argmax(-1)
 
         for depth in range(self.path_nodes.shape[1]):
             child = self._per_node(depth, hidden, node, active, gumbel_argmax, node, segments)
@@ -316,6 +333,8 @@ class HierarchicalSoftmaxHead(TreeSoftmaxHead):
         branching: children per node of the ``"kary"`` tree; default ``ceil(√V)`` (depth 2-3).
     """
 
+    uses_counts = True
+
     def __init__(
         self,
         in_features: int,
@@ -334,8 +353,7 @@ class HierarchicalSoftmaxHead(TreeSoftmaxHead):
         elif tree == "kary":
             if branching is None:
                 branching = max(2, math.ceil(math.sqrt(vocab_size)))
-            if isinstance(branching, bool) or not isinstance(branching, int) or branching < 2:
-                raise ValueError(f"branching must be an int >= 2, got {branching!r}")
+            branching = check_int("branching", branching, minimum=2, hint="or None for ceil(√V)")
             built = binned_tree(counts, branching)
         else:
             raise ValueError(f"tree must be 'kary' or 'huffman', got {tree!r}")

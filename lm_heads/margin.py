@@ -42,24 +42,15 @@ DDP: every parameter enters every logit, so all get gradients whatever the targe
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lm_heads._check import check_bool, check_float
 from lm_heads.base import Head, at_least_float32
 
 __all__ = ["CosineSoftmaxHead", "RBFSoftmaxHead"]
-
-
-def _check_positive(name: str, value: float, example: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive float (e.g. {example}), got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
 
 
 class LogitSoftmaxHead(Head):
@@ -90,7 +81,6 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
     Args:
         in_features: ``d``.
         vocab_size: ``V``.
-        counts: ignored (accepted for a uniform constructor).
         ignore_index: target id that changes neither loss nor gradient.
         scale: ``s > 0``, the inverse temperature; must exceed ``ln V`` for peaked predictions.
         margin: ``m ≥ 0``, subtracted from the target cosine while training (0: plain cosine
@@ -99,33 +89,25 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
             instead of keeping it fixed as AM-Softmax does.
     """
 
-    exact_loss: ClassVar[bool] = False
-
     def __init__(
         self,
         in_features: int,
         vocab_size: int,
         *,
-        counts: Tensor | Sequence[float] | None = None,
         ignore_index: int = -100,
         scale: float = 16.0,
         margin: float = 0.1,
         learn_scale: bool = False,
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
-        del counts  # needs no corpus statistics
-        scale = _check_positive("scale", scale, "16.0")
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-            raise ValueError(f"margin must be a float in [0, 2) (e.g. 0.1), got {margin!r}")
-        if not 0.0 <= margin < 2.0:
-            raise ValueError(
-                f"margin must lie in [0, 2) (cosines span [-1, 1]; AM-Softmax uses 0.35), "
-                f"got {margin}"
-            )
-        if not isinstance(learn_scale, bool):
-            raise ValueError(f"learn_scale must be a bool, got {learn_scale!r}")
-        self.margin = float(margin)
-        self.learn_scale = learn_scale
+        scale = check_float("scale", scale, positive=True, hint="e.g. 16.0")
+        margin = check_float(
+            "margin", margin, minimum=0.0, hint="cosines span [-1, 1]; AM-Softmax uses 0.35"
+        )
+        if not margin < 2.0:
+            raise ValueError(f"margin must lie in [0, 2) (cosines span [-1, 1]), got {margin}")
+        self.margin = margin
+        self.learn_scale = check_bool("learn_scale", learn_scale)
         log_scale = torch.tensor(math.log(scale))
         if learn_scale:
             self.log_scale = nn.Parameter(log_scale)
@@ -133,9 +115,8 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
             self.register_buffer("log_scale", log_scale)
         self.weight = nn.Parameter(torch.randn(vocab_size, in_features) / math.sqrt(in_features))
 
-    @property
-    def is_exact(self) -> bool:
-        return not self.training or self.margin == 0.0
+    def loss_is_exact(self, training: bool) -> bool:
+        return not training or self.margin == 0.0
 
     def _logits(self, hidden: Tensor) -> Tensor:
         # Normalise in at least float32 (a bf16 norm costs 3 digits of every cosine); the matmul
@@ -171,7 +152,6 @@ class RBFSoftmaxHead(LogitSoftmaxHead):
     Args:
         in_features: ``d``.
         vocab_size: ``V``.
-        counts: ignored (accepted for a uniform constructor).
         ignore_index: target id that changes neither loss nor gradient.
         scale: ``s > 0``; logits lie in ``[0, s]``, so ``s`` must exceed ``ln V`` for peaked
             predictions.
@@ -180,22 +160,20 @@ class RBFSoftmaxHead(LogitSoftmaxHead):
             kernel starts neither saturated at 0 nor flat at 1.
     """
 
-    exact_loss: ClassVar[bool] = True
-
     def __init__(
         self,
         in_features: int,
         vocab_size: int,
         *,
-        counts: Tensor | Sequence[float] | None = None,
         ignore_index: int = -100,
         scale: float = 16.0,
         gamma: float | None = None,
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
-        del counts  # needs no corpus statistics
-        self.scale = _check_positive("scale", scale, "16.0")
-        self.gamma = float(in_features) if gamma is None else _check_positive("gamma", gamma, "d")
+        self.scale = check_float("scale", scale, positive=True, hint="e.g. 16.0")
+        self.gamma = (
+            float(in_features) if gamma is None else check_float("gamma", gamma, positive=True)
+        )
         # Prototypes start near the origin: every word is at distance ≈ ‖h‖ from h, so the
         # kernel and its gradient are the same order for all words at the start.
         self.weight = nn.Parameter(torch.randn(vocab_size, in_features) / math.sqrt(in_features))

@@ -1,11 +1,12 @@
 """``LMHeadMixin``: a head, its loss and its perplexity in a user's own ``LightningModule``.
 
 The backbone stays the user's: it returns hidden states ``[B, T, d]``; the mixin owns what comes
-after. It defines no ``__init__`` and hides no hook, so it composes with any LightningModule::
+after. It defines no ``__init__``, so it composes with any LightningModule::
 
     class MyLM(LMHeadMixin, L.LightningModule):
-        def __init__(self, vocab_size: int, counts: list[int]) -> None:
+        def __init__(self, vocab_size: int, counts: list[int] | None = None) -> None:
             super().__init__()
+            self.save_hyperparameters(ignore=["counts"])
             self.embed = nn.Embedding(vocab_size, 32)
             self.rnn = nn.LSTM(32, 32, batch_first=True)
             self.configure_head("adaptive", in_features=32, vocab_size=vocab_size, counts=counts)
@@ -17,35 +18,56 @@ after. It defines no ``__init__`` and hides no hook, so it composes with any Lig
             x, y = batch
             return self.head_training_step(self.hidden(x), y)
 
-        def validation_step(self, batch, batch_idx):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
             x, y = batch
             self.head_evaluation_step(self.hidden(x), y, stage="val")
 
-Perplexity is measured on ``head.target_log_prob`` (the exact, normalised distribution) and
-accumulated as (Σ NLL, #tokens) in a :class:`~lm_heads.metrics.Perplexity` metric that is logged
-as an object, so Lightning syncs it across DDP ranks and resets it at the end of each epoch.
+Metrics. Perplexity is measured on ``head.target_log_prob`` (the exact, normalised distribution)
+and accumulated as (Σ NLL, #tokens) in a :class:`~lm_heads.metrics.Perplexity` per stage *and per
+dataloader*: ``val_ppl`` for the first, ``val_ppl/dataloader_idx_k`` for each further one.
+Metrics are logged as objects, so Lightning syncs them across DDP ranks and resets them at the end
+of each epoch; the mixin also resets them at the start of each evaluation epoch
+(``on_validation_epoch_start`` / ``on_test_epoch_start``: call ``super()`` if you override them),
+so state left by a manual ``head_evaluation_step`` or an interrupted run never leaks in.
+
+Checkpoints. The head's structure (name, sizes, counts, resolved options: see
+:class:`~lm_heads.registry.HeadSpec`) travels in the module's state dict as ``head_structure.*``
+tensors. A head configured by name without the ``counts`` it needs waits for a state dict, and
+``load_state_dict`` (so ``MyLM.load_from_checkpoint(path)`` and ``ckpt_path=``) builds it from the
+stored structure: no corpus, no new measurement for ``cutoffs="auto"``. A head built with other
+counts or options, whose shapes differ from the checkpoint's, is rebuilt from the checkpoint too,
+with a warning.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from lm_heads.base import Head
+from lm_heads.counts import MissingCountsError
 from lm_heads.metrics import Perplexity
-from lm_heads.registry import build_head
+from lm_heads.registry import HeadSpec, build_head
+from lm_heads.tying import INITS, tie_weights
 
 STAGES = ("val", "test")
+STRUCTURE_KEY = "head_structure."
+"""State-dict prefix of the head's structure (``HeadSpec.to_state``), next to ``head.*``."""
+
+_NOT_CONFIGURED = "call self.configure_head(...) in __init__ before training or evaluating"
 
 
 class LMHeadMixin:
-    """Adds ``configure_head``, ``head_training_step`` and ``head_evaluation_step``.
+    """Adds ``configure_head``, ``head_training_step``, ``head_evaluation_step`` and
+    ``tie_head_weights``.
 
     Put it before ``LightningModule`` in the bases. After ``configure_head`` the module has
-    ``self.head`` (a :class:`~lm_heads.base.Head`) and ``self.val_ppl`` / ``self.test_ppl``
-    (:class:`~lm_heads.metrics.Perplexity`).
+    ``self.head`` (a :class:`~lm_heads.base.Head`), ``self.val_ppl`` / ``self.test_ppl``
+    (:class:`~lm_heads.metrics.Perplexity` of the first dataloader of each stage) and
+    ``self.extra_ppl`` (those of further dataloaders: ``"val_1"``, ...).
     """
 
     head: Head
@@ -64,7 +86,9 @@ class LMHeadMixin:
 
         ``options`` are the head's own keyword arguments (``cutoffs=...``, ``num_samples=...``).
         Call it in ``__init__`` after ``super().__init__()``, so the head's parameters are
-        registered before the optimizer and the DDP wrapper see the module.
+        registered before the optimizer and the DDP wrapper see the module. A head that needs
+        ``counts`` may be configured without them when its weights will be loaded (see the
+        module docstring); using it before that raises.
         """
         if isinstance(head, Head):
             if in_features is not None or vocab_size is not None or counts is not None or options:
@@ -76,7 +100,11 @@ class LMHeadMixin:
         elif isinstance(head, str):
             if in_features is None or vocab_size is None:
                 raise TypeError(f"configure_head({head!r}, ...) needs in_features= and vocab_size=")
-            built = build_head(head, in_features, vocab_size, counts=counts, **options)
+            try:
+                built = build_head(head, in_features, vocab_size, counts=counts, **options)
+            except MissingCountsError:
+                ignore_index = options.get("ignore_index", -100)
+                built = _PendingHead(head, in_features, vocab_size, ignore_index)
         else:
             raise TypeError(
                 f"head must be a registered head name or a Head, got {type(head).__name__}"
@@ -84,42 +112,225 @@ class LMHeadMixin:
         self.head = built
         self.val_ppl = Perplexity(ignore_index=built.ignore_index)
         self.test_ppl = Perplexity(ignore_index=built.ignore_index)
+        # Metrics of the second and later dataloaders, made on first use: "val_1", "test_2", ...
+        self.extra_ppl = nn.ModuleDict()
+        if not getattr(self, "_head_hooks_installed", False):
+            # Private names: the public register_* forms need torch >= 2.5.
+            self._register_state_dict_hook(_save_head_structure)
+            self._register_load_state_dict_pre_hook(_load_head_structure, with_module=True)
+            self._head_hooks_installed = True
         return built
+
+    def tie_head_weights(self, embedding: nn.Embedding, *, init: str = "head") -> None:
+        """Share ``embedding.weight`` with the head's output rows (:func:`~lm_heads.tying.
+        tie_weights`; ``init="head"`` keeps the head's initialisation). The tie is made again
+        whenever the head is rebuilt from a checkpoint."""
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if not isinstance(self._configured_head(), _PendingHead):
+            tie_weights(embedding, self.head, init=init)
+        self._head_tie = (embedding, init)
 
     def head_training_step(self, hidden: Tensor, target: Tensor) -> Tensor:
         """Training loss of ``hidden [B, T, d]`` against ``target [B, T]``; logs it.
 
         Logs ``train_loss`` (the head's objective) and, when that objective is the exact NLL,
         ``train_ppl = exp(train_loss)`` of the batch. Both are per-step values for monitoring; the
-        numbers to report are ``val_ppl`` / ``test_ppl``.
+        numbers to report are ``val_ppl`` / ``test_ppl``. A batch without any counted token (all
+        ``ignore_index``) logs neither: its loss is 0 by convention, not a perfect score.
         """
-        out = self.head(hidden, target)
-        batch_size = target.shape[0] if target.dim() > 0 else 1
-        loss = out.loss.detach()
-        self.log("train_loss", loss, on_step=True, prog_bar=True, batch_size=batch_size)
-        if out.nll_sum is not None:
-            self.log(
-                "train_ppl",
-                loss.exp(),
-                on_step=True,
-                prog_bar=True,
-                batch_size=batch_size,
-            )
+        out = self._configured_head()(hidden, target)
+        # One scalar read from the device (Lightning's progress bar reads the logged values at
+        # every step anyway); logging 0 / ppl 1 for an empty batch would be a false perfect score.
+        if bool(out.num_tokens > 0):
+            size = target.shape[0] if target.dim() > 0 else 1
+            loss = out.loss.detach()
+            self.log("train_loss", loss, on_step=True, prog_bar=True, batch_size=size)
+            if out.nll_sum is not None:
+                self.log("train_ppl", loss.exp(), on_step=True, prog_bar=True, batch_size=size)
         return out.loss
 
-    def head_evaluation_step(self, hidden: Tensor, target: Tensor, stage: str = "val") -> Tensor:
-        """Accumulate ``log p(target)`` into ``{stage}_ppl`` and log it (epoch-level, synced).
+    def head_evaluation_step(
+        self,
+        hidden: Tensor,
+        target: Tensor,
+        stage: str = "val",
+        dataloader_idx: int | None = None,
+    ) -> Tensor:
+        """Accumulate ``log p(target)`` into the stage's perplexity and log it (epoch-level,
+        synced): ``{stage}_ppl``, with ``/dataloader_idx_k`` appended by Lightning when the
+        stage has several dataloaders, each with its own metric.
 
-        Returns the target log-probabilities ``[B, T]`` (0 where target is ``ignore_index``).
+        ``dataloader_idx`` defaults to the dataloader Lightning is running (the index its
+        ``self.log`` appends). Called by hand outside a Lightning loop, it only accumulates (read
+        ``self.val_ppl.compute()``). Returns the target log-probabilities ``[B, T]`` (0 where
+        target is ``ignore_index``).
         """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        metric = getattr(self, f"{stage}_ppl", None)
-        if not isinstance(metric, Perplexity):
-            raise RuntimeError("call self.configure_head(...) in __init__ before evaluating")
-        target_log_prob = self.head.target_log_prob(hidden, target)
+        head = self._configured_head()
+        results = _running_results(self)
+        if dataloader_idx is None:
+            index = getattr(results, "dataloader_idx", None)  # what self.log appends to the name
+            dataloader_idx = 0 if index is None else int(index)
+        metric, attribute = self._stage_metric(stage, dataloader_idx)
+        target_log_prob = head.target_log_prob(hidden, target)
         metric.update(target_log_prob, target)
+        if results is None:
+            return target_log_prob  # called by hand, outside a Lightning loop: accumulate only
         # Logging the metric object (not its value) makes Lightning call compute() once per epoch,
         # after torchmetrics has summed both states over ranks, and then reset it.
-        self.log(f"{stage}_ppl", metric, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(
+            f"{stage}_ppl", metric, on_step=False, on_epoch=True, prog_bar=True,
+            metric_attribute=attribute,
+        )  # fmt: skip
         return target_log_prob
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()  # type: ignore[misc]
+        self._reset_stage_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()  # type: ignore[misc]
+        self._reset_stage_metrics("test")
+
+    # ----------------------------------------------------------------------------------------
+    def _configured_head(self) -> Head:
+        head = getattr(self, "head", None)
+        if not isinstance(head, Head):
+            raise RuntimeError(_NOT_CONFIGURED)
+        return head
+
+    def _stage_metric(self, stage: str, dataloader_idx: int) -> tuple[Perplexity, str]:
+        first = getattr(self, f"{stage}_ppl", None)
+        if not isinstance(first, Perplexity):
+            raise RuntimeError(_NOT_CONFIGURED)
+        if dataloader_idx == 0:
+            return first, f"{stage}_ppl"
+        key = f"{stage}_{dataloader_idx}"
+        if key not in self.extra_ppl:
+            self.extra_ppl[key] = Perplexity(ignore_index=first.ignore_index).to(first.device)
+        return self.extra_ppl[key], f"extra_ppl.{key}"
+
+    def _reset_stage_metrics(self, stage: str) -> None:
+        first = getattr(self, f"{stage}_ppl", None)
+        if isinstance(first, Perplexity):
+            first.reset()
+            for key, metric in self.extra_ppl.items():
+                if key.startswith(f"{stage}_"):
+                    metric.reset()
+
+    def _restore_head(self, spec: HeadSpec, state_dict: dict[str, Any], prefix: str) -> None:
+        """Rebuild ``self.head`` from ``spec`` when it is pending or its shapes differ from the
+        ``prefix``-ed entries of ``state_dict``; then loading fills in the weights."""
+        current = self.head
+        if isinstance(current, _PendingHead):
+            declared = (current.name, current.in_features, current.vocab_size)
+            if declared != (spec.name, spec.in_features, spec.vocab_size):
+                raise ValueError(
+                    f"the checkpoint holds a {spec.name!r} head with in_features="
+                    f"{spec.in_features}, vocab_size={spec.vocab_size}, but this module configures "
+                    f"{current.name!r} with in_features={current.in_features}, vocab_size="
+                    f"{current.vocab_size}"
+                )
+        else:
+            stored = {
+                key[len(prefix) :]: value.shape
+                for key, value in state_dict.items()
+                if key.startswith(prefix)
+            }
+            if not stored or stored == {k: v.shape for k, v in current.state_dict().items()}:
+                return
+            ours = getattr(current, "build_spec", None)
+            warnings.warn(
+                f"the checkpoint's head ({_describe(spec)}) differs in structure from the one "
+                f"configured here ({_describe(ours) if ours else type(current).__name__}); "
+                "rebuilding it from the checkpoint. Omit counts= to take it from the checkpoint "
+                "without this warning",
+                stacklevel=2,
+            )
+        rebuilt = spec.build()
+        reference = next((p for p in current.parameters() if p.is_floating_point()), None)
+        if reference is not None:
+            rebuilt.to(device=reference.device, dtype=reference.dtype)
+        else:
+            rebuilt.to(device=getattr(self, "device", None), dtype=getattr(self, "dtype", None))
+        self.head = rebuilt
+        tie = getattr(self, "_head_tie", None)
+        if tie is not None:
+            tie_weights(tie[0], rebuilt, init=tie[1])
+
+
+class _PendingHead(Head):
+    """Stands in for a head configured without the counts it needs, until ``load_state_dict``
+    (a checkpoint) brings its structure. Every use raises a message saying what to do."""
+
+    def __init__(self, name: str, in_features: int, vocab_size: int, ignore_index: int) -> None:
+        super().__init__(in_features, vocab_size, ignore_index=ignore_index)
+        self.name = name
+
+    def _message(self) -> str:
+        return (
+            f"the {self.name!r} head was configured without counts=, so it has no structure yet: "
+            "pass counts=<corpus frequency of each word id> to configure_head, or load weights "
+            "saved by LMHeadMixin (MyLM.load_from_checkpoint(path), ckpt_path=..., "
+            "load_state_dict), which rebuild it"
+        )
+
+    def _check_hidden(self, hidden: Tensor) -> Tensor:
+        raise RuntimeError(self._message())
+
+    def output_embeddings(self) -> Tensor | None:
+        raise RuntimeError(self._message())
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        if any(key.startswith(prefix) for key in state_dict):
+            raise RuntimeError(
+                f"{self._message()}. This state dict has the head's weights but not its structure "
+                f"({STRUCTURE_KEY}* entries, saved since lm_heads 0.1 by LMHeadMixin): "
+                "pass the counts the head was trained with"
+            )
+
+    def extra_repr(self) -> str:
+        return f"{self.name!r} awaiting its structure, {super().extra_repr()}"
+
+
+def _save_head_structure(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    spec = getattr(module.head, "build_spec", None)
+    if spec is None:  # a pending head, or an instance not made by build_head
+        return
+    try:
+        state = spec.to_state()
+    except TypeError as error:
+        warnings.warn(f"{error}; loading these weights will need the same arguments", stacklevel=2)
+        return
+    for key, value in state.items():
+        state_dict[prefix + STRUCTURE_KEY + key] = value
+
+
+def _load_head_structure(
+    module: LMHeadMixin, state_dict: dict[str, Any], prefix: str, *args: Any
+) -> None:
+    # Popped so that strict loading does not see them as unexpected keys.
+    state = {
+        key: state_dict.pop(prefix + STRUCTURE_KEY + key)
+        for key in ("spec", "counts")
+        if prefix + STRUCTURE_KEY + key in state_dict
+    }
+    if "spec" in state:
+        module._restore_head(HeadSpec.from_state(state), state_dict, prefix + "head.")
+
+
+def _running_results(module: Any) -> Any:
+    """The result collection of the Lightning loop now running (``None`` outside any loop)."""
+    return getattr(getattr(module, "_trainer", None), "_results", None)
+
+
+def _describe(spec: HeadSpec) -> str:
+    counts = "no counts" if spec.counts is None else f"counts sum {float(spec.counts.sum()):g}"
+    return (
+        f"{spec.name!r}, in_features={spec.in_features}, vocab_size={spec.vocab_size}, "
+        f"{counts}, options={spec.options}"
+    )

@@ -56,13 +56,12 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lm_heads._check import check_float, check_int
 from lm_heads.base import at_least_float32
 from lm_heads.margin import LogitSoftmaxHead
 
@@ -151,7 +150,6 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
     Args:
         in_features: ``d``.
         vocab_size: ``V``.
-        counts: ignored (accepted for a uniform constructor).
         ignore_index: target id that changes neither loss nor gradient.
         proto_dim: ``d'``, the prototype space (``None``: ``d``).
         scale: initial inverse temperature ``s`` of ``softmax(s cos)`` (learned as ``log s``);
@@ -162,14 +160,11 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
         seed: seed of the prototype placement.
     """
 
-    exact_loss: ClassVar[bool] = False
-
     def __init__(
         self,
         in_features: int,
         vocab_size: int,
         *,
-        counts: Tensor | Sequence[float] | None = None,
         ignore_index: int = -100,
         proto_dim: int | None = None,
         scale: float = 16.0,
@@ -178,27 +173,20 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
         seed: int = 0,
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
-        del counts  # needs no corpus statistics
         if proto_dim is None:
             proto_dim = in_features
-        if isinstance(proto_dim, bool) or not isinstance(proto_dim, int) or proto_dim < 1:
-            raise ValueError(f"proto_dim must be a positive int or None (= d), got {proto_dim!r}")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-            raise ValueError(f"scale must be a positive float (e.g. 16.0), got {scale!r}")
-        if not math.isfinite(scale):
-            raise ValueError(f"scale must be finite, got {scale!r}")
-        if isinstance(ce_weight, bool) or not isinstance(ce_weight, (int, float)):
-            raise ValueError(f"ce_weight must be a float in [0, 1], got {ce_weight!r}")
-        if not 0.0 <= ce_weight <= 1.0:
-            raise ValueError(
-                f"ce_weight must lie in [0, 1] (0: paper's loss only, 1: joint CE), got {ce_weight}"
-            )
-        if isinstance(proto_steps, bool) or not isinstance(proto_steps, int) or proto_steps < 0:
-            raise ValueError(f"proto_steps must be an int ≥ 0, got {proto_steps!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        proto_dim = check_int("proto_dim", proto_dim, minimum=1, hint="or None for d")
+        scale = check_float("scale", scale, positive=True, hint="e.g. 16.0")
+        self.ce_weight = check_float(
+            "ce_weight",
+            ce_weight,
+            minimum=0.0,
+            maximum=1.0,
+            hint="0: paper's loss only, 1: joint",
+        )
+        proto_steps = check_int("proto_steps", proto_steps, minimum=0)
+        seed = check_int("seed", seed)
         self.proto_dim = proto_dim
-        self.ce_weight = float(ce_weight)
         self.proj = nn.Linear(in_features, proto_dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
         self.register_buffer(
@@ -215,9 +203,8 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
         cosines = F.linear(z, self.prototypes.to(z.dtype))
         return at_least_float32(cosines)
 
-    @property
-    def is_exact(self) -> bool:
-        return not self.training
+    def loss_is_exact(self, training: bool) -> bool:
+        return not training
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
         if not self.training:

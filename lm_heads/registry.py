@@ -1,11 +1,21 @@
-"""Heads by name: a plain dict, and ``build_head`` that turns a name and options into a head."""
+"""Heads by name: a plain dict, and ``build_head`` that turns a name and options into a head.
+
+A head from ``build_head`` remembers how it was made in ``head.build_spec`` (a :class:`HeadSpec`:
+name, sizes, counts and options, with the choices the head made itself, such as the cutoffs of
+``cutoffs="auto"``), so ``head.build_spec.build()`` makes the same structure again without the
+corpus or a new measurement. ``HeadSpec.to_state`` / ``from_state`` store it as tensors next to a
+state dict (``LMHeadMixin`` does this in every checkpoint).
+"""
 
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from lm_heads.adaptive import AdaptiveSoftmaxHead
@@ -43,8 +53,8 @@ def build_head(
 ) -> Head:
     """Build the head registered as ``name``; ``options`` are that head's keyword arguments.
 
-    ``counts`` (corpus frequency per word id, any id order) is passed to every head; heads that
-    build structure from frequencies require it, the others ignore it.
+    ``counts`` (corpus frequency per word id, any id order) is validated for every head and
+    passed to those whose ``uses_counts`` is set (they build structure or proposals from it).
     """
     if name not in HEADS:
         raise KeyError(f"unknown head {name!r}; valid heads: {', '.join(sorted(HEADS))}")
@@ -58,7 +68,70 @@ def build_head(
         )
     if counts is not None:
         counts = as_counts(counts, vocab_size, name)
-    return cls(in_features, vocab_size, counts=counts, **options)
+    if not cls.uses_counts:
+        counts = None  # validated above; the head's structure does not depend on them
+    head = cls(
+        in_features, vocab_size, **({"counts": counts} if cls.uses_counts else {}), **options
+    )
+    head.build_spec = HeadSpec(
+        name, in_features, vocab_size, counts, {**options, **head.resolved_options()}
+    )
+    return head
+
+
+@dataclass
+class HeadSpec:
+    """The arguments of :func:`build_head` that rebuild a head's structure (tree, clusters,
+    cutoffs, noise table) exactly; the weights come from its state dict."""
+
+    name: str
+    in_features: int
+    vocab_size: int
+    counts: Tensor | None = None
+    """float64 ``[V]`` as :func:`~lm_heads.counts.as_counts` returns them, or ``None``."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The head's keyword options, with the values it chose itself (``Head.resolved_options``)."""
+
+    def build(self) -> Head:
+        """A fresh head of this structure (freshly initialised weights)."""
+        return build_head(
+            self.name, self.in_features, self.vocab_size, counts=self.counts, **self.options
+        )
+
+    def to_state(self) -> dict[str, Tensor]:
+        """Tensors only (``spec``: the JSON of name, sizes and options as bytes; ``counts``), so
+        a state dict holding them still loads with ``weights_only=True``. Raises TypeError when
+        an option is not plain data (numbers, strings, lists, dicts)."""
+        meta = {
+            "name": self.name,
+            "in_features": self.in_features,
+            "vocab_size": self.vocab_size,
+            "options": self.options,
+        }
+        try:
+            text = json.dumps(meta, allow_nan=True)
+        except TypeError as error:
+            raise TypeError(
+                f"head {self.name!r} options {self.options} cannot be stored with the weights "
+                f"({error}); use plain values (numbers, strings, lists)"
+            ) from None
+        state = {"spec": torch.tensor(list(text.encode()), dtype=torch.uint8)}
+        if self.counts is not None:
+            state["counts"] = self.counts.detach().to("cpu", torch.float64)
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor]) -> HeadSpec:
+        """Inverse of :meth:`to_state`."""
+        meta = json.loads(bytes(state["spec"].tolist()).decode())
+        counts = state.get("counts")
+        return cls(
+            meta["name"],
+            meta["in_features"],
+            meta["vocab_size"],
+            None if counts is None else counts.detach().to("cpu", torch.float64),
+            meta["options"],
+        )
 
 
 def head_options(name: str) -> dict[str, Any]:

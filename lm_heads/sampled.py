@@ -53,7 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lm_heads.base import Head, HeadOutput, at_least_float32, linear_f32
+from lm_heads._check import check_bool, check_float, check_int
+from lm_heads.base import at_least_float32, linear_f32
 from lm_heads.chunked_ce import ChunkSize
 from lm_heads.full import FullSoftmaxHead
 from lm_heads.samplers import PROPOSALS, CategoricalSampler, proposal_probs
@@ -62,7 +63,7 @@ from lm_heads.samplers import PROPOSALS, CategoricalSampler, proposal_probs
 class _SampledHead(FullSoftmaxHead):
     """Full-softmax parameters and evaluation, sampled training loss (see the module docstring)."""
 
-    exact_loss = False
+    uses_counts = True
     registered_name = "sampled"
 
     def __init__(
@@ -86,33 +87,22 @@ class _SampledHead(FullSoftmaxHead):
             bias=bias,
             chunk_size=chunk_size,
         )
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(
-                f"num_samples must be a positive int (noise words per step), got {num_samples!r}"
-            )
+        self.num_samples = check_int(
+            "num_samples", num_samples, minimum=1, hint="noise words per step"
+        )
         if proposal not in PROPOSALS:
             raise ValueError(f"proposal must be one of {', '.join(PROPOSALS)}; got {proposal!r}")
-        if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
-            raise ValueError(f"alpha must be a finite number ≥ 0 (0.75 is usual), got {alpha!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        self.num_samples = num_samples
+        alpha = check_float("alpha", alpha, minimum=0.0, hint="0.75 is usual")
         self.proposal_name = proposal
-        self.seed = seed
+        self.seed = check_int("seed", seed)
         self.proposal = CategoricalSampler(
-            proposal_probs(proposal, vocab_size, counts, float(alpha), head=self.registered_name)
+            proposal_probs(proposal, vocab_size, counts, alpha, head=self.registered_name)
         )
         self._generator: torch.Generator | None = None
         self._generator_device: torch.device | None = None
 
-    @property
-    def is_exact(self) -> bool:
-        return not self.training
-
-    def forward(self, hidden: Tensor, target: Tensor) -> HeadOutput:
-        if self.training:
-            return Head.forward(self, hidden, target)
-        return super().forward(hidden, target)
+    def loss_is_exact(self, training: bool) -> bool:
+        return not training
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
         if not self.training:
@@ -216,7 +206,7 @@ class ImportanceSamplingHead(_SampledHead):
             bias=bias,
             chunk_size=chunk_size,
         )
-        self.correct_target = bool(correct_target)
+        self.correct_target = check_bool("correct_target", correct_target)
 
     def _loss_from_logits(
         self,
@@ -283,8 +273,8 @@ class NCEHead(_SampledHead):
             bias=bias,
             chunk_size=chunk_size,
         )
-        self.negative_sampling = bool(negative_sampling)
-        self.remove_accidental_hits = bool(remove_accidental_hits)
+        self.negative_sampling = check_bool("negative_sampling", negative_sampling)
+        self.remove_accidental_hits = check_bool("remove_accidental_hits", remove_accidental_hits)
 
     def reset_parameters(self) -> None:
         """As the full head, but ``b = −log V``: NCE treats ``o`` as normalised, so start at

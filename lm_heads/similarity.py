@@ -1,10 +1,17 @@
-"""Word similarity: Spearman correlation between embedding cosines and human scores (SimLex-999).
+"""Word similarity: Spearman correlation between embedding cosines and human scores.
 
-SimLex-999 (Hill, Reichart and Korhonen, "SimLex-999: Evaluating Semantic Models with (Genuine)
-Similarity Estimation", Computational Linguistics 2015) rates 999 word pairs for similarity on a
-0–10 scale. :func:`load_simlex` reads the original tab-separated file (header line, CRLF endings,
-columns ``word1``, ``word2``, ``POS``, ``SimLex999``, …: we keep 0, 1 and 3) and gensim's 3-column
-reduction (``word1 word2 score``, ``#`` comment lines).
+:func:`load_pairs` reads the common word-similarity sets, all as ``(word1, word2, score)``:
+
+* SimLex-999 (Hill, Reichart and Korhonen, Computational Linguistics 2015): tab-separated with a
+  header line and CRLF endings, columns ``word1, word2, POS, SimLex999, ...`` (score: column 4);
+* SimVerb-3500 (Gerz et al., EMNLP 2016): ``word1 word2 POS score relation``, no header
+  (score: column 4);
+* WordSim-353 (Finkelstein et al. 2002) and gensim's reductions of these sets: ``word1 word2
+  score`` (tabs or spaces), ``#`` comment lines, an optional header (``Word 1  Word 2  Human
+  (mean)``).
+
+:func:`pairs_name` names the set of a file (``SimLex-999``, ``WordSim-353``, ``SimVerb-3500``,
+else the file name) for summaries.
 
 :func:`word_similarity` scores an embedding table ``[V, d]`` (e.g. a head's output embeddings):
 Spearman's ρ between ``cos(e[w1], e[w2])`` and the human score over the pairs whose two words are
@@ -38,42 +45,73 @@ class SimilarityResult(NamedTuple):
     """Why ``spearman`` is ``None`` (too few covered pairs, constant scores, ...)."""
 
 
-def load_simlex(path: str | os.PathLike[str]) -> list[tuple[str, str, float]]:
-    """``[(word1, word2, score)]`` from the original SimLex-999 file or gensim's 3-column file.
+def load_pairs(path: str | os.PathLike[str]) -> list[tuple[str, str, float]]:
+    """``[(word1, word2, score)]`` from a SimLex-999, SimVerb-3500 or WordSim-353 file.
 
-    Raises ``ValueError`` naming the line number of a malformed line.
+    Raises ``FileNotFoundError`` for a missing file or a directory, and ``ValueError`` naming
+    the line of a malformed line (or the file, when it holds no pairs).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"similarity file {path} does not exist")
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"similarity file {path} {what}; give a word-pair file")
     pairs: list[tuple[str, str, float]] = []
-    with path.open(encoding="utf-8", newline=None) as handle:  # universal newlines eat CRLF
-        for number, raw in enumerate(handle, start=1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            fields = line.split("\t") if "\t" in line else line.split()
-            if number == 1 and fields[0].lower() == "word1":
-                continue  # the original file's header
-            if len(fields) >= 4:
-                score_field = fields[3]  # original layout: word1 word2 POS SimLex999 ...
-            elif len(fields) == 3:
-                score_field = fields[2]  # gensim layout: word1 word2 score
-            else:
-                raise ValueError(
-                    f"{path}, line {number}: expected 'word1<TAB>word2<TAB>score' or the "
-                    f"SimLex-999 columns, got {len(fields)} field(s): {line!r}"
-                )
-            try:
-                score = float(score_field)
-            except ValueError as error:
-                raise ValueError(
-                    f"{path}, line {number}: score {score_field!r} is not a number"
-                ) from error
-            pairs.append((fields[0], fields[1], score))
+    try:
+        with path.open(encoding="utf-8", newline=None) as handle:  # universal newlines eat CRLF
+            for number, raw in enumerate(handle, start=1):
+                pair = _parse_pair(raw, path, number, first=not pairs)
+                if pair is not None:
+                    pairs.append(pair)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error.reason}): not word pairs") from None
     if not pairs:
         raise ValueError(f"{path} holds no word pairs")
     return pairs
+
+
+load_simlex = load_pairs  # the name of earlier versions
+
+
+def _parse_pair(raw: str, path: Path, number: int, first: bool) -> tuple[str, str, float] | None:
+    line = raw.strip()
+    if not line or line.startswith("#"):
+        return None
+    fields = line.split("\t") if "\t" in line else line.split()
+    if len(fields) >= 4:
+        score_field = fields[3]  # SimLex-999 and SimVerb-3500: word1 word2 POS score ...
+    elif len(fields) == 3:
+        score_field = fields[2]  # WordSim-353 and gensim's files: word1 word2 score
+    else:
+        raise ValueError(
+            f"{path}, line {number}: expected 'word1<TAB>word2<TAB>score' or the SimLex-999 / "
+            f"SimVerb-3500 columns, got {len(fields)} field(s): {line!r}"
+        )
+    try:
+        score = float(score_field)
+    except ValueError:
+        if first:
+            return None  # a header line (SimLex-999's, WordSim-353's)
+        raise ValueError(f"{path}, line {number}: score {score_field!r} is not a number") from None
+    return fields[0].strip(), fields[1].strip(), score
+
+
+_SET_NAMES = {
+    "simlex": "SimLex-999",
+    "simverb": "SimVerb-3500",
+    "wordsim": "WordSim-353",
+    "ws353": "WordSim-353",
+    "ws-353": "WordSim-353",
+    "combined": "WordSim-353",
+}
+
+
+def pairs_name(path: str | os.PathLike[str]) -> str:
+    """The name of the similarity set in ``path`` (from its file name), e.g. ``SimLex-999``."""
+    name = Path(path).name
+    for key, set_name in _SET_NAMES.items():
+        if name.lower().startswith(key):
+            return set_name
+    return name
 
 
 def find_simlex(data_dir: str | os.PathLike[str] | None) -> Path | None:

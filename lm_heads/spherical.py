@@ -34,12 +34,15 @@ for the naive formula: for ``n ≫ d`` (4096 tokens, d = 512) that is a large wi
 
 Numerics: the Gram matrix, ``s``, ``q`` and the normaliser are computed in float32 even under
 autocast (float64 when the weights are float64). ``q = h̃ᵀ G̃ h̃`` is a quadratic form: its error
-is ``~ u·‖G̃‖·‖h̃‖²`` (``u = 2⁻²⁴``), not relative to ``q``. When ``W̃`` has full column rank, which
-is every LM (``V ≫ d``), ``q ≥ σ_min(G̃)‖h̃‖²`` and the relative error is ``~ u·cond(G̃)``: tests
-find float32 Gram log-probs within 1e-5 of float64 ones. Only when ``h`` is almost orthogonal
-to every row of ``W̃`` (possible when ``V ≤ d``) does ``q`` lose its digits to cancellation; it
-may then round below 0, so it is clamped at 0 (its exact value is a sum of squares) and every log
-stays finite, but the value is inaccurate (use ``gram=False`` there). Rounding ``q`` more
+is ``~ u·‖G̃‖·‖h̃‖²`` (``u = 2⁻²⁴``), not relative to ``q``. When ``W̃ = [W, b]`` has full column
+rank *and is well conditioned*, ``q ≥ σ_min(G̃)‖h̃‖²`` and the relative error is ``~ u·cond(G̃)``:
+tests find float32 Gram log-probs within 1e-5 of float64 ones for random weights and biases.
+The condition matters. When ``h̃`` is nearly in the null space of ``W̃`` (``‖W̃h̃‖ ≪ ‖W̃‖‖h̃‖``),
+``q`` loses its digits to cancellation. That happens when ``V ≤ d``, and also when
+``[W, b]`` is rank-deficient or nearly so, e.g. ``b = −W h₀`` with hidden states near a large
+``h₀``: with ``‖h₀‖ = 100`` the Gram log-probs are off by about 2e-3 nats (tested). ``q`` may then
+round below 0, so it is clamped at 0 (its exact value is a sum of squares) and every log stays
+finite, but the value is inaccurate: use ``gram=False`` there. Rounding ``q`` more
 cleverly would not help: the error is already made when ``G̃ = W̃ᵀW̃`` is formed in float32 (a
 factor ``L`` with ``q = ‖Lᵀh̃‖²`` inherits it, and needs ``G̃`` non-singular besides). The
 normaliser is at least ``V ε`` (spherical) or ``V/2`` (Taylor: ``1 + o + o²/2 = ((1+o)² + 1)/2``,
@@ -60,12 +63,11 @@ parameter gets a gradient whatever the targets.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from lm_heads._check import check_bool, check_float
 from lm_heads.base import Head, linear_f32
 
 __all__ = ["SphericalSoftmaxHead", "TaylorSoftmaxHead"]
@@ -99,15 +101,11 @@ class _SphericalFamilyHead(Head):
         in_features: int,
         vocab_size: int,
         *,
-        counts: Tensor | Sequence[float] | None = None,
         ignore_index: int = -100,
         gram: bool = True,
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
-        del counts  # the spherical family needs no corpus statistics
-        if not isinstance(gram, bool):
-            raise ValueError(f"gram must be True (O(d²) per token) or False (naive), got {gram!r}")
-        self.gram = gram
+        self.gram = check_bool("gram", gram, hint="True: O(d²) per token; False: naive")
         self.weight = nn.Parameter(torch.empty(vocab_size, in_features))
         self.bias = nn.Parameter(torch.empty(vocab_size))
         self.reset_parameters()
@@ -181,7 +179,6 @@ class SphericalSoftmaxHead(_SphericalFamilyHead):
     Args:
         in_features: ``d``.
         vocab_size: ``V``.
-        counts: ignored (accepted for a uniform constructor).
         ignore_index: target id that changes neither loss nor gradient.
         gram: compute the loss through the ``d×d`` Gram matrix (O(d²) per token); ``False`` builds
             the ``[n, V]`` logits (the naive formula, kept as the oracle and benchmark baseline).
@@ -190,26 +187,18 @@ class SphericalSoftmaxHead(_SphericalFamilyHead):
             staying small next to logits of order 1 (the model can always scale ``W`` up).
     """
 
-    exact_loss: ClassVar[bool] = True
-
     def __init__(
         self,
         in_features: int,
         vocab_size: int,
         *,
-        counts: Tensor | Sequence[float] | None = None,
         ignore_index: int = -100,
         gram: bool = True,
         eps: float = 1e-2,
     ) -> None:
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps must be a positive float (e.g. 1e-2), got {eps!r}")
-        if not math.isfinite(eps):
-            raise ValueError(f"eps must be finite, got {eps!r}")
-        super().__init__(
-            in_features, vocab_size, counts=counts, ignore_index=ignore_index, gram=gram
-        )
-        self.eps = float(eps)
+        eps = check_float("eps", eps, positive=True, hint="e.g. 1e-2")
+        super().__init__(in_features, vocab_size, ignore_index=ignore_index, gram=gram)
+        self.eps = eps
 
     def _score(self, logits: Tensor) -> Tensor:
         return logits.square() + self.eps
@@ -230,13 +219,10 @@ class TaylorSoftmaxHead(_SphericalFamilyHead):
     Args:
         in_features: ``d``.
         vocab_size: ``V``.
-        counts: ignored (accepted for a uniform constructor).
         ignore_index: target id that changes neither loss nor gradient.
         gram: compute the loss through the ``d×d`` Gram matrix (O(d²) per token); ``False`` builds
             the ``[n, V]`` logits (the naive formula, kept as the oracle and benchmark baseline).
     """
-
-    exact_loss: ClassVar[bool] = True
 
     def _score(self, logits: Tensor) -> Tensor:
         return 1.0 + logits + 0.5 * logits.square()

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from lm_heads._check import check_int
 from lm_heads.counts import equal_mass_bins, frequency_order
 
 __all__ = ["Tree", "TreeTensors", "binned_tree", "huffman_tree", "tree_tensors"]
@@ -112,10 +113,9 @@ def binned_tree(counts: Tensor, branching: int, max_depth: int | None = None) ->
     is the class-based softmax with ``branching`` equal-mass classes.
     """
     vocab_size = counts.numel()
-    if isinstance(branching, bool) or not isinstance(branching, int) or branching < 1:
-        raise ValueError(f"branching must be a positive int, got {branching!r}")
-    if max_depth is not None and max_depth < 1:
-        raise ValueError(f"max_depth must be at least 1 or None, got {max_depth}")
+    branching = check_int("branching", branching, minimum=1)
+    if max_depth is not None:
+        max_depth = check_int("max_depth", max_depth, minimum=1, hint="or None")
     id_of_rank, _ = frequency_order(counts)
     sorted_counts = counts[id_of_rank]
     ids = id_of_rank.tolist()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lm_heads import build_head
 from lm_heads.mixin import LMHeadMixin
-from recipes.models import LSTMLM, TransformerLM, tie_head_weights
+from recipes.models import LSTMLM, TransformerLM, adaptive_input
 
 DEFAULT_HEAD = "adaptive"
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -30,8 +31,11 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class LanguageModel(LMHeadMixin, L.LightningModule):
     """Backbone (``LSTMLM`` / ``TransformerLM``) + head, trained with the mixin's steps.
 
-    Only primitives go to ``save_hyperparameters`` (counts live in the head's buffers), so a
-    checkpoint loads with ``torch.load(..., weights_only=True)``.
+    Only primitives go to ``save_hyperparameters``; the head's structure (counts included)
+    travels in the state dict (``LMHeadMixin``), so ``LanguageModel.load_from_checkpoint(path)``
+    needs no corpus, and a checkpoint loads with ``torch.load(..., weights_only=True)``.
+    ``compile=True`` compiles the backbone and the head's training forward (``torch.compile``)
+    when training starts.
     """
 
     def __init__(
@@ -50,15 +54,30 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
         dropout: float = 0.2,
         max_len: int = 512,
         tie_weights: bool = False,
+        input_layer: str = "embedding",
         optimizer: str = "adam",
         lr: float = 2e-3,
         weight_decay: float = 0.0,
         lr_schedule: str = "constant",
         warmup_steps: int = 0,
+        lr_decay: float = 4.0,
+        lr_patience: int = 0,
+        carry_state: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["counts"])
         out_features = embed_dim if tie_weights else None
+        head_options = head_options or {}
+        built_head, embedding = None, None
+        if input_layer == "adaptive":
+            # Adaptive input shares the adaptive head's clusters: build the head first.
+            built_head = build_head(
+                head, out_features or d_model, vocab_size, counts=counts, **head_options
+            )
+            embedding = adaptive_input(built_head, vocab_size, embed_dim, counts, tie_weights)
+        elif input_layer != "embedding":
+            raise ValueError(f"input_layer must be 'embedding' or 'adaptive', got {input_layer!r}")
         if model == "lstm":
             self.backbone: torch.nn.Module = LSTMLM(
                 vocab_size,
@@ -67,6 +86,7 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
                 num_layers=num_layers,
                 dropout=dropout,
                 out_features=out_features,
+                embedding=embedding,
             )
         elif model == "transformer":
             self.backbone = TransformerLM(
@@ -79,34 +99,69 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
                 max_len=max_len,
                 positions=positions,
                 out_features=out_features,
+                embedding=embedding,
             )
         else:
             raise ValueError(f"model must be 'lstm' or 'transformer', got {model!r}")
-        self.configure_head(
-            head,
-            in_features=self.backbone.out_features,
-            vocab_size=vocab_size,
-            counts=counts,
-            **(head_options or {}),
-        )
-        if tie_weights:
-            tie_head_weights(self.backbone.embedding, self.head)
+        if built_head is not None:
+            self.configure_head(built_head)
+        else:
+            self.configure_head(
+                head,
+                in_features=self.backbone.out_features,
+                vocab_size=vocab_size,
+                counts=counts,
+                **head_options,
+            )
+        if tie_weights and input_layer == "embedding":
+            self.tie_head_weights(self.backbone.embedding)
+        if lr_schedule == "plateau" and warmup_steps:
+            raise ValueError("lr_schedule='plateau' takes no warmup_steps (use 'constant')")
+        if lr_schedule == "plateau" and not lr_decay > 1.0:
+            raise ValueError(f"lr_decay must be > 1 (the lr is divided by it), got {lr_decay}")
         self._rng_to_restore: dict[str, torch.Tensor] | None = None
+        # Truncated BPTT: the detached recurrent state after the last window of each stage's
+        # streams, fed to the next window of the same streams (batch row b continues row b).
+        self._carried: dict[str, Any] = {}
+        self._train_batches_in_epoch = 0
+        self._state_to_restore: tuple[torch.Tensor, int] | None = None
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.backbone(tokens)
+    def forward(self, tokens: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        """``tokens [B, T]`` → ``(hidden [B, T, d], state)``; see ``recipes.models``."""
+        return self.backbone(tokens, state)
+
+    def _hidden(self, tokens: torch.Tensor, stage: str) -> torch.Tensor:
+        if not self.hparams.carry_state:
+            return self(tokens)[0]
+        hidden, state = self(tokens, self._carried.get(stage))
+        self._carried[stage] = _detach(state)
+        return hidden
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
-        return self.head_training_step(self(inputs), targets)
+        self._train_batches_in_epoch += 1
+        return self.head_training_step(self._hidden(inputs, "train"), targets)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         inputs, targets = batch
-        self.head_evaluation_step(self(inputs), targets, stage="val")
+        self.head_evaluation_step(self._hidden(inputs, "val"), targets, stage="val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         inputs, targets = batch
-        self.head_evaluation_step(self(inputs), targets, stage="test")
+        self.head_evaluation_step(self._hidden(inputs, "test"), targets, stage="test")
+
+    # Every pass over a split starts its streams from the zero state (as pytorch/examples does at
+    # each epoch and each evaluation). A mid-epoch resume continues from the checkpoint's state:
+    # Lightning calls on_train_start but not on_train_epoch_start for the resumed epoch.
+    def on_train_epoch_start(self) -> None:
+        if not 0 < self._train_batches_in_epoch < self.trainer.num_training_batches:
+            self._carried["train"], self._train_batches_in_epoch = None, 0
+
+    def on_validation_epoch_start(self) -> None:
+        self._carried["val"] = None
+
+    def on_test_epoch_start(self) -> None:
+        self._carried["test"] = None
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -121,6 +176,14 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
             opt = torch.optim.SGD(params, lr=hp.lr, weight_decay=hp.weight_decay)
         else:
             raise ValueError(f"optimizer must be adam, adamw or sgd, got {hp.optimizer!r}")
+        if hp.lr_schedule == "plateau":
+            # pytorch/examples' annealing: lr /= lr_decay whenever an epoch's validation
+            # perplexity is not strictly below the best so far (threshold 0, patience 0).
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="min", factor=1.0 / hp.lr_decay, patience=hp.lr_patience, threshold=0.0
+            )
+            schedule = {"scheduler": plateau, "monitor": "val_ppl", "interval": "epoch"}
+            return {"optimizer": opt, "lr_scheduler": schedule}
         if hp.lr_schedule == "constant" and hp.warmup_steps == 0:
             return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))
@@ -144,12 +207,45 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         checkpoint["rng_states"] = rng
+        state = self._carried.get("train")
+        if state is not None and self._train_batches_in_epoch < self.trainer.num_training_batches:
+            # Every rank carries its own streams' state; the checkpoint keeps all of them. This
+            # hook runs on every rank (Lightning dumps the checkpoint everywhere, rank 0 writes).
+            stacked = torch.stack(state)  # [2, layers, B, d]
+            gathered = self.all_gather(stacked) if self.trainer.world_size > 1 else stacked[None]
+            checkpoint["carried_state"] = {
+                "state": gathered.cpu(),  # [world, 2, layers, B, d]
+                "batches_in_epoch": self._train_batches_in_epoch,
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get("rng_states")
+        carried = checkpoint.get("carried_state")
+        if carried is not None:
+            self._state_to_restore = (carried["state"], int(carried["batches_in_epoch"]))
+
+    def on_fit_start(self) -> None:
+        # Here, not in __init__: loading a checkpoint may rebuild the head after construction.
+        # In place (Module.compile), so parameter names and checkpoints stay those of eager runs.
+        if self.hparams.get("compile", False):
+            self.backbone.compile()
+            self.head.compile()
 
     def on_train_start(self) -> None:
         # Restored here, after the sanity check and loader setup, right before the next step.
+        if self._state_to_restore is not None:
+            state, batches_done = self._state_to_restore
+            self._state_to_restore = None
+            if state.shape[0] != self.trainer.world_size:
+                raise ValueError(
+                    f"the checkpoint carries the recurrent state of {state.shape[0]} rank(s), but "
+                    f"this run has {self.trainer.world_size}: each rank reads other streams, so "
+                    "resume mid-epoch with the same number of devices (or pass --no-carry-state)"
+                )
+            if 0 < batches_done < self.trainer.num_training_batches:
+                own = state[self.trainer.global_rank].to(self.device)
+                self._carried["train"] = tuple(own.unbind(0))
+                self._train_batches_in_epoch = batches_done
         if self._rng_to_restore is not None:
             torch.set_rng_state(self._rng_to_restore["torch"])
             if "cuda" in self._rng_to_restore and self.device.type == "cuda":
@@ -168,10 +264,19 @@ class TrainClock(Callback):
     With a budget, every rank stops after the step at which any rank crossed it (one boolean
     all-reduce per step, so ranks never disagree on the number of steps). ``tokens_per_s`` is the
     training throughput over all ranks without the first step, which pays one-off allocations.
+
+    The clock is part of the checkpoint (``state_dict``): a resumed run continues its seconds,
+    tokens and curve, so ``--max-time`` is a budget for the whole run, not for each restart.
+    ``probe``, when given, adds its fields (e.g. word-similarity scores) to every curve point.
     """
 
-    def __init__(self, max_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        max_seconds: float | None = None,
+        probe: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.max_seconds = max_seconds
+        self.probe = probe
         self.seconds = 0.0
         self.tokens = 0
         self.curve: list[dict[str, float]] = []
@@ -201,6 +306,20 @@ class TrainClock(Callback):
                 self.stopped_by_time = True
                 trainer.should_stop = True
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "seconds": self.seconds,
+            "tokens": self.tokens,
+            "curve": self.curve,
+            "first_step": self._first_step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seconds, self.tokens = float(state["seconds"]), int(state["tokens"])
+        self.curve = list(state["curve"])
+        first = state["first_step"]
+        self._first_step = None if first is None else (float(first[0]), int(first[1]))
+
     @property
     def tokens_per_s(self) -> float | None:
         if self._first_step is None or self.seconds <= self._first_step[0]:
@@ -213,14 +332,17 @@ class TrainClock(Callback):
             return
         value = trainer.callback_metrics.get("val_ppl")
         if value is not None:
-            self.add_point(trainer.global_step, float(value))
+            epoch = trainer.global_step / max(1, trainer.num_training_batches)
+            self.add_point(trainer.global_step, float(value), epoch=epoch)
 
-    def add_point(self, step: int, val_ppl: float) -> None:
+    def add_point(self, step: int, val_ppl: float, **extra: Any) -> None:
         if self.curve and self.curve[-1]["step"] == step:
             self.curve.pop()  # same weights evaluated again (e.g. the final, fuller validation)
-        self.curve.append(
-            {"step": step, "train_seconds": self.seconds, "tokens": self.tokens, "val_ppl": val_ppl}
-        )
+        point = {"step": step, "train_seconds": self.seconds, "tokens": self.tokens}
+        point.update(val_ppl=val_ppl, **extra)
+        if self.probe is not None:
+            point.update(self.probe())
+        self.curve.append(point)
 
 
 def time_to_target(curve: Sequence[dict[str, float]], target: float) -> dict[str, Any]:
@@ -255,3 +377,10 @@ class FinalCheckpoint(Callback):
         )
         if (last_step or last_batch or trainer.should_stop) and step % self.every != 0:
             trainer.save_checkpoint(self.path)
+
+
+def _detach(state: Any) -> Any:
+    """Cut the autograd history of a recurrent state (a tensor, a tuple of them, or None)."""
+    if state is None or isinstance(state, torch.Tensor):
+        return None if state is None else state.detach()
+    return tuple(_detach(s) for s in state)

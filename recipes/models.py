@@ -10,12 +10,11 @@ Notation used for tensor shapes:
     - ``B``: batch, ``T``: time (BPTT length)
     - ``V``: vocabulary size, ``e``: ``embed_dim``, ``d``: ``d_model`` (hidden size)
 
-State across BPTT windows: ``LSTMLM`` starts every window from a zero state. Carrying the
-(detached) state from one batch to the next is the classic recipe and gains a little perplexity,
-but it ties batch ``i`` of a rank to batch ``i+1`` of the same rank, which breaks under a DDP
-sampler that deals windows to ranks, under shuffling, and under exact mid-epoch resume (the state
-would have to be checkpointed). Zero state keeps every window independent; use a longer ``bptt``
-to give the model more context.
+Recurrent state across BPTT windows: ``forward(tokens, state)`` returns ``(hidden, state)``.
+Feeding a window's returned state (detached) into the next window of the same streams is truncated
+BPTT as in pytorch/examples' ``word_language_model``, AWD-LSTM and Grave et al. 2017: the model
+sees unbounded left context at the cost of ``bptt``-long gradients. ``LanguageModel`` does the
+carrying; ``TransformerLM`` takes no state (its context is the window) and returns ``None``.
 """
 
 from __future__ import annotations
@@ -25,7 +24,16 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lm_heads._check import check_int
+from lm_heads.adaptive import AdaptiveSoftmaxHead
+from lm_heads.adaptive_input import AdaptiveInput
 from lm_heads.base import Head
+from lm_heads.tying import tie_weights as tie_head_weights
+
+__all__ = ["LSTMLM", "TransformerLM", "adaptive_input", "tie_head_weights"]
+
+LSTMState = tuple[Tensor, Tensor]
+"""``(h, c)``, each ``[num_layers, B, d_model]``, as ``nn.LSTM`` takes and returns it."""
 
 
 class LSTMLM(nn.Module):
@@ -39,6 +47,8 @@ class LSTMLM(nn.Module):
         dropout: dropout on embeddings, between layers and on the output.
         out_features: size of the returned hidden states; defaults to ``d_model``. When it differs,
             a linear projection is added (used to tie embeddings with ``e != d``).
+        embedding: the input layer, ids ``[B, T]`` → ``[B, T, e]`` with ``embedding_dim == e``
+            (e.g. :class:`~lm_heads.AdaptiveInput`); ``None``: an ``nn.Embedding(V, e)``.
     """
 
     def __init__(
@@ -50,6 +60,7 @@ class LSTMLM(nn.Module):
         num_layers: int = 1,
         dropout: float = 0.2,
         out_features: int | None = None,
+        embedding: nn.Module | None = None,
     ) -> None:
         super().__init__()
         _check_sizes(vocab_size=vocab_size, embed_dim=embed_dim, d_model=d_model)
@@ -57,7 +68,7 @@ class LSTMLM(nn.Module):
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        self.embedding = _input_layer(embedding, vocab_size, embed_dim)
         self.drop = nn.Dropout(dropout)
         self.rnn = nn.LSTM(
             embed_dim,
@@ -68,13 +79,14 @@ class LSTMLM(nn.Module):
         )
         self.out_features = out_features or d_model
         self.proj = nn.Linear(d_model, self.out_features) if self.out_features != d_model else None
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if embedding is None:
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """``tokens [B, T]`` → hidden ``[B, T, out_features]``."""
-        hidden, _ = self.rnn(self.drop(self.embedding(tokens)))
+    def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """``tokens [B, T]`` (and the previous window's state) → hidden ``[B, T, out]``, state."""
+        hidden, state = self.rnn(self.drop(self.embedding(tokens)), state)
         hidden = self.drop(hidden)
-        return self.proj(hidden) if self.proj is not None else hidden
+        return (self.proj(hidden) if self.proj is not None else hidden), state
 
 
 class TransformerLM(nn.Module):
@@ -90,6 +102,7 @@ class TransformerLM(nn.Module):
         max_len: longest sequence (learned positions have this many rows).
         positions: ``"learned"`` or ``"sinusoidal"`` (Vaswani et al. 2017).
         out_features: size of the returned hidden states (defaults to ``d_model``).
+        embedding: the input layer (see :class:`LSTMLM`); ``None``: an ``nn.Embedding(V, e)``.
     """
 
     def __init__(
@@ -104,6 +117,7 @@ class TransformerLM(nn.Module):
         max_len: int = 512,
         positions: str = "learned",
         out_features: int | None = None,
+        embedding: nn.Module | None = None,
     ) -> None:
         super().__init__()
         _check_sizes(vocab_size=vocab_size, embed_dim=embed_dim, d_model=d_model)
@@ -116,8 +130,9 @@ class TransformerLM(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.max_len = max_len
-        self.embedding = nn.Embedding(vocab_size, embed_dim)
-        nn.init.normal_(self.embedding.weight, std=0.02)
+        self.embedding = _input_layer(embedding, vocab_size, embed_dim)
+        if embedding is None:
+            nn.init.normal_(self.embedding.weight, std=0.02)
         self.in_proj = nn.Linear(embed_dim, d_model) if embed_dim != d_model else None
         self.positions = positions
         if positions == "learned":
@@ -142,8 +157,11 @@ class TransformerLM(nn.Module):
         self.out_features = out_features or d_model
         self.proj = nn.Linear(d_model, self.out_features) if self.out_features != d_model else None
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """``tokens [B, T]`` → hidden ``[B, T, out_features]`` (position t sees tokens ≤ t)."""
+    def forward(self, tokens: Tensor, state: None = None) -> tuple[Tensor, None]:
+        """``tokens [B, T]`` → hidden ``[B, T, out_features]`` (position t sees tokens ≤ t), None.
+
+        ``state`` exists for a common backbone signature; a window's context is the window.
+        """
         length = tokens.shape[1]
         if length > self.max_len:
             raise ValueError(
@@ -156,44 +174,22 @@ class TransformerLM(nn.Module):
         x = self.drop(x + self.pos[:length].to(x.dtype))
         mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
         hidden = self.blocks(x, mask=mask, is_causal=True)
-        return self.proj(hidden) if self.proj is not None else hidden
+        return (self.proj(hidden) if self.proj is not None else hidden), None
 
 
-def tie_head_weights(embedding: nn.Embedding, head: Head) -> str:
-    """Make ``head``'s output-embedding Parameter the very Parameter of ``embedding``.
-
-    Works for heads whose ``output_embeddings()`` *is* one of their ``[V, e]`` Parameters, in word
-    id order (full, sampled, spherical, Taylor, ...). Returns the name of the replaced parameter.
-    Raises ValueError when the head has no such row per word, or the sizes differ.
-    """
-    rows = head.output_embeddings()
-    if rows is None:
+def adaptive_input(
+    head: Head, vocab_size: int, embed_dim: int, counts: Tensor | None, tie: bool
+) -> AdaptiveInput:
+    """Adaptive input on ``head``'s clusters (tied: words and projections, as Baevski & Auli's
+    best models), or on the default clusters of ``counts`` when the head is not adaptive."""
+    if isinstance(head, AdaptiveSoftmaxHead):
+        return AdaptiveInput.from_head(head, embedding_dim=embed_dim, tie_weights=tie, tie_proj=tie)
+    if tie:
         raise ValueError(
-            f"cannot tie weights: head {type(head).__name__} has no output embedding per word; "
-            "drop --tie-weights or pick a head with one row per word (e.g. full, importance, nce)"
+            f"adaptive input ties only to the adaptive head, not {type(head).__name__}: use "
+            "--head adaptive, or drop --tie-weights"
         )
-    if tuple(rows.shape) != tuple(embedding.weight.shape):
-        raise ValueError(
-            f"cannot tie weights: head output embeddings are {tuple(rows.shape)} but the input "
-            f"embedding is {tuple(embedding.weight.shape)}; the backbone must project its hidden "
-            "states to embed_dim (recipes do this with out_features=embed_dim)"
-        )
-    for name, param in head.named_parameters():
-        same_view = (
-            param.shape == rows.shape
-            and param.data_ptr() == rows.data_ptr()
-            and param.stride() == rows.stride()
-        )
-        if same_view:
-            owner_name, _, attr = name.rpartition(".")
-            owner = head.get_submodule(owner_name) if owner_name else head
-            setattr(owner, attr, embedding.weight)
-            return name
-    raise ValueError(
-        f"cannot tie weights: {type(head).__name__}.output_embeddings() is not one of its "
-        "parameters in word-id order (it is derived, e.g. normalised or permuted), so there is "
-        "no single Parameter to share with the input embedding; drop --tie-weights"
-    )
+    return AdaptiveInput(vocab_size, embed_dim, counts=counts)
 
 
 def _sinusoidal(max_len: int, dim: int) -> Tensor:
@@ -205,7 +201,17 @@ def _sinusoidal(max_len: int, dim: int) -> Tensor:
     return table
 
 
+def _input_layer(embedding: nn.Module | None, vocab_size: int, embed_dim: int) -> nn.Module:
+    if embedding is None:
+        return nn.Embedding(vocab_size, embed_dim)
+    size = getattr(embedding, "embedding_dim", None)
+    if size != embed_dim:
+        raise ValueError(
+            f"the input layer's embedding_dim ({size}) must equal embed_dim ({embed_dim})"
+        )
+    return embedding
+
+
 def _check_sizes(**sizes: int) -> None:
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(name, value, minimum=1)

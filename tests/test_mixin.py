@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from lm_heads import build_head
 from lm_heads.data import LMDataModule
@@ -17,8 +18,9 @@ from lm_heads.mixin import LMHeadMixin
 
 # --- The README example, verbatim (keep the two in sync) ---------------------------------------
 class MyLM(LMHeadMixin, L.LightningModule):
-    def __init__(self, vocab_size: int, counts: torch.Tensor, dim: int = 32) -> None:
+    def __init__(self, vocab_size: int, counts: torch.Tensor | None = None, dim: int = 32) -> None:
         super().__init__()
+        self.save_hyperparameters(ignore=["counts"])  # the checkpoint keeps the head's counts
         self.embed = nn.Embedding(vocab_size, dim)
         self.rnn = nn.LSTM(dim, dim, batch_first=True)
         self.configure_head("adaptive", in_features=dim, vocab_size=vocab_size, counts=counts)
@@ -30,7 +32,7 @@ class MyLM(LMHeadMixin, L.LightningModule):
         inputs, targets = batch
         return self.head_training_step(self.hidden(inputs), targets)
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
         inputs, targets = batch
         self.head_evaluation_step(self.hidden(inputs), targets, stage="val")
 
@@ -147,3 +149,105 @@ def test_configure_head_errors() -> None:
         module.head_evaluation_step(
             torch.zeros(1, 2, 4), torch.zeros(1, 2, dtype=torch.long), "dev"
         )
+
+
+def _exact_ppl(model: MyLM, loader) -> float:
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for inputs, targets in loader:
+            nll -= float(model.head.target_log_prob(model.hidden(inputs), targets).double().sum())
+            tokens += int((targets != -100).sum())
+    return math.exp(nll / tokens)
+
+
+def test_each_validation_dataloader_has_its_own_perplexity(dm, tmp_path) -> None:
+    torch.manual_seed(3)
+    model = MyLM(dm.vocab_size, dm.counts).eval()
+    a, b = dm.val_dataloader(), dm.test_dataloader()
+    logged = _trainer(tmp_path).validate(model, [a, b], verbose=False)
+    assert logged[0]["val_ppl/dataloader_idx_0"] == pytest.approx(_exact_ppl(model, a), rel=1e-6)
+    assert logged[1]["val_ppl/dataloader_idx_1"] == pytest.approx(_exact_ppl(model, b), rel=1e-6)
+    assert abs(_exact_ppl(model, a) - _exact_ppl(model, b)) > 1e-3  # pooling would be visible
+    again = _trainer(tmp_path).validate(model, [a, b], verbose=False)
+    assert again == logged  # every metric was reset between runs
+
+
+def test_leftover_state_never_leaks_into_the_next_validation(dm, tmp_path) -> None:
+    torch.manual_seed(4)
+    model = MyLM(dm.vocab_size, dm.counts).eval()
+    clean = _trainer(tmp_path).validate(model, dm.val_dataloader(), verbose=False)[0]["val_ppl"]
+    # A manual call outside any trainer leaves state behind...
+    inputs, targets = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        model.head_evaluation_step(model.hidden(inputs), targets)
+    assert int(model.val_ppl.num_tokens) > 0
+    after_manual = _trainer(tmp_path).validate(model, dm.val_dataloader(), verbose=False)
+    assert after_manual[0]["val_ppl"] == pytest.approx(clean, rel=1e-12)
+
+    # ...and so does a validation that dies half-way.
+    class Interrupted(MyLM):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            if batch_idx == 2:
+                raise RuntimeError("interrupted")
+            super().validation_step(batch, batch_idx)
+
+    broken = Interrupted(dm.vocab_size, dm.counts).eval()
+    broken.load_state_dict(model.state_dict())
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _trainer(tmp_path).validate(broken, dm.val_dataloader(), verbose=False)
+    assert int(broken.val_ppl.num_tokens) > 0
+    broken.validation_step = MyLM.validation_step.__get__(broken)  # the fixed step
+    logged = _trainer(tmp_path).validate(broken, dm.val_dataloader(), verbose=False)
+    assert logged[0]["val_ppl"] == pytest.approx(clean, rel=1e-12)
+
+
+def test_all_padding_batch_logs_no_perfect_score(dm, tmp_path) -> None:
+    torch.manual_seed(5)
+    model = MyLM(dm.vocab_size, dm.counts)
+    inputs = torch.randint(0, dm.vocab_size, (4, 6))
+    padding = DataLoader(TensorDataset(inputs, torch.full((4, 6), -100)), batch_size=4)
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.fit(model, padding)
+    assert trainer.global_step == 1  # the step ran (zero loss, zero gradient)...
+    assert "train_loss" not in trainer.callback_metrics  # ...but logged no 0 loss
+    assert "train_ppl" not in trainer.callback_metrics  # and no perplexity of 1.0
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.fit(model, DataLoader(TensorDataset(inputs, inputs), batch_size=4))
+    assert float(trainer.callback_metrics["train_ppl"]) > 1.0
+
+
+def test_readme_model_loads_from_its_checkpoint_without_counts(dm, tmp_path) -> None:
+    torch.manual_seed(6)
+    model = MyLM(dm.vocab_size, dm.counts)
+    trainer = _trainer(tmp_path, max_steps=3)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(tmp_path / "my.ckpt")
+    restored = MyLM.load_from_checkpoint(tmp_path / "my.ckpt")  # no counts, no corpus
+    inputs, targets = next(iter(dm.val_dataloader()))
+    model.eval(), restored.eval()
+    with torch.no_grad():
+        expected = model.head.target_log_prob(model.hidden(inputs), targets)
+        got = restored.head.target_log_prob(restored.hidden(inputs), targets)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert restored.head.extra_repr() == model.head.extra_repr()
+
+
+def test_mistakes_get_helpful_messages() -> None:
+    class Bare(LMHeadMixin, L.LightningModule):
+        pass
+
+    module = Bare()
+    hidden, target = torch.zeros(1, 2, 4), torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(RuntimeError, match=r"call self\.configure_head"):
+        module.head_training_step(hidden, target)
+    module.configure_head("full", in_features=4, vocab_size=10)
+    with pytest.raises(ValueError, match="did you pass logits instead of hidden states"):
+        module.head_training_step(torch.zeros(1, 2, 10), target)
+    with pytest.raises(ValueError, match=r"got \(1, 2, 7\)$"):  # no logits hint for other sizes
+        module.head_training_step(torch.zeros(1, 2, 7), target)
+    pending = Bare()
+    pending.configure_head("class", in_features=4, vocab_size=10)  # no counts: waits for weights
+    with pytest.raises(RuntimeError, match="configured without counts="):
+        pending.head_training_step(hidden, target)
+    with pytest.raises(RuntimeError, match="not its structure"):
+        pending.load_state_dict({"head.weight": torch.zeros(13, 4)})

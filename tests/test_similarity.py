@@ -7,7 +7,9 @@ import torch
 
 from lm_heads.similarity import (
     find_simlex,
+    load_pairs,
     load_simlex,
+    pairs_name,
     rank_average,
     spearman,
     word_similarity,
@@ -37,7 +39,7 @@ def test_loads_original_and_gensim_formats(tmp_path):
     "text, message",
     [
         ("old\tnew\t1.5\nbroken\n", "line 2: expected"),
-        ("old\tnew\tlots\n", "line 1: score 'lots' is not a number"),
+        ("old\tnew\t1.5\nold\tnew\tlots\n", "line 2: score 'lots' is not a number"),
         ("# only a comment\n", "no word pairs"),
     ],
 )
@@ -46,6 +48,43 @@ def test_malformed_file_names_the_line(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         load_simlex(path)
+
+
+WORDSIM = (
+    "# WordSim-353, combined\nWord 1\tWord 2\tHuman (mean)\nlove\tsex\t6.77\ntiger\tcat\t7.35\n"
+)
+SIMVERB = "take\tremove\tV\t6.81\tSYNONYMS\nwalk\trun\tV\t5.96\tCOHYPONYMS\n"
+
+
+def test_loads_wordsim353_and_simverb3500(tmp_path):
+    (tmp_path / "wordsim353.tsv").write_text(WORDSIM)
+    (tmp_path / "SimVerb-3500.txt").write_text(SIMVERB)
+    assert load_pairs(tmp_path / "wordsim353.tsv") == [
+        ("love", "sex", 6.77),
+        ("tiger", "cat", 7.35),
+    ]
+    assert load_pairs(tmp_path / "SimVerb-3500.txt") == [("take", "remove", 6.81),
+                                                        ("walk", "run", 5.96)]  # fmt: skip
+    assert load_simlex is load_pairs
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("SimLex-999.txt", "SimLex-999"), ("wordsim353.tsv", "WordSim-353"),
+     ("combined.tab", "WordSim-353"), ("SimVerb-3500.txt", "SimVerb-3500"), ("my.txt", "my.txt")],
+)  # fmt: skip
+def test_pairs_name(name, expected):
+    assert pairs_name(Path("/data") / name) == expected
+
+
+def test_unusable_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is a directory"):
+        load_pairs(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_pairs(tmp_path / "none.txt")
+    (tmp_path / "bin.txt").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        load_pairs(tmp_path / "bin.txt")
 
 
 def test_find_simlex_beside_or_inside(tmp_path):

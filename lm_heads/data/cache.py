@@ -10,7 +10,10 @@ options, so changing either builds a new entry)::
 
 Every file is written to a temporary name in the same folder and renamed into place
 (``os.replace`` is atomic on POSIX), so DDP ranks or concurrent runs that build the same entry
-at once each leave a complete, identical file and readers never see a partial one.
+at once each leave a complete, identical file and readers never see a partial one. A temporary
+name carries its writer's host and process id (``.train.npy@host@pid@XXXX.tmp``): a build that was
+killed leaves its temporaries behind, and the next build on that host removes those of processes
+that no longer run (and any older than a day, whoever wrote them).
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -46,9 +52,47 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
+_HOST = re.sub(r"[^\w.-]", "_", socket.gethostname())
+_WRITER = re.compile(r"@(?P<host>[^@]+)@(?P<pid>\d+)@")
+STALE_SECONDS = 24 * 3600.0
+"""A temporary file this old is stale whoever wrote it (no build of an entry takes a day)."""
+
+
 def _atomic_path(target: Path) -> tuple[int, Path]:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    prefix = f".{target.name}@{_HOST}@{os.getpid()}@"
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     return fd, Path(tmp)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, now: float | None = None) -> list[Path]:
+    """Delete the ``*.tmp`` files in ``folder`` whose writer is gone; returns what was removed.
+
+    A writer is gone when it ran on this host and its process id no longer exists, or when the
+    file is older than :data:`STALE_SECONDS` (writers on other hosts of a shared file system).
+    """
+    now = time.time() if now is None else now
+    removed = []
+    for path in folder.glob(".*.tmp"):
+        match = _WRITER.search(path.name)
+        try:
+            old = now - path.stat().st_mtime > STALE_SECONDS
+        except FileNotFoundError:  # its writer just renamed or removed it
+            continue
+        pid = int(match["pid"]) if match is not None and match["host"] == _HOST else None
+        if old or (pid is not None and not _process_alive(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 class TokenCache:
@@ -77,6 +121,10 @@ class TokenCache:
 
     def complete(self) -> bool:
         return self.meta_path.is_file()
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Temporaries left by a killed build of this entry (see the module docstring)."""
+        return remove_stale_temporaries(self.path) if self.path.is_dir() else []
 
     # ------------------------------------------------------------------ writing
     def write_vocab(self, vocab: Vocabulary) -> None:

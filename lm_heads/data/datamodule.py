@@ -13,9 +13,12 @@ split is a target exactly once.
   by default). The train Dataset is map-style over batch indices: the order is a pure function
   of ``(seed, epoch, world_size)``, and a fit restarted mid-epoch from a checkpoint skips the
   batches the checkpoint had already consumed.
-* Validation/test keep every token: streams have ``ceil(N/S)`` positions and the missing ones at
-  the end are padding whose target is ``ignore_index`` (-100), so summing NLL and token counts
-  over ranks gives the exact corpus perplexity, and all ranks run the same number of batches.
+* Validation/test keep every token: a split is cut into ``E = eval_batch_size`` streams whatever
+  the world size, with ``ceil(N/E)`` positions each; the missing ones at the end are padding whose
+  target is ``ignore_index`` (-100). Under DDP each rank takes a contiguous share of those ``E``
+  streams (rows) and runs every batch in order, so a recurrent model carries its state along each
+  stream exactly as in one process, summing NLL and token counts over ranks gives the very
+  perplexity of a single-process run, and all ranks run the same number of batches.
 
 The samplers are ``DistributedSampler`` s with one replica: each rank already reads only its own
 streams, and Lightning leaves a dataloader alone when its sampler is a ``DistributedSampler``
@@ -67,6 +70,7 @@ class StreamBatches(Dataset):
         pad_tail: False (training): drop the tail that does not fill whole batches.
             True (evaluation): keep every token, padding targets with ``ignore_index``.
         start_id: input fed before the first token of the split (``<eos>``).
+        rows: keep only these of the ``batch_size`` streams (evaluation shares under DDP).
 
     Items are ``(inputs [B, T], targets [B, T])`` int64 tensors.
     """
@@ -82,6 +86,7 @@ class StreamBatches(Dataset):
         pad_tail: bool = False,
         start_id: int = 0,
         ignore_index: int = IGNORE_INDEX,
+        rows: slice | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
@@ -106,6 +111,8 @@ class StreamBatches(Dataset):
                 )
         self.first_stream = rank * batch_size
         self.stream_starts = (self.first_stream + np.arange(batch_size)) * self.stream_len
+        if rows is not None:
+            self.stream_starts = self.stream_starts[rows]
         self.num_targets = total if pad_tail else self.num_batches * bptt * streams
 
     def __len__(self) -> int:
@@ -172,7 +179,8 @@ class LMDataModule(L.LightningDataModule):
             copy first, then the Hub), or a path to a folder with train/valid/test text files.
         batch_size: streams per rank (the global batch is ``batch_size * world_size``).
         bptt: tokens per stream per batch.
-        eval_batch_size: streams per rank for validation/test (default ``batch_size``).
+        eval_batch_size: validation/test streams in all, split across ranks (default
+            ``batch_size``); must be at least the world size.
         cache_dir: where token ids and the vocabulary are cached (default
             ``$LM_HEADS_CACHE`` or ``~/.cache/lm_heads``).
         min_count, max_size: vocabulary options (see :class:`Vocabulary`).
@@ -181,6 +189,7 @@ class LMDataModule(L.LightningDataModule):
         seed: synthetic language seed and shuffle seed.
         shuffle: permute training batches per epoch (breaks recurrent state carry-over).
         num_workers: DataLoader workers (batches are cheap slices of a memmap: 0 is fine).
+        encoding: text encoding of local data files (an undecodable line is an error).
     """
 
     def __init__(
@@ -199,6 +208,7 @@ class LMDataModule(L.LightningDataModule):
         seed: int = 0,
         shuffle: bool = False,
         num_workers: int = 0,
+        encoding: str = "utf-8",
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("bptt", bptt)):
@@ -221,6 +231,7 @@ class LMDataModule(L.LightningDataModule):
         self.seed = seed
         self.shuffle = shuffle
         self.num_workers = num_workers
+        self.encoding = encoding
 
         self.description: str = ""
         self.source: TextSource | None = None
@@ -282,7 +293,7 @@ class LMDataModule(L.LightningDataModule):
                     f"data={data!r} is neither one of {', '.join(DATA_CHOICES)} nor an existing "
                     "directory with train/valid/test files"
                 )
-            self.source = LocalTextSource.open(path)
+            self.source = LocalTextSource.open(path, encoding=self.encoding)
             self.description = f"data: {self.source.description}"
         if self.language is not None:
             self._cache = TokenCache(self.cache_dir, "synthetic", self._synthetic_key())
@@ -291,6 +302,8 @@ class LMDataModule(L.LightningDataModule):
             self._cache = TokenCache(
                 self.cache_dir, self.source.name, {"source": self.source.key, **vocab_opts}
             )
+        for path in self._cache.remove_stale_temporaries():
+            log.info("removed %s, left by an interrupted cache build", path)
         return self._cache
 
     def _resolve_auto(self, vocab_opts: dict[str, Any]) -> None:
@@ -425,16 +438,22 @@ class LMDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> StreamBatches:
         """The batches of ``split`` (``train``, ``valid`` or ``test``) for this rank."""
         rank, world = self._rank_world()
-        train = split == "train"
+        start_id = self._require_vocab().eos_id
+        if split == "train":
+            return StreamBatches(
+                self._split(split), self.batch_size, self.bptt, rank=rank, world_size=world,
+                start_id=start_id,
+            )  # fmt: skip
+        if self.eval_batch_size < world:
+            raise ValueError(
+                f"eval_batch_size {self.eval_batch_size} is smaller than the {world} ranks that "
+                "share its streams; raise eval_batch_size (--eval-batch-size) to at least that"
+            )
+        share = np.array_split(np.arange(self.eval_batch_size), world)[rank]
         return StreamBatches(
-            self._split(split),
-            self.batch_size if train else self.eval_batch_size,
-            self.bptt,
-            rank=rank,
-            world_size=world,
-            pad_tail=not train,
-            start_id=self._require_vocab().eos_id,
-        )
+            self._split(split), self.eval_batch_size, self.bptt, pad_tail=True, start_id=start_id,
+            rows=slice(int(share[0]), int(share[-1]) + 1),
+        )  # fmt: skip
 
     def _loader(self, dataset: StreamBatches, sampler: BatchOrderSampler) -> DataLoader:
         return DataLoader(

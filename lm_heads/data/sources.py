@@ -25,6 +25,7 @@ naming the local alternative instead of retrying for half a minute.
 
 from __future__ import annotations
 
+import codecs
 import os
 import socket
 import zlib
@@ -134,9 +135,17 @@ class LocalTextSource(TextSource):
     """Text files in a local folder (see the module docstring for the accepted names)."""
 
     files: dict[str, Path] = field(default_factory=dict)
+    encoding: str = "utf-8"
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], name: str | None = None) -> LocalTextSource:
+    def open(
+        cls, path: str | os.PathLike[str], name: str | None = None, encoding: str = "utf-8"
+    ) -> LocalTextSource:
+        """The split files in ``path``, read as ``encoding`` text (bad bytes are an error)."""
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise DataUnavailableError(f"unknown text encoding {encoding!r}") from None
         root = Path(path).expanduser()
         if not root.exists():
             raise DataUnavailableError(f"data directory {root} does not exist")
@@ -156,7 +165,9 @@ class LocalTextSource(TextSource):
             missing_text = "; ".join(missing)
             raise DataUnavailableError(f"data directory {root} lacks the split {missing_text}")
         root = root.resolve()
-        key = {"kind": "local", "files": {}}
+        key: dict[str, Any] = {"kind": "local", "files": {}}
+        if codecs.lookup(encoding).name != "utf-8":  # utf-8 keeps the cache keys of earlier runs
+            key["encoding"] = codecs.lookup(encoding).name
         for split, file in files.items():
             stat = file.stat()
             key["files"][split] = [str(file.resolve()), stat.st_size, stat.st_mtime_ns]
@@ -167,6 +178,7 @@ class LocalTextSource(TextSource):
             key=key,
             data_dir=root,
             files=files,
+            encoding=encoding,
         )
 
     def has_split(self, split: str) -> bool:
@@ -178,8 +190,34 @@ class LocalTextSource(TextSource):
                 f"data directory {self.data_dir} has no {split} file "
                 f"(tried {', '.join(LOCAL_NAMES[split])})"
             )
-        with self.files[split].open(encoding="utf-8", errors="replace") as handle:
+        yield from read_lines(self.files[split], self.encoding)
+
+
+def read_lines(path: Path, encoding: str = "utf-8") -> Iterator[str]:
+    """The lines of a text file; undecodable bytes raise :class:`DataUnavailableError` naming the
+    file, line and byte instead of being replaced silently."""
+    try:
+        with path.open(encoding=encoding) as handle:
             yield from handle
+    except UnicodeDecodeError:
+        raise _decode_error(path, encoding) from None
+
+
+def _decode_error(path: Path, encoding: str) -> DataUnavailableError:
+    # Only on failure: find the first bad line by decoding the file line by line as bytes.
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                decoder.decode(raw)
+            except UnicodeDecodeError as error:
+                byte = raw[error.start : error.start + 1].hex()
+                return DataUnavailableError(
+                    f"{path}, line {number}: byte 0x{byte} at column {error.start + 1} is not "
+                    f"valid {encoding} text (a binary file, or another encoding); pass its "
+                    "encoding, e.g. --encoding latin-1, or fix the file"
+                )
+    return DataUnavailableError(f"{path} is not valid {encoding} text (truncated at the end)")
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,23 @@ def test_failed_write_leaves_no_partial_file(tmp_path):
         cache.write_split("train", chunks(), np.int32)
     assert not cache.split_path("train").exists()
     assert not list(cache.path.iterdir())
+
+
+def test_stale_temporaries_are_told_from_live_ones(tmp_path):
+    import os
+
+    from lm_heads.data import cache as cache_module
+
+    host, now = cache_module._HOST, 1e9
+    names = {
+        "dead": f".train.npy@{host}@{2**22 + 11}@x.tmp",  # above Linux's pid_max: never running
+        "live": f".train.npy@{host}@{os.getpid()}@x.tmp",
+        "other host": f".train.npy@elsewhere@{os.getpid()}@x.tmp",
+        "old other host": ".valid.npy@elsewhere@1@x.tmp",
+    }
+    for key, name in names.items():
+        (tmp_path / name).write_bytes(b"partial")
+        age = 2 * cache_module.STALE_SECONDS if key.startswith("old") else 10.0
+        os.utime(tmp_path / name, (now - age, now - age))
+    removed = {p.name for p in cache_module.remove_stale_temporaries(tmp_path, now=now)}
+    assert removed == {names["dead"], names["old other host"]}

@@ -105,3 +105,16 @@ def test_lm1b_validation_is_carved_from_train_by_hash():
 def test_unknown_hub_name():
     with pytest.raises(ValueError, match="known: wikitext-2"):
         HubTextSource.named("ptb")
+
+
+def test_undecodable_text_names_file_and_line(tiny_corpus):
+    path = tiny_corpus / "wiki.valid.tokens"
+    path.write_bytes(b"fine line\nstill fine\nna\xefve caf\xe9\n")
+    source = LocalTextSource.open(tiny_corpus)
+    with pytest.raises(DataUnavailableError, match=r"valid.tokens, line 3: byte 0xef at column 3"):
+        list(source.lines("valid"))
+    latin = LocalTextSource.open(tiny_corpus, encoding="latin-1")
+    assert list(latin.lines("valid"))[2] == "na\u00efve caf\u00e9\n"
+    assert latin.key != source.key  # a cache built with one encoding is not reused for another
+    with pytest.raises(DataUnavailableError, match="unknown text encoding"):
+        LocalTextSource.open(tiny_corpus, encoding="klingon")

@@ -108,6 +108,51 @@ def test_ignore_index_changes_neither_loss_nor_gradient(case, training: bool) ->
 
 
 @cases
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_non_finite_padding_changes_neither_loss_nor_gradient(case, training: bool) -> None:
+    # Padding after fully masked attention is often NaN; 0 * NaN must not reach any gradient.
+    head = make(case).train(training)
+    twin = copy.deepcopy(head)
+    hidden, target = batch(shape=(12,))
+    target[7:] = -100
+    finite = hidden.clone().requires_grad_()
+    broken = hidden.clone()
+    broken[7:9] = float("nan")
+    broken[9:11] = float("inf")
+    broken[11, ::2] = -float("inf")
+    broken.requires_grad_()
+
+    out = head(finite, target)
+    out.loss.backward()
+    bad = twin(broken, target)
+    bad.loss.backward()
+
+    torch.testing.assert_close(bad.loss, out.loss)
+    torch.testing.assert_close(broken.grad, finite.grad)
+    assert broken.grad[7:].eq(0).all()
+    for (name, p), q in zip(head.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, msg=f"gradient of {name} changed")
+    assert twin.target_log_prob(broken, target)[7:].eq(0).all()
+
+
+@cases
+def test_hidden_dtype_must_match_the_head(case) -> None:
+    head = make(case)
+    hidden, target = batch()
+    wide = hidden.double()
+    for call in (
+        lambda: head(wide, target),
+        lambda: head.log_prob(wide),
+        lambda: head.target_log_prob(wide, target),
+        lambda: head.predict(wide),
+        lambda: head.sample(wide),
+    ):
+        with pytest.raises(TypeError, match=r"hidden is torch.float64 but the head's parameters"):
+            call()
+    assert torch.isfinite(head.double().log_prob(wide)).all()
+
+
+@cases
 def test_all_ignored_batch_gives_zero_loss_and_grads(case) -> None:
     head = make(case).train()
     hidden, target = batch(shape=(6,))

@@ -158,11 +158,13 @@ def test_output_embeddings_are_the_weight(cls) -> None:
 def test_bad_options() -> None:
     with pytest.raises(ValueError, match="scale must be a positive"):
         CosineSoftmaxHead(4, 10, scale=0.0)
-    with pytest.raises(ValueError, match=r"margin must lie in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"margin must be a finite number ≥ 0"):
         CosineSoftmaxHead(4, 10, margin=-0.1)
-    with pytest.raises(ValueError, match="learn_scale must be a bool"):
+    with pytest.raises(ValueError, match=r"margin must lie in \[0, 2\)"):
+        CosineSoftmaxHead(4, 10, margin=2.0)
+    with pytest.raises(ValueError, match="learn_scale must be True or False"):
         CosineSoftmaxHead(4, 10, learn_scale=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="gamma must be a positive"):
         RBFSoftmaxHead(4, 10, gamma=-1.0)
-    with pytest.raises(ValueError, match="scale must be finite"):
+    with pytest.raises(ValueError, match="scale must be a positive finite number"):
         RBFSoftmaxHead(4, 10, scale=float("inf"))

@@ -136,11 +136,11 @@ def test_proto_dim_and_defaults() -> None:
 
 
 def test_bad_options() -> None:
-    with pytest.raises(ValueError, match="proto_dim must be a positive int"):
+    with pytest.raises(ValueError, match="proto_dim must be an int ≥ 1"):
         HypersphericalPrototypeHead(4, 10, proto_dim=0)
-    with pytest.raises(ValueError, match=r"ce_weight must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"ce_weight must be a number in \[0.0, 1.0\]"):
         HypersphericalPrototypeHead(4, 10, ce_weight=2.0)
     with pytest.raises(ValueError, match="scale must be a positive"):
         HypersphericalPrototypeHead(4, 10, scale=-1.0)
-    with pytest.raises(ValueError, match="proto_steps must be an int"):
+    with pytest.raises(ValueError, match="proto_steps must be an int ≥ 0"):
         HypersphericalPrototypeHead(4, 10, proto_steps=-1)

@@ -162,9 +162,9 @@ def test_output_embeddings_are_the_weight(cls) -> None:
 def test_bad_options() -> None:
     with pytest.raises(ValueError, match="eps must be a positive"):
         SphericalSoftmaxHead(4, 10, eps=0.0)
-    with pytest.raises(ValueError, match="eps must be finite"):
+    with pytest.raises(ValueError, match="eps must be a positive finite number"):
         SphericalSoftmaxHead(4, 10, eps=float("inf"))
-    with pytest.raises(ValueError, match="gram must be True"):
+    with pytest.raises(ValueError, match="gram must be True or False"):
         TaylorSoftmaxHead(4, 10, gram="yes")  # type: ignore[arg-type]
 
 

@@ -5,26 +5,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def load_recipe(name: str) -> ModuleType:
-    module_name = f"recipes.{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, REPO / "recipes" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+from recipe_helpers import REPO, TINY, load_recipe
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +20,18 @@ def lm() -> ModuleType:
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture
+def tiny_args(tmp_path, monkeypatch) -> list[str]:
+    monkeypatch.chdir(tmp_path)  # Lightning writes nothing outside tmp_path
+    return [*TINY, "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "run")]
+
+
+@pytest.fixture(scope="module")
+def trained(lm, tmp_path_factory) -> Path:
+    """A checkpoint of a 2-step adaptive-softmax run on the tiny synthetic language."""
+    root = tmp_path_factory.mktemp("trained")
+    lm.main([*TINY, "--cache-dir", str(root / "cache"), "--output-dir", str(root / "run"),
+             "--head", "adaptive", "--max-steps", "2"])  # fmt: skip
+    return root / "run" / "checkpoints" / "last.ckpt"

@@ -7,21 +7,10 @@ import math
 
 import pytest
 import torch
+from recipe_helpers import TINY  # noqa: F401 - other test modules import it from here
 
 from lm_heads import build_head
 from recipes.models import LSTMLM, TransformerLM, tie_head_weights
-
-TINY = [
-    "--data", "synthetic", "--synthetic-vocab-size", "60", "--synthetic-tokens", "4000",
-    "--batch-size", "4", "--bptt", "8", "--embed-dim", "16", "--d-model", "16",
-    "--checkpoint-every", "2", "--no-progress-bar", "--threads", "1", "--accelerator", "cpu",
-]  # fmt: skip
-
-
-@pytest.fixture
-def tiny_args(tmp_path, monkeypatch) -> list[str]:
-    monkeypatch.chdir(tmp_path)  # Lightning writes nothing outside tmp_path
-    return [*TINY, "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "run")]
 
 
 def test_recipe_trains_evaluates_and_reports(lm, tiny_args, tmp_path, capsys) -> None:
@@ -42,6 +31,8 @@ def test_recipe_trains_evaluates_and_reports(lm, tiny_args, tmp_path, capsys) ->
     assert saved["similarity"]["input"]["covered"] > 0
     assert saved["train_tokens_per_s"] > 0 and saved["peak_memory_mib"] > 0
     assert not (tmp_path / "lightning_logs").exists()
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir()) == [
+        "last.ckpt", "step2.ckpt"]  # fmt: skip
 
     # The final step (3) is not a multiple of --checkpoint-every (2): last.ckpt still has it.
     ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
@@ -100,9 +91,56 @@ def test_transformer_and_sampled_head(lm, tiny_args) -> None:
     assert math.isfinite(results["val_ppl"])
 
 
-def test_resume_last_without_checkpoint_says_so(lm, tiny_args) -> None:
-    with pytest.raises(SystemExit, match="no checkpoint at"):
+def test_resume_last_without_checkpoint_says_so(lm, tiny_args, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
         lm.main([*tiny_args, "--resume", "last", "--max-steps", "2"])
+    assert exc.value.code == 2 and "no checkpoint at" in capsys.readouterr().err
+
+
+def test_log_without_a_terminal_has_lines_not_carriage_returns(lm, tiny_args, capsys) -> None:
+    argv = [a for a in tiny_args if a != "--no-progress-bar"]  # default: decided by the terminal
+    lm.main([*argv, "--max-steps", "4", "--log-every", "2"])
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out and "\r" not in captured.err
+    steps = [line.split()[1] for line in captured.out.splitlines() if line.startswith("step ")]
+    assert steps == ["2/4", "4/4"]
+
+
+def test_similarity_set_is_named_in_summary(lm, tiny_args, tmp_path, capsys) -> None:
+    pairs = tmp_path / "wordsim353.tsv"
+    pairs.write_text("# WordSim\n" + "".join(f"w{i}\tw{i + 1}\t{i % 7}.5\n" for i in range(30)))
+    out = lm.main([*tiny_args, "--max-steps", "1", "--similarity", str(pairs)])
+    assert out["similarity"]["source"] == "WordSim-353"
+    assert out["similarity"]["input"]["total"] == 30
+    assert "pairs of WordSim-353" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["csv", "tensorboard", "wandb", "mlflow"])
+def test_logger_by_name(lm, tiny_args, tmp_path, capsys, name: str) -> None:
+    import importlib.util
+
+    package = {"csv": "lightning", "tensorboard": "tensorboard"}.get(name, name)
+    if importlib.util.find_spec(package) is None:
+        with pytest.raises(SystemExit) as exc:
+            lm.main([*tiny_args, "--max-steps", "1", "--logger", f"[{name}]"])
+        assert exc.value.code == 2 and f"needs the package(s) {name}" in capsys.readouterr().err
+        pytest.skip(f"{package} is not installed (the error it gives is tested)")
+    lm.main([*tiny_args, "--max-steps", "1", "--logger", f"[{name}]"])
+    written = {"csv": "logs", "tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlruns"}
+    assert (tmp_path / "run" / written[name]).is_dir()
+    others = set(written.values()) - {written[name]}
+    assert not any((tmp_path / "run" / other).exists() for other in others)
+
+
+def test_print_config_from_the_script(lm, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        lm.main(["--head", "full", "--max-steps", "7", "--print_config"])
+    assert exc.value.code == 0
+    (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
+    from recipes.cli import parse_args
+
+    args = parse_args(["--config", str(tmp_path / "c.yaml")])
+    assert (args.head, args.max_steps) == ("full", 7)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,7 +151,7 @@ def test_transformer_is_causal(positions: str) -> None:
     tokens = torch.randint(0, 50, (2, 10))
     changed = tokens.clone()
     changed[:, 6:] = (changed[:, 6:] + 1) % 50
-    a, b = model(tokens), model(changed)
+    (a, _), (b, _) = model(tokens), model(changed)
     assert a.shape == (2, 10, 16)
     torch.testing.assert_close(a[:, :6], b[:, :6])
     assert not torch.allclose(a[:, 6:], b[:, 6:])
@@ -123,7 +161,8 @@ def test_transformer_is_causal(positions: str) -> None:
 
 def test_lstm_shapes_and_projection() -> None:
     model = LSTMLM(30, embed_dim=8, d_model=12, num_layers=2, dropout=0.1, out_features=8)
-    assert model(torch.randint(0, 30, (3, 5))).shape == (3, 5, 8)
+    hidden, (h, c) = model(torch.randint(0, 30, (3, 5)))
+    assert hidden.shape == (3, 5, 8) and h.shape == c.shape == (2, 3, 12)
     with pytest.raises(ValueError, match="dropout"):
         LSTMLM(30, dropout=1.0)
 
@@ -135,7 +174,7 @@ def test_tie_weights_shares_the_parameter() -> None:
     assert head.get_parameter(name) is model.embedding.weight
     params = list(model.parameters()) + list(head.parameters())
     assert len({id(p) for p in params}) == len(params) - 1  # one shared, counted once by optimizers
-    out = head(model(torch.randint(0, 40, (2, 5))), torch.randint(0, 40, (2, 5)))
+    out = head(model(torch.randint(0, 40, (2, 5)))[0], torch.randint(0, 40, (2, 5)))
     out.loss.backward()
     assert model.embedding.weight.grad is not None
 

@@ -1,0 +1,184 @@
+"""The recipe's checkpoints: what they carry besides weights, and how they are read back.
+
+A checkpoint of ``recipes/lm.py`` holds the model's hyperparameters, its weights, and (from
+:class:`CheckpointExtras`) the vocabulary and options it was trained with, so that ``generate.py``,
+``evaluate.py`` and ``export_embeddings.py`` need nothing but the checkpoint. Before a run resumes
+from one, :func:`check_resume` compares it with the model and data of this run and says what
+differs (head, vocabulary, sizes) instead of failing inside ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lm_heads.data import Vocabulary
+from recipes.cli import UsageError
+from recipes.language_model import LanguageModel
+
+
+class CheckpointExtras(Callback):
+    """Stores the training vocabulary (words in id order, and counts) and the recipe's options
+    (``recipe_args``) in every checkpoint."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.args = args
+        self.vocab: Vocabulary | None = None  # set once the data module has built it
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: Any, checkpoint: dict) -> None:
+        checkpoint["recipe_args"] = self.args
+        if self.vocab is not None:
+            checkpoint["vocabulary"] = {"words": self.vocab.itos, "counts": self.vocab.counts}
+
+
+class FitTimer(Callback):
+    """Wall-clock seconds of ``fit`` over the whole run: a resumed run adds to the saved time."""
+
+    def __init__(self) -> None:
+        self.before = 0.0  # seconds of the runs this one resumes
+        self._start: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, module: Any) -> None:
+        self._start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        now = 0.0 if self._start is None else time.perf_counter() - self._start
+        return self.before + now
+
+    def state_dict(self) -> dict[str, float]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.before = float(state.get("seconds", 0.0))
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint at ``path`` (tensors memory-mapped); :class:`UsageError` if unreadable."""
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} does not exist (or is not a file)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        raise UsageError(
+            f"cannot read checkpoint {path}: it is damaged (e.g. cut short by a full disk or a "
+            f"kill) or not a PyTorch checkpoint ({type(error).__name__}: {error}); pick another "
+            "checkpoint, or start afresh without --resume"
+        ) from None
+    if not isinstance(ckpt, dict) or not {"state_dict", "hyper_parameters"} <= set(ckpt):
+        raise UsageError(
+            f"{path} is a PyTorch file but not a checkpoint of recipes/lm.py (it lacks "
+            "'state_dict' or 'hyper_parameters')"
+        )
+    return ckpt
+
+
+def _vocab_difference(words: list[str], vocab: Vocabulary) -> str | None:
+    if words == vocab.itos:
+        return None
+    pairs = enumerate(zip(words, vocab.itos, strict=False))
+    first = next((i for i, (a, b) in pairs if a != b), None)
+    where = (
+        f"first difference at id {first}: {words[first]!r} there, {vocab.itos[first]!r} here"
+        if first is not None
+        else "one is a prefix of the other"
+    )
+    return f"{len(words):,} words there, {len(vocab):,} here; {where}"
+
+
+def check_resume(ckpt: dict[str, Any], path: Path, model: LanguageModel, vocab: Vocabulary) -> None:
+    """Raise :class:`UsageError` when ``ckpt`` cannot continue ``model`` on ``vocab``."""
+    hp, now = ckpt["hyper_parameters"], dict(model.hparams)
+    if hp.get("head") != now["head"]:
+        raise UsageError(
+            f"checkpoint {path} was trained with --head {hp.get('head')} (options "
+            f"{hp.get('head_options') or {}}), not --head {now['head']}: resume it with --head "
+            f"{hp.get('head')}, or train {now['head']} afresh without --resume"
+        )
+    saved = ckpt.get("vocabulary")
+    differs = (
+        _vocab_difference(list(saved["words"]), vocab)
+        if isinstance(saved, dict)
+        else (None if hp.get("vocab_size") == len(vocab) else f"V={hp.get('vocab_size')} there")
+    )
+    if differs is not None:
+        raise UsageError(
+            f"checkpoint {path} was trained on a different vocabulary than this run's data "
+            f"({differs}): resume with the --data, --min-count and --max-size it was trained "
+            "with, or start afresh without --resume"
+        )
+    changed = [f"{k}={hp[k]!r} (now {now[k]!r})" for k in now if k in hp and hp[k] != now[k]]
+    mismatch = _state_mismatch(ckpt["state_dict"], model.state_dict())
+    if mismatch:
+        because = f"it was trained with {', '.join(changed)}" if changed else mismatch
+        raise UsageError(
+            f"checkpoint {path} does not fit this model: {because}; resume with the options it "
+            "was trained with, or start afresh without --resume"
+        )
+
+
+def _state_mismatch(saved: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -> str:
+    missing = sorted(set(model) - set(saved))
+    extra = sorted(set(saved) - set(model))
+    shapes = [k for k in model if k in saved and saved[k].shape != model[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weight(s) missing, e.g. {missing[0]}")
+    if extra:
+        parts.append(f"{len(extra)} unexpected weight(s), e.g. {extra[0]}")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{k} is {list(saved[k].shape)} there, {list(model[k].shape)} here")
+    return "; ".join(parts)
+
+
+def load_model(
+    path: Path, vocab_file: Path | None = None
+) -> tuple[LanguageModel, Vocabulary, dict[str, Any]]:
+    """The trained model (eval mode, CPU), vocabulary and recipe options of a checkpoint.
+
+    ``vocab_file`` (a cache's ``vocab.json``) is needed only for checkpoints written before they
+    carried their vocabulary.
+    """
+    ckpt = read_checkpoint(path)
+    saved = ckpt.get("vocabulary")
+    if isinstance(saved, dict):
+        vocab = Vocabulary(list(saved["words"]), saved["counts"])
+    elif vocab_file is not None:
+        try:
+            vocab = Vocabulary.load(vocab_file)
+        except (OSError, ValueError) as error:
+            raise UsageError(str(error)) from None
+    else:
+        raise UsageError(
+            f"checkpoint {path} carries no vocabulary (it predates that); pass --vocab with the "
+            "vocab.json of the token cache it was trained on"
+        )
+    hp = dict(ckpt["hyper_parameters"])
+    state = ckpt["state_dict"]
+    # A structure chosen at training time (cutoffs="auto" measures the device) is read back from
+    # the weights' buffers, so the rebuilt head has exactly the trained shapes.
+    options = dict(hp.get("head_options") or {})
+    for key, value in options.items():
+        if value == "auto" and isinstance(state.get(f"head.{key}"), torch.Tensor):
+            options[key] = state[f"head.{key}"].tolist()
+    hp["head_options"] = options
+    accepted = inspect.signature(LanguageModel.__init__).parameters
+    kwargs = {k: v for k, v in hp.items() if k in accepted and k != "counts"}
+    if kwargs.get("vocab_size") != len(vocab):
+        raise UsageError(
+            f"vocabulary has {len(vocab):,} words but checkpoint {path} was trained with "
+            f"V={hp.get('vocab_size')}: give the vocab.json it was trained with"
+        )
+    model = LanguageModel(**kwargs, counts=vocab.counts)
+    mismatch = _state_mismatch(state, model.state_dict())
+    if mismatch:
+        raise UsageError(f"checkpoint {path} does not match its own hyperparameters: {mismatch}")
+    model.load_state_dict(state)
+    return model.eval(), vocab, dict(ckpt.get("recipe_args") or {})

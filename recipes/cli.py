@@ -1,0 +1,378 @@
+"""The command line of ``recipes/lm.py``: every option, its type and default, in one place.
+
+Built on ``jsonargparse`` (as litgpt's CLI): ``--config FILE`` reads YAML (or a ``results.json``
+of an earlier run, whose ``args`` are its options), ``--print_config`` writes the resolved options
+as YAML that ``--config`` reads back, and the command line overrides the file. Option names use
+dashes on the command line (``--max-steps``) and underscores in files (``max_steps``).
+
+Head options are a mapping: ``head_options: {cutoffs: [2000, 10000]}`` in a file, or repeated
+``--head-option KEY=VALUE`` (the value is read as YAML) on the command line; they are checked
+against the head's signature here, before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import yaml
+from jsonargparse import (
+    ActionConfigFile,
+    ActionYesNo,
+    ArgumentParser,
+    Namespace,
+    get_loader,
+    set_loader,
+)
+from jsonargparse.typing import (
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    restricted_number_type,
+)
+
+from lm_heads import HEADS, head_options
+
+Fraction = restricted_number_type("Fraction", float, [(">=", 0.0), ("<", 1.0)])
+# Lightning's limit/interval convention: an int counts batches, a float is a fraction of them.
+Limit = PositiveInt | restricted_number_type("UnitFraction", float, [(">", 0.0), ("<=", 1.0)])
+LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
+PRECISIONS = (
+    "64-true",
+    "32-true",
+    "16-mixed",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "64",
+    "32",
+    "16",
+    "bf16",
+)
+_LEGACY_KEYS = {"simlex": "similarity"}  # results.json of earlier versions
+PARSER_MODE = "lm_recipe"
+
+
+class UsageError(ValueError):
+    """A mistake in the options or the files they name: reported in one paragraph, exit code 2."""
+
+
+def usage_exit(error: BaseException | str, prog: str = "recipes/lm.py") -> None:
+    """Print ``error`` as one paragraph on stderr and exit with status 2 (argparse's convention)."""
+    text = " ".join(str(error).split())
+    print(f"{prog}: error: {text}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+class HeadOption(argparse.Action):
+    """``--head-option KEY=VALUE``: adds ``KEY`` to the ``head_options`` mapping (repeatable)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        key, sep, raw = str(values).partition("=")
+        if not sep or not key.strip():
+            parser.error(f"--head-option: expected KEY=VALUE, got {values!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            parser.error(f"--head-option {key}: value {raw!r} is not valid YAML ({err})")
+        options = dict(namespace.get("head_options") or {})
+        options[key.strip()] = value
+        namespace["head_options"] = options
+
+
+def _load_config(text: str) -> Any:
+    """YAML, or the ``args`` of a ``results.json`` (with keys renamed since then)."""
+    value = get_loader("yaml")(text)
+    if isinstance(value, dict) and isinstance(value.get("args"), dict) and "val_ppl" in value:
+        args = {_LEGACY_KEYS.get(k, k): v for k, v in value["args"].items()}
+        args.pop("config", None)
+        return args
+    return value
+
+
+set_loader(PARSER_MODE, _load_config, exceptions=(yaml.YAMLError,))
+
+
+class Parser(ArgumentParser):
+    """jsonargparse's parser, reporting a mistake as one paragraph (no usage dump)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> Any:  # type: ignore[override]
+        if not self.exit_on_error:  # jsonargparse probing a value: it catches the exception
+            return super().error(message, ex)
+        usage_exit(f"{message} (see {self.prog} --help)", self.prog)
+
+
+def build_parser() -> ArgumentParser:
+    """Every option of ``recipes/lm.py`` with its type, default and help (shown by ``--help``)."""
+    p = Parser(
+        prog="recipes/lm.py",
+        description="Train a word-level LM with an lm_heads head; report perplexity and word "
+        "similarity. Options come from --config FILE (YAML, or an earlier run's results.json), "
+        "then the command line.",
+        parser_mode=PARSER_MODE,
+        exit_on_error=True,
+    )
+    p.add_argument("--config", action=ActionConfigFile, help="YAML options file (CLI wins)")
+    _head_and_data(p.add_argument_group("head and data").add_argument)
+    _model(p.add_argument_group("model").add_argument)
+    _optimisation(p.add_argument_group("optimisation").add_argument)
+    _hardware_and_run(p.add_argument_group("hardware and run").add_argument)
+    return p
+
+
+def _head_and_data(add: Any) -> None:
+    """The head, its options, the data and the word-similarity file."""
+    add("--head", type=Literal[tuple(sorted(HEADS))], default="adaptive", help="output layer")
+    add("--head-options", type=dict[str, Any], default={}, help="head keyword arguments")
+    add(
+        "--head-option",
+        action=HeadOption,
+        metavar="KEY=VALUE",
+        default=argparse.SUPPRESS,
+        help="one head option, value read as YAML (repeatable), e.g. cutoffs=[2000,10000] "
+        "(default: none; adds to --head-options)",
+    )
+
+    add(
+        "--data",
+        type=str,
+        default="auto",
+        help="auto | synthetic | wikitext-2 | wikitext-103 | lm1b | a directory with "
+        "train/valid/test files (auto: WikiText-2 from ../shared/data, else synthetic)",
+    )
+    add("--encoding", type=str, default="utf-8", help="text encoding of local data files")
+    add("--cache-dir", type=str | None, default=None, help="token/vocab cache folder")
+    add("--min-count", type=PositiveInt, default=1, help="rarer words become <unk>")
+    add("--max-size", type=PositiveInt | None, default=None, help="keep the top-N words")
+    add("--synthetic-vocab-size", type=PositiveInt, default=10_000, help="synthetic words")
+    add("--synthetic-tokens", type=PositiveInt, default=1_000_000, help="synthetic train tokens")
+    add("--num-workers", type=NonNegativeInt, default=0, help="DataLoader workers")
+    add(
+        "--similarity",
+        "--simlex",
+        type=str | None,
+        default=None,
+        help="word-similarity file: SimLex-999, WordSim-353 or SimVerb-3500 format",
+    )
+
+
+def _model(add: Any) -> None:
+    """The backbone."""
+    add("--model", type=Literal["lstm", "transformer"], default="lstm", help="backbone")
+    add(
+        "--input",
+        dest="input_layer",
+        type=Literal["embedding", "adaptive"],
+        default="embedding",
+        help="input layer: a plain embedding or an adaptive input",
+    )
+    add("--embed-dim", type=PositiveInt, default=128, help="input word vector size")
+    add("--d-model", type=PositiveInt, default=256, help="hidden size")
+    add("--num-layers", type=PositiveInt, default=1, help="LSTM layers / Transformer blocks")
+    add("--num-heads", type=PositiveInt, default=4, help="attention heads (transformer only)")
+    add(
+        "--positions",
+        type=Literal["learned", "sinusoidal"],
+        default="learned",
+        help="transformer position encoding",
+    )
+    add("--dropout", type=Fraction, default=0.2, help="dropout probability in [0, 1)")
+    add(
+        "--tie-weights",
+        action=ActionYesNo(no_prefix="no-"),
+        default=False,
+        help="share input embedding and head output rows",
+    )
+    add(
+        "--carry-state",
+        action=ActionYesNo(no_prefix="no-"),
+        default=True,
+        help="LSTM: carry the recurrent state from one BPTT window to the next",
+    )
+
+
+def _optimisation(add: Any) -> None:
+    """Optimizer, schedule, batches and the training length."""
+    add("--optimizer", type=Literal["adam", "adamw", "sgd"], default="adam", help="optimizer")
+    add("--lr", type=PositiveFloat, default=2e-3, help="learning rate")
+    add("--weight-decay", type=float, default=0.0, help="weight decay")
+    add(
+        "--lr-schedule",
+        type=Literal["constant", "cosine", "plateau"],
+        default="constant",
+        help="plateau: divide the LR by --lr-decay when validation stops improving",
+    )
+    add("--lr-decay", type=PositiveFloat, default=4.0, help="plateau schedule: LR divisor")
+    add("--lr-patience", type=NonNegativeInt, default=0, help="plateau schedule: validations")
+    add("--warmup-steps", type=NonNegativeInt, default=0, help="linear LR warm-up steps")
+    add("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
+    add("--batch-size", type=PositiveInt, default=32, help="windows per step per rank")
+    add(
+        "--eval-batch-size",
+        type=PositiveInt | None,
+        default=None,
+        help="windows per validation/test batch (default: --batch-size)",
+    )
+    add("--bptt", type=PositiveInt, default=35, help="tokens per window")
+    add("--max-steps", type=int, default=300, help="optimizer steps; -1: none (--max-epochs)")
+    add("--max-epochs", type=int | None, default=None, help="epochs (default: no limit)")
+    add(
+        "--max-time",
+        type=PositiveFloat | None,
+        default=None,
+        help="training budget in seconds (optimizer steps only); stops after the step that "
+        "crosses it, or at --max-steps, whichever comes first",
+    )
+
+
+def _hardware_and_run(add: Any) -> None:
+    """Devices, precision, seeds, output, resume, evaluation and logging."""
+    add("--accelerator", type=str, default="auto", help="auto | cpu | gpu | cuda | mps | ...")
+    add("--devices", type=PositiveInt | Literal["auto"], default=1, help="devices per node")
+    add("--num-nodes", type=PositiveInt, default=1, help="nodes")
+    add("--strategy", type=str, default="auto", help="auto (ddp when devices > 1) | ddp | ...")
+    add("--precision", type=str, default="32-true", help=" | ".join(PRECISIONS[:6]) + " | ...")
+    add("--threads", type=PositiveInt | None, default=None, help="CPU threads per rank")
+    add(
+        "--compile",
+        action=ActionYesNo(no_prefix="no-"),
+        default=False,
+        help="torch.compile the model",
+    )
+
+    add("--seed", type=int, default=1234, help="random seed")
+    add("--output-dir", type=str, default="runs/lm", help="checkpoints, logs, results.json")
+    add("--resume", type=str | None, default=None, help="checkpoint path, or 'last'")
+    add(
+        "--overwrite",
+        action=ActionYesNo(no_prefix="no-"),
+        default=False,
+        help="start afresh in an --output-dir that holds an earlier run",
+    )
+    add(
+        "--eval-only",
+        action=ActionYesNo(no_prefix="no-"),
+        default=False,
+        help="skip training: evaluate the weights of --resume on val and test",
+    )
+    add(
+        "--val-check-interval",
+        type=Limit | None,
+        default=None,
+        help="validate every N steps (int) or fraction of an epoch (default: epoch ends)",
+    )
+    for split in ("train", "val", "test"):
+        add(
+            f"--limit-{split}-batches",
+            type=Limit | None,
+            default=None,
+            help=f"{split} batches per epoch: a count (int) or a fraction (float)",
+        )
+    add(
+        "--final-val-batches",
+        type=Limit | None,
+        default=None,
+        help="limit of the final validation only (default: --limit-val-batches)",
+    )
+    add(
+        "--target-ppl",
+        type=PositiveFloat | None,
+        default=None,
+        help="report when validation perplexity first reached this (time_to_target)",
+    )
+    add("--checkpoint-every", type=PositiveInt, default=100, help="steps between checkpoints")
+    add("--log-every", type=PositiveInt, default=10, help="steps between logged metrics")
+    add(
+        "--logger",
+        type=Literal[LOGGERS] | list[Literal[LOGGERS]] | None,
+        default=None,
+        help="logger(s) by name: csv, or a list, e.g. [csv,mlflow] (default: csv, and "
+        "tensorboard if installed)",
+    )
+    add(
+        "--progress-bar",
+        action=ActionYesNo(no_prefix="no-"),
+        default=None,
+        help="progress bar (default: on when stdout is a terminal; else one line per "
+        "--log-every steps)",
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Namespace:
+    """Parse ``argv`` (``sys.argv[1:]`` when ``None``) and check the options that depend on others.
+
+    Exits with status 2 and one paragraph on a mistake.
+    """
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    for key, value in args.items():
+        if key != "config":  # jsonargparse's int/float subclasses would not load weights_only
+            args[key] = json.loads(json.dumps(value))
+    if isinstance(args.logger, str):
+        args.logger = [args.logger]
+    try:
+        check_args(args)
+    except UsageError as err:
+        usage_exit(err)
+    return args
+
+
+def check_args(args: Namespace) -> None:
+    """Raise :class:`UsageError` for options that are fine alone but not together."""
+    known = head_options(args.head)
+    unknown = sorted(set(args.head_options) - set(known))
+    if unknown:
+        raise UsageError(
+            f"head {args.head!r} has no option(s) {unknown}; its options are: "
+            + ", ".join(f"{k}={v!r}" for k, v in known.items())
+        )
+    if args.precision not in PRECISIONS:
+        raise UsageError(f"--precision {args.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if args.max_epochs is not None and args.max_epochs < 1:
+        raise UsageError(f"--max-epochs {args.max_epochs} trains nothing; give 1 or more")
+    if args.max_steps == 0 and not args.eval_only:
+        raise UsageError("--max-steps 0 trains nothing; use --eval-only to only evaluate")
+    if args.max_steps < -1:
+        raise UsageError(
+            f"--max-steps {args.max_steps}: give a positive number of optimizer steps, or -1 "
+            "for no step limit (then --max-epochs sets the length)"
+        )
+    if args.max_steps == -1 and args.max_epochs is None and args.max_time is None:
+        raise UsageError("--max-steps -1 (no step limit) needs --max-epochs or --max-time")
+    if args.eval_only and args.resume is None:
+        raise UsageError("--eval-only needs --resume CHECKPOINT (or --resume last)")
+    if args.overwrite and args.resume is not None:
+        raise UsageError("--overwrite starts afresh and --resume continues: give only one")
+    if args.grad_clip < 0:
+        raise UsageError(f"--grad-clip must be >= 0 (0: off), got {args.grad_clip}")
+
+
+def recorded_args(args: Namespace) -> dict[str, Any]:
+    """The options as a plain dict that ``--config`` accepts back (results.json ``args``)."""
+    out = args.clone().as_dict()
+    out.pop("config", None)
+    out.pop("__path__", None)
+    return out
+
+
+def run_command(function: Any, argv: Sequence[str] | None, prog: str) -> Any:
+    """``function``'s typed parameters as a command line (help from its docstring); a mistake in
+    them, or a :class:`UsageError` it raises, exits with status 2 and one paragraph."""
+    from jsonargparse import auto_cli
+
+    from lm_heads.data import CacheError, DataUnavailableError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Dashes as in recipes/lm.py (--num-words) or underscores as jsonargparse names them.
+    argv = [re.sub(r"^--[a-z][a-z0-9-]*", lambda m: m[0][:2] + m[0][2:].replace("-", "_"), a)
+            for a in argv]  # fmt: skip
+    try:
+        return auto_cli(function, args=argv, parser_class=Parser, as_positional=False, prog=prog)
+    except (UsageError, DataUnavailableError, CacheError) as error:
+        usage_exit(error, prog)

@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Perplexity of a checkpoint of ``recipes/lm.py`` on any text file or directory of them.
+
+    python recipes/evaluate.py --checkpoint runs/lm/checkpoints/last.ckpt --text my_corpus.txt
+    python recipes/evaluate.py --checkpoint last.ckpt --text some/dir --output scores.json
+
+The text is read with the checkpoint's own vocabulary (words split on whitespace, one ``<eos>``
+per line, as in training): a word outside it becomes ``<unk>`` and counts as out of vocabulary
+(OOV; the rate is reported, since predicting ``<unk>`` is easier than predicting the word).
+Perplexity is ``exp(Σ −log p / #tokens)`` over every token, from the head's exact distribution,
+batched into ``--batch-size`` contiguous streams of ``--bptt`` windows as the recipe evaluates
+(both default to the checkpoint's training options). No train or valid files are needed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+_REPO = Path(__file__).resolve().parent.parent
+if str(_REPO) not in sys.path:  # run as a script from a checkout without installing the package
+    sys.path.insert(0, str(_REPO))
+
+import lightning as L  # noqa: E402
+import numpy as np  # noqa: E402
+from lightning.fabric.utilities.exceptions import MisconfigurationException  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from lm_heads.data import StreamBatches, Vocabulary  # noqa: E402
+from lm_heads.data.sources import read_lines  # noqa: E402
+from recipes.checkpoint import load_model  # noqa: E402
+from recipes.cli import UsageError, run_command  # noqa: E402
+
+
+def text_files(path: Path) -> list[Path]:
+    """``path`` itself, or every non-hidden file under the directory ``path`` in name order."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UsageError(f"--text {path} does not exist")
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+    if not files:
+        raise UsageError(f"--text {path} is a directory without any (non-hidden) file")
+    return files
+
+
+def encode(files: list[Path], vocab: Vocabulary, encoding: str) -> tuple[np.ndarray, int, int]:
+    """``(ids, words, out-of-vocabulary words)``; ids hold one ``<eos>`` per line."""
+    get, missing = vocab.stoi.get, itertools.repeat(-1)
+    parts, words, oov = [], 0, 0
+    for file in files:
+        lines = read_lines(file, encoding)
+        while chunk := list(itertools.islice(lines, 20_000)):
+            found = np.fromiter(
+                map(get, itertools.chain.from_iterable(line.split() for line in chunk), missing),
+                dtype=np.int64,
+            )
+            unknown = found < 0
+            words, oov = words + found.size, oov + int(unknown.sum())
+            found[unknown] = vocab.unk_id
+            # One <eos> after each line's words, as Vocabulary.encode_chunks does.
+            ends = np.cumsum([len(line.split()) for line in chunk])
+            parts.append(np.insert(found, ends, vocab.eos_id))
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return ids, words, oov
+
+
+def evaluate(
+    checkpoint: Path,
+    text: Path,
+    batch_size: int | None = None,
+    bptt: int | None = None,
+    encoding: str = "utf-8",
+    accelerator: str = "auto",
+    vocab: Path | None = None,
+    output: Path | None = None,
+) -> dict[str, Any]:
+    """Perplexity of a recipes/lm.py checkpoint on a text file or a directory of text files.
+
+    Args:
+        checkpoint: a checkpoint written by recipes/lm.py (e.g. runs/lm/checkpoints/last.ckpt).
+        text: a text file, or a directory whose files (recursively, in name order) are read.
+        batch_size: contiguous streams per batch (default: the checkpoint's evaluation batch).
+        bptt: tokens per window (default: the checkpoint's --bptt).
+        encoding: text encoding of the files.
+        accelerator: cpu, gpu, ... or auto.
+        vocab: vocab.json of the token cache, for checkpoints that predate carrying it.
+        output: also write the scores to this JSON file.
+    """
+    model, vocabulary, trained = load_model(Path(checkpoint), vocab)
+    batch_size = batch_size or trained.get("eval_batch_size") or trained.get("batch_size") or 10
+    bptt = bptt or trained.get("bptt") or 35
+    if batch_size < 1 or bptt < 1:
+        raise UsageError(f"--batch-size and --bptt must be positive, got {batch_size}, {bptt}")
+    files = text_files(Path(text))
+    ids, words, oov = encode(files, vocabulary, encoding)
+    if words == 0:
+        raise UsageError(f"--text {text} holds no words")
+    batches = StreamBatches(ids, batch_size, bptt, pad_tail=True, start_id=vocabulary.eos_id)
+    try:
+        trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            enable_checkpointing=False)  # fmt: skip
+    except (MisconfigurationException, ValueError, RuntimeError) as error:
+        raise UsageError(f"--accelerator {accelerator} does not work here: {error}") from None
+    loader = DataLoader(batches, batch_size=None)
+    ppl = float(trainer.test(model, dataloaders=loader, verbose=False)[0]["test_ppl"])
+    scores = {
+        "checkpoint": str(checkpoint),
+        "text": str(text),
+        "files": len(files),
+        "tokens": int(ids.size),
+        "words": words,
+        "oov_words": oov,
+        "oov_rate": oov / words,
+        "perplexity": ppl,
+        "batch_size": batch_size,
+        "bptt": bptt,
+    }
+    print(
+        f"perplexity {ppl:.2f} on {ids.size:,} tokens of {len(files)} file(s) in {text} "
+        f"(OOV: {oov:,} of {words:,} words = {oov / words:.2%} scored as <unk>)",
+        flush=True,
+    )
+    if output is not None:
+        Path(output).write_text(json.dumps(scores, indent=2) + "\n")
+    return scores
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return run_command(evaluate, argv, "recipes/evaluate.py")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+"""What ``recipes/lm.py`` checks and builds before training: each mistake found here is a
+:class:`~recipes.cli.UsageError` (one paragraph, exit status 2), never a traceback after hours.
+
+The output directory, the similarity file, the Trainer (accelerator, devices, precision,
+loggers), the data (sources, encoding, a test split, lengths against ``--bptt``) and the model
+(head options) are all checked in this order, before ``fit`` starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from lm_heads.data import LMDataModule
+from lm_heads.similarity import find_simlex, load_pairs, pairs_name, word_similarity
+from recipes.checkpoint import CheckpointExtras, FitTimer
+from recipes.cli import UsageError, recorded_args
+from recipes.language_model import FinalCheckpoint, LanguageModel, TrainClock
+
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Files
+def prepare_output_dir(out_dir: Path, args: Namespace, rank: int) -> None:
+    """Refuse a file, or an earlier run unless ``--resume`` or ``--overwrite`` says what to do."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(
+            f"--output-dir {out_dir} is a file; give a directory (it will hold checkpoints/, "
+            "logs/ and results.json)"
+        )
+    earlier = [p for p in (out_dir / "checkpoints", out_dir / "results.json") if p.exists()]
+    # Lightning itself resumes a SLURM-requeued job from its hpc_ckpt_*.ckpt (scripts/slurm_lm.sh).
+    requeued = any(out_dir.glob("hpc_ckpt_*.ckpt"))
+    if not earlier or args.resume is not None or requeued:
+        return
+    if not args.overwrite:
+        # Every rank decides alike (nothing is written before fit), so none is left waiting.
+        names = ", ".join(p.name for p in earlier)
+        raise UsageError(
+            f"--output-dir {out_dir} holds an earlier run ({names}): continue it with --resume "
+            "last, replace it with --overwrite, or choose another --output-dir"
+        )
+    if rank == 0:
+        for path in earlier:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def resolve_resume(args: Namespace, out_dir: Path) -> Path | None:
+    if args.resume is None:
+        return None
+    path = out_dir / "checkpoints" / "last.ckpt" if args.resume == "last" else Path(args.resume)
+    if not path.is_file():
+        what = "no checkpoint at" if args.resume == "last" else "no such checkpoint:"
+        raise UsageError(f"--resume {args.resume}: {what} {path}")
+    return path
+
+
+def load_similarity(path: str | None) -> tuple[str, list[tuple[str, str, float]]] | None:
+    """``(set name, pairs)`` of ``--similarity``, read now so that a bad file stops nothing late."""
+    if path is None:
+        return None
+    try:
+        return pairs_name(path), load_pairs(path)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--similarity {path}: {error}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Trainer
+def build_loggers(names: list[str] | None, out_dir: Path) -> list[Any]:
+    from lightning.pytorch import loggers
+
+    if names is None:  # csv, and tensorboard when installed
+        names = ["csv"] + (["tensorboard"] if _installed("tensorboard") else [])
+    missing = [n for n in names if n in LOGGER_PACKAGES and not _installed(LOGGER_PACKAGES[n])]
+    if missing:
+        raise UsageError(
+            f"--logger {', '.join(missing)} needs the package(s) "
+            f"{', '.join(LOGGER_PACKAGES[n] for n in missing)}: pip install them (or "
+            "lm-heads[loggers]), or choose among csv, tensorboard"
+        )
+    made = {
+        "csv": lambda: loggers.CSVLogger(out_dir, name="logs"),
+        "tensorboard": lambda: loggers.TensorBoardLogger(out_dir, name="tensorboard"),
+        # Offline: runs are written under the output directory and synced later if wanted.
+        "wandb": lambda: loggers.WandbLogger(save_dir=str(out_dir), offline=True),
+        "mlflow": lambda: loggers.MLFlowLogger(tracking_uri=(out_dir / "mlruns").as_uri()),
+    }
+    if "mlflow" in names:
+        # A plain folder under the output directory works offline, with no database server;
+        # MLflow >= 3.7 asks for this opt-in to keep writing its file store.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return [made[name]() for name in dict.fromkeys(names)]
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+class LineProgress(Callback):
+    """One line per ``every`` training steps: a log-friendly progress report without ``\\r``."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if trainer.is_global_zero and step % self.every == 0:
+            total = trainer.max_steps if trainer.max_steps > 0 else "?"
+            loss = trainer.callback_metrics.get("train_loss")
+            text = f"  loss {float(loss):.4f}" if loss is not None else ""
+            print(f"step {step}/{total}  epoch {trainer.current_epoch}{text}", flush=True)
+
+
+def _strategy(args: Namespace) -> Any:
+    from lightning.pytorch.strategies import DDPStrategy
+
+    # broadcast_buffers=False: head buffers (counts, trees, cutoffs) are built identically on every
+    # rank from the whole training vocabulary and never change; broadcasting them every forward is
+    # wasted traffic, and a per-forward collective would deadlock evaluation, where ranks may hold
+    # different numbers of batches.
+    many = args.num_nodes > 1 or (isinstance(args.devices, int) and args.devices > 1)
+    if args.strategy == "ddp" or (args.strategy == "auto" and many):
+        return DDPStrategy(broadcast_buffers=False)
+    if args.strategy == "ddp_spawn":
+        return DDPStrategy(start_method="spawn", broadcast_buffers=False)
+    return args.strategy
+
+
+def build_trainer(
+    args: Namespace, out_dir: Path, resuming: bool, rank: int
+) -> tuple[L.Trainer, dict[str, Any]]:
+    """The Trainer and the callbacks the recipe reads back (``clock``, ``timer``, ``extras``)."""
+    progress = sys.stdout.isatty() if args.progress_bar is None else args.progress_bar
+    ours = {
+        "clock": TrainClock(args.max_time),
+        "timer": FitTimer(),
+        "extras": CheckpointExtras(recorded_args(args)),
+    }
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename="step{step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=args.checkpoint_every,
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,  # one last.ckpt, overwritten (never last-v1.ckpt)
+    )
+    callbacks = [
+        ours["clock"],  # before FinalCheckpoint, which saves last.ckpt when the clock stops
+        ours["timer"],
+        ours["extras"],
+        checkpoint,
+        FinalCheckpoint(out_dir / "checkpoints" / "last.ckpt", args.checkpoint_every),
+    ]
+    if not progress:
+        callbacks.append(LineProgress(args.log_every))
+    limits = {f"limit_{k}_batches": args[f"limit_{k}_batches"] for k in ("train", "val", "test")}
+    try:
+        trainer = L.Trainer(
+            accelerator=args.accelerator,
+            devices=args.devices,
+            num_nodes=args.num_nodes,
+            strategy=_strategy(args),
+            precision=args.precision,
+            max_steps=args.max_steps,
+            max_epochs=args.max_epochs if args.max_epochs is not None else -1,
+            val_check_interval=args.val_check_interval,
+            check_val_every_n_epoch=None if isinstance(args.val_check_interval, int) else 1,
+            gradient_clip_val=args.grad_clip or None,
+            logger=build_loggers(args.logger, out_dir),
+            callbacks=callbacks,
+            default_root_dir=out_dir,
+            log_every_n_steps=args.log_every,
+            enable_progress_bar=progress,
+            enable_model_summary=rank == 0,
+            use_distributed_sampler=False,  # the data deals the windows to ranks itself
+            num_sanity_val_steps=0 if resuming else 2,
+            **{k: v for k, v in limits.items() if v is not None},
+        )
+    except (MisconfigurationException, ValueError, RuntimeError) as error:
+        raise UsageError(
+            f"the hardware options do not work here (--accelerator {args.accelerator}, "
+            f"--devices {args.devices}, --num-nodes {args.num_nodes}, --strategy "
+            f"{args.strategy}, --precision {args.precision}): {error}"
+        ) from None
+    return trainer, ours
+
+
+# ------------------------------------------------------------------------------------------------
+# Data and model
+def build_data(args: Namespace, world_size: int) -> LMDataModule:
+    """The prepared data module, with a test split and splits long enough for ``--bptt``."""
+    dm = LMDataModule(
+        data=args.data,
+        batch_size=args.batch_size,
+        bptt=args.bptt,
+        eval_batch_size=args.eval_batch_size,
+        cache_dir=args.cache_dir,
+        min_count=args.min_count,
+        max_size=args.max_size,
+        synthetic_vocab_size=args.synthetic_vocab_size,
+        synthetic_tokens=args.synthetic_tokens,
+        seed=args.seed,
+        num_workers=args.num_workers,
+        encoding=args.encoding,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    for split in ("train", "valid", "test"):
+        if split not in dm.splits:
+            raise UsageError(
+                f"{dm.description} has no {split} split: the recipe reports {split} perplexity, "
+                f"so add a {split} file (e.g. {split}.txt) to the data directory"
+            )
+    check_lengths(dm, world_size)
+    return dm
+
+
+def check_lengths(dm: LMDataModule, world_size: int) -> None:
+    """Every split must fill at least one window per stream (and one batch per rank)."""
+    shapes = {"train": (dm.batch_size * world_size, "--batch-size")}
+    shapes |= {s: (dm.eval_batch_size, "--eval-batch-size") for s in ("valid", "test")}
+    for split, (streams, option) in shapes.items():
+        tokens = int(dm.splits[split].shape[0])
+        per_stream = tokens // streams if split == "train" else math.ceil(tokens / streams)
+        batches = per_stream // dm.bptt if split == "train" else math.ceil(per_stream / dm.bptt)
+        if per_stream < dm.bptt or batches < 1:
+            raise UsageError(
+                f"the {split} split has {tokens:,} tokens, {per_stream:,} per stream over "
+                f"{streams} stream(s), too few for windows of --bptt {dm.bptt}"
+                + (f" on {world_size} ranks" if world_size > 1 else "")
+                + f": lower --bptt or {option}"
+            )
+        if split != "train" and streams < world_size:
+            raise UsageError(
+                f"--eval-batch-size {streams} is smaller than the {world_size} ranks that share "
+                f"the {split} streams: raise --eval-batch-size to at least {world_size}"
+            )
+
+
+def build_model(args: Namespace, dm: LMDataModule) -> LanguageModel:
+    """The model; a head or backbone that rejects its options is a :class:`UsageError`."""
+    options = {
+        "head": args.head,
+        "head_options": args.head_options,
+        "model": args.model,
+        "embed_dim": args.embed_dim,
+        "d_model": args.d_model,
+        "num_layers": args.num_layers,
+        "num_heads": args.num_heads,
+        "positions": args.positions,
+        "dropout": args.dropout,
+        "max_len": max(512, args.bptt),
+        "tie_weights": args.tie_weights,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "lr_schedule": args.lr_schedule,
+        "warmup_steps": args.warmup_steps,
+        "lr_decay": args.lr_decay,
+        "lr_patience": args.lr_patience,
+        "carry_state": args.carry_state,
+        "input_layer": args.input_layer,
+        "compile": args.compile,
+    }
+    try:
+        return LanguageModel(vocab_size=dm.vocab_size, counts=torch.as_tensor(dm.counts), **options)
+    except (ValueError, TypeError) as error:
+        raise UsageError(
+            f"cannot build the model: {error} (--head {args.head}, head options "
+            f"{args.head_options or '{}'}; --help lists the model options)"
+        ) from None
+
+
+def similarity_scores(
+    model: LanguageModel, dm: LMDataModule, given: tuple[str, list] | None
+) -> dict[str, Any]:
+    """Word similarity of the input and output embeddings: ``--similarity``, the synthetic
+    language's ground truth, or SimLex-999 found beside the data."""
+    name, pairs, reason = None, getattr(dm, "similarity_pairs", None), None
+    if given is not None:
+        name, pairs = given
+    elif pairs is not None:
+        name = "synthetic ground-truth pairs"
+    elif (found := find_simlex(getattr(dm, "data_dir", None))) is not None:
+        name, pairs = pairs_name(found), load_pairs(found)
+    else:
+        reason = "no word-similarity file found (pass --similarity PATH)"
+    tables = {"input": model.backbone.embedding.weight, "output": model.head.output_embeddings()}
+    out: dict[str, Any] = {"source": name}
+    for side, table in tables.items():
+        if reason is not None:
+            out[side] = {"measured": False, "reason": reason}
+        elif table is None:
+            out[side] = {
+                "measured": False,
+                "reason": f"head {model.hparams.head!r} has no output row per word",
+            }
+        else:
+            res = word_similarity(table.detach().float().cpu(), dm.vocab.stoi, pairs)
+            out[side] = {
+                "measured": res.spearman is not None,
+                "spearman": res.spearman,
+                "covered": res.covered,
+                "total": res.total,
+                "reason": res.reason,
+            }
+    return out
