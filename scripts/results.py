@@ -1,65 +1,75 @@
-r"""The results table: every head on the same backbone, quality against cost, in one command.
+r"""The study: every head trained on WikiText-2 for real, quality against training time.
 
-For each *suite* (a dataset) this trains the same LSTM with every head through
-``recipes/lm.py`` (one subprocess per run: isolated, and its peak RSS is that run's own) under
-two budgets:
+Three phases, each a list of ``recipes/lm.py`` runs (one subprocess per run: isolated, and its
+peak RSS is that run's own), in this order so the most important results land first:
 
-- ``steps``: the same number of optimizer steps for every head;
-- ``time``: the same training wall-clock for every head (``--max-time``: optimizer steps only,
-  validation excluded), so a cheap head gets more steps.
+- ``equal_time``: every registered head with the reference configuration
+  (``recipes/configs/wikitext2_reference.yaml``: pytorch/examples' word_language_model), 6 minutes
+  of training each (``--max-time 360``; Chen, Grangier & Auli 2016's protocol), validated every
+  ``--val-every`` steps on the first ``--val-batches`` validation batches (the curves), then on
+  the whole validation and test splits, and SimLex-999 on the trained embeddings.
+- ``headline``: ``adaptive`` resumed from its equal-time checkpoint and trained to
+  ``--headline-epochs`` (6) epochs, then ``full`` resumed likewise and trained to the same
+  training seconds.
+- ``reference``: pytorch/examples' ``main.py`` (from ``--examples``, run unmodified but for a cap
+  of ``--reference-steps`` training batches, patched into a temporary copy) against the recipe
+  with ``--head full --max-steps`` the same, both validated on the whole validation split.
 
-Each run reports validation and test perplexity (exact, ``head.target_log_prob``, also for
-sampled heads), SimLex-999 ρ and coverage of the input and (where a head has one row per word)
-output embeddings, training tokens/s, peak memory, and its validation curve (perplexity against
-training seconds). Several ``--seeds`` give mean ± standard deviation. From the curves it reports
-the training time at which each head first reached a target validation perplexity (by default
-1.25 × the ``full`` head's final validation perplexity under the ``steps`` budget).
-
-Suites: ``wikitext-2`` (real text, from ``--data``, default ``../shared/data/wikitext-2``) and
-``synthetic`` (the seeded synthetic language of ``lm_heads.data``, V = 200,000 by default, where
-the full softmax is not cheap; its exact entropy floor tells how far each head is from the best
-possible perplexity).
+Resumable: a run whose directory holds a ``results.json`` from the same recipe command is reused,
+and one killed mid-way continues from its ``last.ckpt``. During each run the driver samples
+``/proc/loadavg`` and the machine's CPU use, and records the study's own CPU use.
 
 Usage::
 
-    python scripts/results.py --results-md RESULTS.md     # the full sweep (prints an estimate)
-    python scripts/results.py --quick --output-dir /tmp/results_quick   # smoke test, ~1 min
-    python scripts/results.py --suites wikitext-2 --heads full adaptive --seeds 1 2 3
+    nohup nice -n 5 python scripts/results.py --results-md RESULTS.md > results/study.log 2>&1 &
+    python scripts/results.py --phases reference          # one phase
+    python scripts/results.py --quick --output-dir /tmp/q   # tiny synthetic smoke test, ~1 min
+    python scripts/results.py --data synthetic --output-dir results/synthetic  # synthetic suite
 
-Outputs in ``--output-dir`` (default ``results/``): ``results.json`` (every run, the aggregated
-rows, the machine and the command), ``results.md`` (tables and the literature checks),
-``curves_<suite>.png`` (validation perplexity against training seconds, one curve per head) and
-``pareto_<suite>.png`` (perplexity against training tokens/s, Pareto front marked). Each run's
-own output (``results.json``, logs) stays in ``--work-dir``; checkpoints are deleted after the
-run (``--keep-checkpoints`` keeps them). A run whose directory already holds a ``results.json``
-from the same recipe command is reused, so an interrupted sweep continues where it stopped
-(``--rerun`` forces fresh runs).
+Outputs in ``--output-dir`` (default ``results/``): ``study.json`` (every run, the tables, the
+checks, the machine and the command), ``study.md`` and the plots; ``--results-md`` also fills the
+marked section of RESULTS.md. Per-run outputs stay in ``--work-dir`` (default ``runs/study``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
+import re
+import resource
 import shlex
 import shutil
-import statistics
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import study_report as report
+
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "lm.py"
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "wikitext-2"
-SUITES = ("wikitext-2", "synthetic")
-BUDGETS = ("steps", "time")
-TARGET_FACTOR = 1.25
-"""Default target validation perplexity: this × the ``full`` head's (``steps`` budget)."""
+CONFIG = REPO / "recipes" / "configs" / "wikitext2_reference.yaml"
+DATA = REPO.parent / "shared" / "data"
+PHASES = ("equal_time", "headline", "reference")
+NO_STEP_LIMIT = str(10**9)  # the recipe's -1 needs --max-epochs; time-limited runs have none
+QUICK = {
+    "data": "synthetic", "heads": ["full", "adaptive"], "seconds": 1.0, "val_every": 10,
+    "val_batches": 2, "headline_epochs": 3, "reference_steps": 12, "threads": 1,
+    "checkpoint_every": 20,
+}  # fmt: skip
+QUICK_MODEL = [
+    "--synthetic-vocab-size", "300", "--synthetic-tokens", "6000", "--embed-dim", "16",
+    "--d-model", "16", "--num-layers", "2", "--batch-size", "4", "--bptt", "8",
+    "--optimizer", "sgd", "--lr", "1.0", "--grad-clip", "0.25",
+]  # fmt: skip
+"""--quick: no config file; a tiny 2-layer LSTM on a tiny synthetic language."""
 
 
 def _heads() -> list[str]:
@@ -69,634 +79,410 @@ def _heads() -> list[str]:
     return list(HEADS)
 
 
-# ------------------------------------------------------------------------------------------------
-# Configuration
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scripts/results.py",
-        description="Train every head on the same backbone; tabulate quality against cost.",
+        description="Train every head on WikiText-2 at equal wall-clock; headline and reference.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     p.add_argument("--quick", action="store_true", help="tiny synthetic smoke test (~1 min)")
-    p.add_argument("--suites", nargs="+", choices=SUITES, default=None,
-                   help="default: both (--quick: synthetic)")  # fmt: skip
     p.add_argument("--heads", nargs="+", default=None, help="default: every registered head")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 1")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="WikiText-2 directory")
-    p.add_argument("--simlex", type=Path, default=None, help="SimLex-999.txt (default: found)")
+    p.add_argument("--data", default=str(DATA / "wikitext-2"),
+                   help="WikiText-2 directory, or 'synthetic' (the synthetic suite)")  # fmt: skip
+    p.add_argument("--simlex", type=Path, default=DATA / "simlex-999" / "SimLex-999.txt")
+    p.add_argument("--config", type=Path, default=CONFIG, help="recipe config of every run")
+    p.add_argument("--examples", type=Path, default=Path("/work/ext/examples/word_language_model"),
+                   help="pytorch/examples word_language_model checkout")  # fmt: skip
     p.add_argument("--output-dir", type=Path, default=REPO / "results")
-    p.add_argument("--work-dir", type=Path, default=None,
-                   help="per-run outputs (default: <repo>/runs/results, or <output-dir>/runs "
-                   "with --quick)")  # fmt: skip
-    p.add_argument("--results-md", type=Path, default=None,
-                   help="also fill the marked section of this file (RESULTS.md)")  # fmt: skip
+    p.add_argument("--work-dir", type=Path, default=None, help="default: <repo>/runs/study")
+    p.add_argument("--results-md", type=Path, default=None, help="fill this file's section")
     p.add_argument("--rerun", action="store_true", help="ignore finished runs in --work-dir")
-    p.add_argument("--keep-checkpoints", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: all)")
-    p.add_argument("--accelerator", default="cpu", help="passed to the recipe (cpu | gpu | auto)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads per run")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seconds", type=float, default=360.0, help="equal-time training budget")
+    p.add_argument("--val-every", type=int, default=150, help="steps between periodic validations")
+    p.add_argument("--val-batches", type=int, default=50, help="batches per periodic validation")
+    p.add_argument("--final-batches", default="1.0",
+                   help="final validation and test batches (1.0: the whole splits; fewer only "
+                   "to smoke-test the study on real data)")  # fmt: skip
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps (for resuming)")
+    p.add_argument("--headline-epochs", type=int, default=6)
+    p.add_argument("--reference-steps", type=int, default=600)
+    p.add_argument("--reference-data", type=Path, default=None,
+                   help="text corpus of the reference phase (default: --data)")  # fmt: skip
     p.add_argument("--target-ppl", type=float, default=None,
-                   help=f"target val perplexity (default: {TARGET_FACTOR} × full's)")  # fmt: skip
-
-    g = p.add_argument_group("model and budgets (defaults sized for 2 CPU cores)")
-    g.add_argument("--embed-dim", type=int, default=128)
-    g.add_argument("--d-model", type=int, default=128)
-    g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--bptt", type=int, default=35)
-    g.add_argument("--lr", type=float, default=3e-3)
-    g.add_argument("--steps", type=int, default=100, help="equal-steps budget")
-    g.add_argument("--seconds", type=float, default=40.0, help="equal-time budget per head")
-    g.add_argument("--max-time-steps", type=int, default=100_000,
-                   help="step cap of the equal-time runs")  # fmt: skip
-    g.add_argument("--val-every", type=int, default=25, help="steps between validations")
-    g.add_argument("--val-batches", type=int, default=3, help="batches per periodic validation")
-    g.add_argument("--final-val-batches", type=int, default=20)
-    g.add_argument("--test-batches", type=int, default=30,
-                   help="test batches (0: the whole test split)")  # fmt: skip
-
-    g = p.add_argument_group("synthetic suite")
-    g.add_argument("--synthetic-vocab-size", type=int, default=200_000)
-    g.add_argument("--synthetic-tokens", type=int, default=300_000)
-    g.add_argument("--synthetic-budgets", nargs="+", choices=BUDGETS, default=["time"],
-                   help="time: at V = 200k the O(V) heads cost seconds per step")  # fmt: skip
-    g.add_argument("--synthetic-embed-dim", type=int, default=64)
-    g.add_argument("--synthetic-d-model", type=int, default=64)
-    g.add_argument("--synthetic-batch-size", type=int, default=8)
-    g.add_argument("--synthetic-steps", type=int, default=60)
+                   help="default: the best validation ppl of `full` in the study")  # fmt: skip
+    p.add_argument("--synthetic-vocab-size", type=int, default=200_000)
+    p.add_argument("--synthetic-tokens", type=int, default=1_000_000)
     return p
-
-
-QUICK = {
-    "suites": ["synthetic"],
-    "heads": ["full", "adaptive"],
-    "embed_dim": 16, "d_model": 16, "batch_size": 4, "bptt": 8, "steps": 12, "seconds": 0.5,
-    "val_every": 4, "val_batches": 2, "final_val_batches": 4, "test_batches": 4,
-    "synthetic_vocab_size": 300, "synthetic_tokens": 6_000, "synthetic_budgets": ["steps", "time"],
-    "synthetic_embed_dim": 16, "synthetic_d_model": 16, "synthetic_batch_size": 4,
-    "synthetic_steps": 12, "threads": 1,
-}  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given_argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(given_argv)
+    args.argv = given_argv
     if args.quick:  # quick values unless given on the command line
-        given = {a.dest for a in parser._actions if any(o in (argv or sys.argv[1:])
-                                                        for o in a.option_strings)}  # fmt: skip
+        given = {a.dest for a in parser._actions if set(a.option_strings) & set(given_argv)}
         for key, value in QUICK.items():
             if key not in given:
                 setattr(args, key, value)
-    args.suites = args.suites or list(SUITES)
-    args.heads = args.heads or _heads()
-    args.seeds = args.seeds or [1]
-    unknown = sorted(set(args.heads) - set(_heads()))
+    valid = _heads()
+    args.heads = args.heads or valid
+    unknown = sorted(set(args.heads) - set(valid))
     if unknown:
-        parser.error(f"unknown head(s) {unknown}; valid: {', '.join(_heads())}")
-    if "wikitext-2" in args.suites and not (args.data / "train.txt").exists():
-        parser.error(f"--data {args.data}: no train.txt (or leave out --suites wikitext-2)")
+        parser.error(f"unknown head(s) {unknown}; valid: {', '.join(valid)}")
+    if args.data != "synthetic" and not (Path(args.data) / "train.txt").exists():
+        parser.error(f"--data {args.data}: no train.txt (a WikiText-2 directory, or 'synthetic')")
+    if not args.quick and not args.config.exists():
+        parser.error(f"--config {args.config} does not exist (the reference configuration)")
     if args.work_dir is None:
-        args.work_dir = args.output_dir / "runs" if args.quick else REPO / "runs" / "results"
+        args.work_dir = args.output_dir / "runs" if args.quick else REPO / "runs" / "study"
     return args
 
 
-def planned_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One entry per recipe run: suite, budget, head, seed, its directory and its argv."""
-    runs = []
-    for suite in args.suites:
-        budgets = list(BUDGETS) if suite == "wikitext-2" else args.synthetic_budgets
-        for budget in budgets:
-            for head in args.heads:
-                for seed in args.seeds:
-                    run_dir = args.work_dir / suite / budget / head / f"seed{seed}"
-                    argv = recipe_argv(args, suite, budget, head, seed, run_dir)
-                    runs.append({"suite": suite, "budget": budget, "head": head, "seed": seed,
-                                 "dir": run_dir, "argv": argv})  # fmt: skip
-    return runs
-
-
-def recipe_argv(
-    args: argparse.Namespace, suite: str, budget: str, head: str, seed: int, run_dir: Path
-) -> list[str]:
-    synthetic = suite == "synthetic"
-    steps = args.synthetic_steps if synthetic else args.steps
-    argv = [
-        "--head", head, "--seed", str(seed), "--model", "lstm", "--num-layers", "1",
-        "--embed-dim", str(args.synthetic_embed_dim if synthetic else args.embed_dim),
-        "--d-model", str(args.synthetic_d_model if synthetic else args.d_model),
-        "--batch-size", str(args.synthetic_batch_size if synthetic else args.batch_size),
-        "--bptt", str(args.bptt), "--lr", str(args.lr),
-        "--val-check-interval", str(args.val_every),
-        "--limit-val-batches", str(args.val_batches),
-        "--final-val-batches", str(args.final_val_batches),
-        "--checkpoint-every", "1000000000", "--log-every", "10", "--no-progress-bar",
-        "--accelerator", args.accelerator, "--output-dir", str(run_dir),
-        "--cache-dir", str(args.work_dir / "cache"),
-    ]  # fmt: skip
-    if args.test_batches > 0:
-        argv += ["--limit-test-batches", str(args.test_batches)]
-    if args.threads is not None:
-        argv += ["--threads", str(args.threads)]
-    if args.simlex is not None:
+# ------------------------------------------------------------------------------------------------
+# Recipe commands
+def base_argv(args: argparse.Namespace, head: str, run_dir: Path) -> list[str]:
+    """The options every recipe run of the study shares (config, data, head, output)."""
+    argv = QUICK_MODEL.copy() if args.quick else ["--config", str(args.config)]
+    argv += ["--head", head, "--seed", str(args.seed), "--threads", str(args.threads),
+             "--accelerator", "cpu", "--no-progress-bar", "--log-every", "50",
+             "--output-dir", str(run_dir), "--cache-dir", str(args.work_dir / "cache"),
+             "--checkpoint-every", str(args.checkpoint_every), "--data", args.data]  # fmt: skip
+    if args.data == "synthetic":
+        if not args.quick:
+            argv += ["--synthetic-vocab-size", str(args.synthetic_vocab_size),
+                     "--synthetic-tokens", str(args.synthetic_tokens)]  # fmt: skip
+    elif args.simlex is not None:
         argv += ["--simlex", str(args.simlex)]
-    if synthetic:
-        argv += ["--data", "synthetic", "--synthetic-vocab-size", str(args.synthetic_vocab_size),
-                 "--synthetic-tokens", str(args.synthetic_tokens)]  # fmt: skip
-    else:
-        argv += ["--data", str(args.data)]
-    if budget == "steps":
-        argv += ["--max-steps", str(steps)]
-    else:
-        argv += ["--max-steps", str(args.max_time_steps), "--max-time", str(args.seconds)]
     return argv
 
 
+def curve_argv(args: argparse.Namespace) -> list[str]:
+    """Periodic validation on a fixed subset (the curves); whole splits at the end."""
+    return ["--val-check-interval", str(args.val_every), "--limit-val-batches",
+            str(args.val_batches), "--final-val-batches", args.final_batches,
+            "--limit-test-batches", args.final_batches]  # fmt: skip
+
+
+def equal_time_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    runs = []
+    for head in args.heads:
+        run_dir = args.work_dir / "equal_time" / head
+        argv = base_argv(args, head, run_dir) + curve_argv(args)
+        argv += ["--max-steps", NO_STEP_LIMIT, "--max-time", str(args.seconds)]
+        runs.append({"phase": "equal_time", "head": head, "dir": run_dir, "argv": argv})
+    return runs
+
+
+def continuation(args: argparse.Namespace, head: str, budget: list[str]) -> dict[str, Any]:
+    """A headline run: ``head`` resumed from its equal-time checkpoint with a new budget."""
+    run_dir = args.work_dir / "headline" / head
+    start = args.work_dir / "equal_time" / head / "checkpoints" / "last.ckpt"
+    argv = (
+        base_argv(args, head, run_dir) + curve_argv(args) + ["--max-steps", NO_STEP_LIMIT, *budget]
+    )
+    return {"phase": "headline", "head": head, "dir": run_dir, "argv": argv, "start": start}
+
+
 # ------------------------------------------------------------------------------------------------
-# Running
-def run_one(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Run the recipe (or reuse a finished identical run); returns its results or an error."""
-    run_dir: Path = run["dir"]
-    done, command_file = run_dir / "results.json", run_dir / "command.json"
-    reusable = not args.rerun and done.exists() and command_file.exists()
-    if reusable and json.loads(command_file.read_text()) == run["argv"]:
-        return {**json.loads(done.read_text()), "reused": True}
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+# Running, with load sampling
+class LoadSampler(threading.Thread):
+    """Samples /proc/loadavg and the machine's busy CPUs (from /proc/stat) every few seconds."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self.every, self.load, self.busy = every, [], []
+        self._done = threading.Event()
+
+    @staticmethod
+    def _cpu() -> tuple[float, float]:
+        fields = [float(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+        return sum(fields) - idle, sum(fields)
+
+    def run(self) -> None:
+        try:
+            last = self._cpu()
+            while not self._done.wait(self.every):
+                self.load.append(float(Path("/proc/loadavg").read_text().split()[0]))
+                now = self._cpu()
+                total = now[1] - last[1]
+                if total > 0:
+                    self.busy.append((now[0] - last[0]) / total * (os.cpu_count() or 1))
+                last = now
+        except OSError:  # no /proc (not Linux): no samples, reported as such
+            pass
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_process(cmd: list[str], cwd: Path, log: Path, **env_extra: str) -> dict[str, Any]:
+    """Run ``cmd`` with its output in ``log``; returns its exit status and the load during it."""
+    sampler, cpu0, t0 = LoadSampler(), _children_cpu(), time.perf_counter()
+    sampler.start()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "PYTHONWARNINGS": "ignore"}  # fmt: skip
-    with open(run_dir / "log.txt", "w") as log:
-        proc = subprocess.run(
-            [sys.executable, str(RECIPE), *run["argv"]],
-            cwd=run_dir,  # Lightning writes nothing outside the run directory
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    if not args.keep_checkpoints:
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    if proc.returncode != 0 or not done.exists():
-        tail = (run_dir / "log.txt").read_text().splitlines()[-15:]
-        return {"error": f"exit status {proc.returncode}", "log_tail": tail}
-    command_file.write_text(json.dumps(run["argv"]) + "\n")
-    return json.loads(done.read_text())
+           "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO), **env_extra}  # fmt: skip
+    with open(log, "a") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = proc.wait()
+        finally:  # the driver stopped (Ctrl-C, SIGTERM): stop the run too, it resumes later
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            sampler.stop()
+    wall = time.perf_counter() - t0
+    load = {"wall_s": wall, "study_cpu_cores": (_children_cpu() - cpu0) / max(wall, 1e-9)}
+    load |= report.summarize_samples("loadavg_1min", sampler.load)
+    load |= report.summarize_samples("machine_busy_cores", sampler.busy)
+    return {"returncode": code, "load": load}
 
 
-KEEP = ("head_is_exact", "vocab_size", "parameters", "global_step", "val_ppl", "test_ppl",
-        "entropy_floor_ppl", "train_tokens_per_s", "train_step_seconds", "stopped_by_time",
-        "peak_memory_mib", "peak_memory_kind", "wall_seconds", "val_curve", "similarity",
-        "data_description", "error", "log_tail", "reused")  # fmt: skip
-
-
-def estimate_seconds(args: argparse.Namespace, runs: Sequence[dict[str, Any]]) -> float:
-    """A rough duration of ``runs`` on 2 CPU cores (measured there with other work running).
-
-    Model: a head's step (training) or batch (exact evaluation) costs in proportion to
-    ``tokens × width × V``; averaged over all heads, ~0.6 s per training step and ~0.3 s per
-    evaluation batch at 560 tokens × 128 × 33,278; plus ~12 s to start each run.
-    """
-    total = 0.0
-    for run in runs:
-        synthetic = run["suite"] == "synthetic"
-        tokens = (args.synthetic_batch_size if synthetic else args.batch_size) * args.bptt
-        width = args.synthetic_d_model if synthetic else args.d_model
-        vocab = args.synthetic_vocab_size if synthetic else 33_278
-        scale = tokens * width * vocab / (560 * 128 * 33_278)
-        step = 0.6 * scale + 0.05
-        steps = args.synthetic_steps if synthetic else args.steps
-        train = args.seconds if run["budget"] == "time" else steps * step
-        validations = max(1.0, (train / step) / args.val_every)
-        batches = validations * args.val_batches + args.final_val_batches
-        batches += args.test_batches or 440 * 560 / tokens
-        total += 12 + train + 0.3 * scale * batches
-    return total
-
-
-# ------------------------------------------------------------------------------------------------
-# Aggregation
-def mean_spread(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean and sample standard deviation (``None`` with one value) of the finite values."""
-    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not xs:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else None,
-            "n": len(xs)}  # fmt: skip
-
-
-def first_reach(curve: Sequence[dict[str, Any]], target: float) -> float | None:
-    """Training seconds at the first validation with perplexity ``<= target``."""
-    for point in curve:
-        if point["val_ppl"] <= target:
-            return float(point["train_seconds"])
-    return None
-
-
-def _sim(run: dict[str, Any], side: str, key: str) -> float | None:
-    s = (run.get("similarity") or {}).get(side) or {}
-    if not s.get("measured"):
-        return None
-    if key == "coverage":
-        return s["covered"] / s["total"] if s.get("total") else None
-    return s.get(key)
-
-
-def aggregate(
-    runs: Sequence[dict[str, Any]], target_ppl: float | None = None
-) -> tuple[list[dict[str, Any]], dict[str, float | None]]:
-    """Rows ``(suite, budget, head)`` with mean/spread per metric, and the target per suite."""
-    targets: dict[str, float | None] = {}
-    for suite in dict.fromkeys(r["suite"] for r in runs):
-        if target_ppl is not None:
-            targets[suite] = target_ppl
-            continue
-        ok = [r for r in runs if r["suite"] == suite and "error" not in r["result"]]
-        ref = [r["result"]["val_ppl"] for r in ok if r["head"] == "full" and r["budget"] == "steps"]
-        if not ref:  # no full softmax: the best head under the steps budget (else any budget)
-            pool = [r for r in ok if r["budget"] == "steps"] or ok
-            ref = [min(r["result"]["val_ppl"] for r in pool)] if pool else []
-        targets[suite] = TARGET_FACTOR * statistics.fmean(ref) if ref else None
-    rows = []
-    keys = dict.fromkeys((r["suite"], r["budget"], r["head"]) for r in runs)
-    for suite, budget, head in keys:
-        group = [r for r in runs if (r["suite"], r["budget"], r["head"]) == (suite, budget, head)]
-        ok = [r["result"] for r in group if "error" not in r["result"]]
-        target = targets[suite]
-        reach = [first_reach(r.get("val_curve", []), target) if target else None for r in ok]
-        row: dict[str, Any] = {
-            "suite": suite, "budget": budget, "head": head,
-            "seeds": [r["seed"] for r in group], "failed": len(group) - len(ok),
-            "errors": [r["result"].get("error") for r in group if "error" in r["result"]],
-            "target_ppl": target,
-            "reached_target": sum(t is not None for t in reach),
-            "time_to_target_s": mean_spread(reach),
-        }  # fmt: skip
-        for key in ("val_ppl", "test_ppl", "train_tokens_per_s", "peak_memory_mib",
-                    "global_step", "train_step_seconds"):  # fmt: skip
-            row[key] = mean_spread([r.get(key) for r in ok])
-        for side in ("input", "output"):
-            row[f"simlex_{side}"] = mean_spread([_sim(r, side, "spearman") for r in ok])
-            row[f"coverage_{side}"] = mean_spread([_sim(r, side, "coverage") for r in ok])
-        # The synthetic language is drawn from the run's seed: each run has its own floor.
-        floored = [r for r in ok if r.get("entropy_floor_ppl")]
-        row["entropy_floor_ppl"] = mean_spread([r["entropy_floor_ppl"] for r in floored])["mean"]
-        row["test_over_floor"] = mean_spread(
-            [r["test_ppl"] / r["entropy_floor_ppl"] for r in floored]
-        )
-        row["vocab_size"] = ok[0]["vocab_size"] if ok else None
-        rows.append(row)
-    return rows, targets
-
-
-def _row(rows: Sequence[dict[str, Any]], suite: str, budget: str, head: str) -> dict | None:
-    for row in rows:
-        if (row["suite"], row["budget"], row["head"]) == (suite, budget, head):
-            return row
-    return None
-
-
-def _m(row: dict | None, key: str) -> float | None:
-    return None if row is None else row[key]["mean"]
-
-
-def literature_checks(rows: Sequence[dict[str, Any]], suite: str) -> list[dict[str, Any]]:
-    """The literature's claims, checked against this suite's numbers (``None``: not measurable)."""
-    checks = []
-    full_s, full_t = _row(rows, suite, "steps", "full"), _row(rows, suite, "time", "full")
-    ada_s, ada_t = _row(rows, suite, "steps", "adaptive"), _row(rows, suite, "time", "adaptive")
-    fp, ap = _m(full_s, "val_ppl"), _m(ada_s, "val_ppl")
-    fs, as_ = _m(full_s, "train_tokens_per_s"), _m(ada_s, "train_tokens_per_s")
-    if None not in (fp, ap):
-        checks.append({
-            "claim": "adaptive reaches about full's perplexity (Grave et al. 2017)",
-            "holds": ap <= 1.10 * fp,
-            "evidence": f"equal steps: adaptive val ppl {ap:.1f} vs full {fp:.1f} "
-            f"({100 * (ap / fp - 1):+.1f}%; holds within +10%)",
-        })  # fmt: skip
-    if None not in (fs, as_):
-        checks.append({
-            "claim": "adaptive trains at a fraction of full's cost (Grave et al. 2017)",
-            "holds": as_ >= 1.5 * fs,
-            "evidence": f"adaptive {as_:,.0f} vs full {fs:,.0f} training tokens/s "
-            f"({as_ / fs:.2f}×; holds at ≥ 1.5×; the LSTM backbone's cost is included)",
-        })  # fmt: skip
-    tf, ta = _m(full_t, "val_ppl"), _m(ada_t, "val_ppl")
-    if None not in (tf, ta):
-        checks.append(
-            {
-                "claim": "for the same training time, adaptive beats full",
-                "holds": ta < tf,
-                "evidence": f"equal time: adaptive val ppl {ta:.1f} vs full {tf:.1f}",
-            }
-        )
-    for head, who in (("spherical", "de Brébisson & Vincent 2016"),
-                      ("taylor", "de Brébisson & Vincent 2016")):  # fmt: skip
-        hp = _m(_row(rows, suite, "steps", head), "val_ppl")
-        if None not in (fp, hp):
-            checks.append({
-                "claim": f"{head} is behind the log-softmax on language modelling ({who})",
-                "holds": hp > fp,
-                "evidence": f"equal steps: {head} val ppl {hp:.1f} vs full {fp:.1f} "
-                f"({100 * (hp / fp - 1):+.1f}%)",
-            })  # fmt: skip
-    for head in ("importance", "nce"):
-        hp = _m(_row(rows, suite, "steps", head), "val_ppl")
-        if None not in (fp, hp):
-            checks.append({
-                "claim": f"the sampled head {head} trails the full softmax at equal steps "
-                "(Jean et al. 2015; Mnih & Teh 2012)",
-                "holds": hp > fp,
-                "evidence": f"equal steps: {head} val ppl {hp:.1f} vs full {fp:.1f} "
-                f"({100 * (hp / fp - 1):+.1f}%)",
-            })  # fmt: skip
-    return checks
-
-
-# ------------------------------------------------------------------------------------------------
-# Reports
-def _fmt(stat: dict[str, Any] | None, spec: str = ".1f", scale: float = 1.0) -> str:
-    if stat is None or stat["mean"] is None:
-        return "–"
-    text = format(stat["mean"] * scale, spec)
-    if stat["std"] is not None:
-        text += " ± " + format(stat["std"] * scale, spec)
-    return text
-
-
-def markdown(report: dict[str, Any], plot_prefix: str = "") -> str:
-    rows, lines = report["rows"], []
-    machine, config = report["machine"], report["config"]
-    lines += [
-        f"Command: `{report['command']}`",
-        "",
-        f"Machine: {machine['cpu']} ({machine['cpu_count']} logical CPUs, "
-        f"{machine['platform']}), torch {machine['torch']}, Python {machine['python']}; "
-        f"load average at start {machine['loadavg_start']}, at end {machine['loadavg_end']}; "
-        f"sweep took {report['elapsed_s'] / 60:.1f} min.",
-        "",
-        f"Seeds: {', '.join(map(str, config['seeds']))} (values: mean ± sample std over seeds; "
-        "no ± with one seed).",
-        "",
-    ]
-    for suite in dict.fromkeys(r["suite"] for r in rows):
-        suite_rows = [r for r in rows if r["suite"] == suite]
-        first = suite_rows[0]
-        floor = first["entropy_floor_ppl"]
-        lines += [f"### {suite} (V = {first['vocab_size']:,})" if first["vocab_size"]
-                  else f"### {suite}", ""]  # fmt: skip
-        lines += [report["suite_settings"][suite], ""]
-        target = report["targets"].get(suite)
-        if target:
-            lines += [f"Target validation perplexity: {target:.1f}.", ""]
-        if floor:
-            lines += [
-                f"Exact entropy floor (best possible perplexity): **{floor:.2f}** (mean over the "
-                "seeds' languages; `test / floor` is per run, then averaged).",
-                "",
-            ]
-        header = ["head", "budget", "steps", "train tok/s", "val ppl", "test ppl"]
-        if floor:
-            header.append("test / floor")
-        header += ["time to target (s)", "SimLex ρ in (cov.)", "SimLex ρ out (cov.)",
-                   "peak RSS (MiB)"]  # fmt: skip
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for r in suite_rows:
-            cells = [f"`{r['head']}`", r["budget"], _fmt(r["global_step"], ".0f"),
-                     _fmt(r["train_tokens_per_s"], ",.0f"), _fmt(r["val_ppl"]),
-                     _fmt(r["test_ppl"])]  # fmt: skip
-            if floor:
-                cells.append(_fmt(r["test_over_floor"], ".2f") + "×")
-            n = len(r["seeds"]) - r["failed"]
-            reach = _fmt(r["time_to_target_s"], ".1f")
-            if r["reached_target"] < n:
-                reach = (
-                    f"{reach} ({r['reached_target']}/{n} reached)"
-                    if reach != "–"
-                    else "not reached"
-                )
-            cells.append(reach)
-            for side in ("input", "output"):
-                rho = _fmt(r[f"simlex_{side}"], ".3f")
-                cov = _fmt(r[f"coverage_{side}"], ".0f", 100.0)
-                cells.append("–" if rho == "–" else f"{rho} ({cov}%)")
-            cells.append(_fmt(r["peak_memory_mib"], ",.0f"))
-            if r["failed"]:
-                cells[0] += f" ({r['failed']} failed: {r['errors'][0]})"
-            lines.append("| " + " | ".join(cells) + " |")
-        lines += [
-            "",
-            f"![validation perplexity vs training time]({plot_prefix}curves_{suite}.png)",
-            f"![perplexity vs training tokens/s]({plot_prefix}pareto_{suite}.png)",
-            "",
-        ]
-        checks = report["checks"].get(suite) or []
-        if checks:
-            lines += ["Checks against the literature (computed from the table):", ""]
-            for c in checks:
-                verdict = "reproduced" if c["holds"] else "**not reproduced**"
-                lines.append(f"- {c['claim']}: {verdict}. {c['evidence']}.")
-            lines.append("")
-    return "\n".join(lines)
-
-
-def plot(report: dict[str, Any], runs: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    heads = list(dict.fromkeys(r["head"] for r in runs))
-    palette = [*plt.get_cmap("tab10").colors, "black", "olive", "teal", "navy"]
-    colours = {h: palette[i % len(palette)] for i, h in enumerate(heads)}
-    for suite in dict.fromkeys(r["suite"] for r in runs):
-        budgets = list(dict.fromkeys(r["budget"] for r in runs if r["suite"] == suite))
-        fig, axes = plt.subplots(1, len(budgets), figsize=(6.5 * len(budgets), 4.5), squeeze=False)
-        for ax, budget in zip(axes[0], budgets, strict=True):
-            labelled = set()
-            for r in runs:
-                res = r["result"]
-                if (r["suite"], r["budget"]) != (suite, budget) or "error" in res:
-                    continue
-                curve = res.get("val_curve") or []
-                if not curve:
-                    continue
-                xs = [p["train_seconds"] for p in curve]
-                ys = [p["val_ppl"] for p in curve]
-                label = None if r["head"] in labelled else r["head"]
-                labelled.add(r["head"])
-                ax.plot(xs, ys, "-o", ms=2.5, lw=1.2, color=colours[r["head"]], label=label)
-            target = report["targets"].get(suite)
-            if target:
-                ax.axhline(target, color="grey", ls=":", lw=1, label="target")
-            floor = next((row["entropy_floor_ppl"] for row in report["rows"]
-                          if row["suite"] == suite and row["entropy_floor_ppl"]), None)  # fmt: skip
-            if floor:
-                ax.axhline(floor, color="black", ls="--", lw=1, label="entropy floor")
-            ax.set_yscale("log")
-            ax.set_xlabel("training seconds (optimizer steps only)")
-            ax.set_ylabel("validation perplexity")
-            ax.set_title(f"{suite}: equal {budget}")
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        path = out_dir / f"curves_{suite}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-
-        fig, axes = plt.subplots(1, len(budgets), figsize=(6.5 * len(budgets), 4.5), squeeze=False)
-        for ax, budget in zip(axes[0], budgets, strict=True):
-            pts = []
-            for row in report["rows"]:
-                if (row["suite"], row["budget"]) != (suite, budget):
-                    continue
-                x, y = row["train_tokens_per_s"]["mean"], row["test_ppl"]["mean"]
-                if x is None or y is None:
-                    continue
-                pts.append((x, y, row["head"]))
-                xerr, yerr = row["train_tokens_per_s"]["std"], row["test_ppl"]["std"]
-                ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=colours[row["head"]])
-                ax.annotate(row["head"], (x, y), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")  # fmt: skip
-            front = pareto_front([(x, y) for x, y, _ in pts])
-            if front:
-                fx, fy = zip(*sorted(front), strict=True)
-                ax.step(fx, fy, where="pre", color="black", lw=1, ls="--", label="Pareto front")
-                ax.legend(fontsize=7)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("training tokens/s")
-            ax.set_ylabel("test perplexity")
-            ax.set_title(f"{suite}: equal {budget}")
-            ax.grid(alpha=0.3, which="both")
-        fig.tight_layout()
-        path = out_dir / f"pareto_{suite}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points not dominated by another (faster *and* lower perplexity): higher x, lower y win."""
-    return [
-        (x, y)
-        for x, y in points
-        if not any(x2 >= x and y2 <= y and (x2, y2) != (x, y) for x2, y2 in points)
-    ]
-
-
-MARK_BEGIN, MARK_END = "<!-- results:begin -->", "<!-- results:end -->"
-
-
-def write_results_md(path: Path, body: str) -> None:
-    """Replace the text between the markers of ``path`` (which must hold both) by ``body``."""
-    text = path.read_text()
-    start, end = text.find(MARK_BEGIN), text.find(MARK_END)
-    if start < 0 or end < start:
-        raise SystemExit(f"{path} has no {MARK_BEGIN} ... {MARK_END} section to fill")
-    path.write_text(text[: start + len(MARK_BEGIN)] + "\n" + body + "\n" + text[end:])
-
-
-def machine_info() -> dict[str, Any]:
+def clock_persisted(ckpt: Path) -> bool:
+    """Whether the recipe saves its training clock in checkpoints (then --max-time is a total)."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        cpu += f"; GPU {torch.cuda.get_device_name(0)}"
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "loadavg_start": _loadavg()}  # fmt: skip
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    return any("TrainClock" in str(key) for key in state.get("callbacks", {}))
 
 
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
+def run_recipe(run: dict[str, Any], args: argparse.Namespace, execute: bool = True) -> dict:
+    """Run (or reuse, or resume) one recipe run; returns its results, or an error."""
+    run_dir: Path = run["dir"]
+    done, command = run_dir / "results.json", run_dir / "command.json"
+    same = command.exists() and json.loads(command.read_text()) == run["argv"]
+    if same and done.exists() and (not args.rerun or not execute):
+        return {**json.loads(done.read_text()), "reused": True}
+    if not execute:
+        return {"error": "not run"}
+    last, start = run_dir / "checkpoints" / "last.ckpt", run.get("start")
+    if start is not None and not start.exists():
+        return {"error": f"cannot resume {run['head']}: no checkpoint {start} (rerun its "
+                "equal-time run: delete its directory in --work-dir)"}  # fmt: skip
+    extra: list[str] = []
+    if same and last.exists() and not args.rerun and clock_persisted(last):
+        extra = ["--resume", "last"]  # killed mid-way: continue exactly
+    elif start is not None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        extra = ["--resume", str(start)]
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command.write_text(json.dumps(run["argv"]) + "\n")
+    done.unlink(missing_ok=True)
+    proc = run_process([sys.executable, str(RECIPE), *run["argv"], *extra], run_dir,
+                       run_dir / "log.txt")  # fmt: skip
+    if proc["returncode"] != 0 or not done.exists():
+        tail = (run_dir / "log.txt").read_text().splitlines()[-15:]
+        return {"error": f"exit status {proc['returncode']}", "log_tail": tail}
+    result = json.loads(done.read_text())
+    result["load"] = proc["load"]
+    result["resumed_from"] = extra[1] if extra else None
+    done.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
-def suite_settings(args: argparse.Namespace, suite: str) -> str:
-    synthetic = suite == "synthetic"
-    budgets = args.synthetic_budgets if synthetic else list(BUDGETS)
-    steps = args.synthetic_steps if synthetic else args.steps
-    batch = args.synthetic_batch_size if synthetic else args.batch_size
-    test = "the whole test split" if args.test_batches == 0 else (
-        f"the first {args.test_batches} test batches ({args.test_batches * batch * args.bptt:,} "
-        "tokens)")  # fmt: skip
-    text = (
-        f"1-layer LSTM, embed {args.synthetic_embed_dim if synthetic else args.embed_dim}, hidden "
-        f"{args.synthetic_d_model if synthetic else args.d_model}, untied, dropout 0.2, Adam lr "
-        f"{args.lr}, batch {batch} × bptt {args.bptt} = {batch * args.bptt} tokens/step. Budgets: "
-        + ", ".join(f"equal steps ({steps})" if b == "steps" else
-                    f"equal training time ({args.seconds:g} s of optimizer steps)" for b in budgets)
-        + f". Validation every {args.val_every} steps on {args.val_batches} batches (the curves), "
-        f"final validation on {args.final_val_batches} batches, test on {test}."
-    )  # fmt: skip
-    if synthetic:
-        text += (f" Synthetic language: {args.synthetic_tokens:,} training tokens, seeded by the "
-                 "run's seed.")  # fmt: skip
-    return text
+def drop_checkpoints(run_dir: Path, keep_last: bool = False) -> None:
+    ckpts = run_dir / "checkpoints"
+    for path in ckpts.glob("*.ckpt") if ckpts.exists() else []:
+        if not (keep_last and path.name == "last.ckpt"):
+            path.unlink()
+
+
+def run_all(
+    runs: list[dict[str, Any]], args: argparse.Namespace, keep: set[str], execute: bool = True
+) -> None:
+    for i, run in enumerate(runs, 1):
+        start = time.perf_counter()
+        res = run["result"] = run_recipe(run, args, execute)
+        if not execute:
+            continue
+        drop_checkpoints(run["dir"], keep_last=run["head"] in keep and "error" not in res)
+        print(f"[{run['phase']} {i}/{len(runs)}] {run['head']}: {report.one_line(res)} "
+              f"[{time.perf_counter() - start:.0f} s]", flush=True)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
+# Phases
+def phase_equal_time(args: argparse.Namespace, execute: bool = True) -> list[dict[str, Any]]:
+    runs = equal_time_runs(args)
+    run_all(runs, args, keep={"adaptive", "full"}, execute=execute)  # the headline resumes them
+    return runs
+
+
+def phase_headline(args: argparse.Namespace, execute: bool = True) -> list[dict[str, Any]]:
+    """adaptive to N epochs, then full to the same total training seconds."""
+    eq = {r["head"]: r for r in equal_time_runs(args) if r["head"] in ("adaptive", "full")}
+    if len(eq) < 2:
+        print("headline: skipped (needs the heads adaptive and full in --heads)", flush=True)
+        return []
+    for run in eq.values():
+        run["result"] = run_recipe(run, args, execute=False)
+    flag = args.work_dir / "headline" / "clock_persisted.json"
+    if not flag.exists():  # decided once, while the equal-time checkpoint exists
+        ckpt = eq["adaptive"]["dir"] / "checkpoints" / "last.ckpt"
+        if not ckpt.exists():
+            print(f"headline: skipped (no checkpoint {ckpt}; run --phases equal_time)", flush=True)
+            return []
+        flag.parent.mkdir(parents=True, exist_ok=True)
+        flag.write_text(json.dumps(clock_persisted(ckpt)) + "\n")
+    persisted = json.loads(flag.read_text())
+    ada = continuation(args, "adaptive", ["--max-epochs", str(args.headline_epochs)])
+    ada |= {"prior": eq["adaptive"]["result"], "persisted": persisted}
+    run_all([ada], args, keep=set(), execute=execute)
+    if "error" in ada["result"]:
+        return [ada]
+    total = report.total_seconds(ada["result"], ada["prior"], persisted)
+    budget = total if persisted else total - eq["full"]["result"].get("train_step_seconds", 0.0)
+    full = continuation(args, "full", ["--max-time", f"{max(budget, 1.0):.1f}"])
+    full |= {"prior": eq["full"]["result"], "persisted": persisted}
+    run_all([full], args, keep=set(), execute=execute)
+    if execute and "error" not in full["result"]:
+        for run in eq.values():  # both continued: their equal-time checkpoints can go
+            drop_checkpoints(run["dir"])
+    return [ada, full]
+
+
+def patch_examples(src: Path, dest: Path, steps: int) -> None:
+    """Copy pytorch/examples' word_language_model into ``dest`` with a cap on training batches."""
+    for name in ("main.py", "model.py", "data.py"):
+        shutil.copy(src / name, dest / name)
+    main = dest / "main.py"
+    loop = re.compile(r"^([ \t]*)for batch, i in enumerate\(.*train_data.*\):[ \t]*$", re.M)
+    matches = list(loop.finditer(main.read_text()))
+    if len(matches) != 1:
+        raise SystemExit(
+            f"{src / 'main.py'}: expected one training loop `for batch, i in "
+            f"enumerate(...train_data...)`, found {len(matches)}; cannot cap it"
+        )
+    text, at, indent = main.read_text(), matches[0].end(), matches[0].group(1) + "    "
+    cap = f"\n{indent}if batch >= {steps}:  # step cap (scripts/results.py)\n{indent}    break"
+    main.write_text(text[:at] + cap + text[at:])
+
+
+def examples_data(data: Path, tmp: Path) -> Path:
+    """A directory with train.txt, valid.txt and test.txt (symlinks to WikiText's names if need)."""
+    if all((data / f"{s}.txt").exists() for s in ("train", "valid", "test")):
+        return data
+    linked = tmp / "data"
+    linked.mkdir()
+    for split in ("train", "valid", "test"):
+        source = data / f"wiki.{split}.tokens"
+        if not source.exists():
+            raise SystemExit(f"{data}: neither {split}.txt nor wiki.{split}.tokens")
+        (linked / f"{split}.txt").symlink_to(source.resolve())
+    return linked
+
+
+def examples_argv(data: Path, seed: int) -> list[str]:
+    """pytorch/examples' flags for the reference configuration (its defaults, stated)."""
+    return ["--data", str(data), "--epochs", "1", "--model", "LSTM", "--emsize", "200",
+            "--nhid", "200", "--nlayers", "2", "--lr", "20", "--clip", "0.25", "--batch_size",
+            "20", "--bptt", "35", "--dropout", "0.2", "--seed", str(seed)]  # fmt: skip
+
+
+def run_examples(args: argparse.Namespace, data: Path, run_dir: Path) -> dict[str, Any]:
+    """pytorch/examples' main.py, capped at --reference-steps batches; its parsed perplexities."""
+    done = run_dir / "results.json"
+    key = {"argv": examples_argv(data, args.seed), "steps": args.reference_steps,
+           "examples": str(args.examples)}  # fmt: skip
+    if done.exists() and not args.rerun and json.loads(done.read_text())["key"] == key:
+        return {**json.loads(done.read_text()), "reused": True}
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        patch_examples(args.examples, Path(tmp), args.reference_steps)
+        argv = examples_argv(examples_data(data, Path(tmp)), args.seed)
+        save = ["--save", str(Path(tmp) / "model.pt")]
+        # The same threads as the recipe's --threads; it reloads its own whole-model save for
+        # the test split, which torch >= 2.6 refuses by default (weights_only).
+        env = {"OMP_NUM_THREADS": str(args.threads), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+        proc = run_process([sys.executable, "main.py", *argv, *save], Path(tmp),
+                           run_dir / "log.txt", **env)  # fmt: skip
+    log = (run_dir / "log.txt").read_text()
+    result = report.parse_examples_log(log, batch_tokens=20 * 35)
+    if result.get("val_ppl") is None:
+        return {"error": f"exit status {proc['returncode']}", "log_tail": log.splitlines()[-15:]}
+    if proc["returncode"] != 0:  # e.g. its reload of the saved model for the test split failed
+        result["note"] = (
+            f"exit status {proc['returncode']} after validation: {log.splitlines()[-1]}"
+        )
+    commit = subprocess.run(["git", "-C", str(args.examples), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    result |= {"key": key, "load": proc["load"], "steps": args.reference_steps,
+               "examples_commit": commit or None}  # fmt: skip
+    done.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def phase_reference(args: argparse.Namespace, execute: bool = True) -> list[dict[str, Any]]:
+    data = Path(args.reference_data or args.data)
+    if not all((args.examples / f).exists() for f in ("main.py", "model.py", "data.py")):
+        print(f"reference: skipped (no pytorch/examples checkout at {args.examples}: main.py, "
+              "model.py, data.py; pass --examples DIR)", flush=True)  # fmt: skip
+        return []
+    if args.data == "synthetic" and args.reference_data is None:
+        print("reference: skipped (needs a text corpus: pass --reference-data DIR)", flush=True)
+        return []
+    run_dir = args.work_dir / "reference" / "ours"
+    argv = base_argv(args, "full", run_dir)
+    argv[argv.index("--data") + 1] = str(data)
+    argv += ["--max-steps", str(args.reference_steps), "--val-check-interval",
+             str(args.reference_steps), "--limit-val-batches", "1", "--final-val-batches",
+             args.final_batches, "--limit-test-batches", args.final_batches]  # fmt: skip
+    ours = {"phase": "reference", "head": "full", "dir": run_dir, "argv": argv}
+    theirs = {"phase": "reference", "head": "pytorch/examples", "dir": run_dir.parent / "theirs"}
+    if execute:
+        theirs["result"] = run_examples(args, data, theirs["dir"])
+        print(f"[reference] pytorch/examples: {report.one_line(theirs['result'])}", flush=True)
+    else:
+        done = theirs["dir"] / "results.json"
+        theirs["result"] = json.loads(done.read_text()) if done.exists() else {"error": "not run"}
+    run_all([ours], args, keep=set(), execute=execute)
+    return [ours, theirs]
+
+
+PHASE_RUNNERS = {"equal_time": phase_equal_time, "headline": phase_headline,
+                 "reference": phase_reference}  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     t0 = time.perf_counter()
-    runs = planned_runs(args)
-    print(f"{len(runs)} runs; rough estimate {estimate_seconds(args, runs) / 60:.0f} min "
-          f"(2 CPU cores); per-run outputs in {args.work_dir}", flush=True)  # fmt: skip
-    machine = machine_info()
-    for i, run in enumerate(runs, 1):
-        start = time.perf_counter()
-        res = run_one(run, args)
-        run["result"] = {k: res[k] for k in KEEP if k in res}
-        what = (f"ERROR {res['error']}" if "error" in res else
-                f"val ppl {res['val_ppl']:.1f}, test ppl {res['test_ppl']:.1f}, "
-                f"{res['global_step']} steps, {res.get('train_tokens_per_s') or 0:,.0f} tok/s"
-                + (" (reused)" if res.get("reused") else ""))  # fmt: skip
-        print(f"[{i}/{len(runs)}] {run['suite']} {run['budget']} {run['head']} seed {run['seed']}: "
-              f"{what} [{time.perf_counter() - start:.0f} s]", flush=True)  # fmt: skip
-    machine["loadavg_end"] = _loadavg()
-    rows, targets = aggregate(runs, args.target_ppl)
-    command = "python scripts/results.py " + shlex.join(
-        list(argv) if argv is not None else sys.argv[1:]
-    )
-    report: dict[str, Any] = {
-        "command": command.strip(),
-        "machine": machine,
-        "elapsed_s": time.perf_counter() - t0,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "suite_settings": {s: suite_settings(args, s) for s in args.suites},
-        "targets": targets,
-        "rows": rows,
-        "checks": {s: literature_checks(rows, s) for s in args.suites},
-        "runs": [
-            {
-                **{k: v for k, v in r.items() if k not in ("dir", "argv")},
-                "dir": str(r["dir"]),
-                "recipe_argv": r["argv"],
-            }
-            for r in runs
-        ],
-    }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "results.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    plot(report, runs, args.output_dir)
-    body = markdown(report)
-    (args.output_dir / "results.md").write_text(body + "\n")
-    if args.results_md is not None:
-        prefix = os.path.relpath(args.output_dir.resolve(), args.results_md.resolve().parent)
-        write_results_md(args.results_md, markdown(report, plot_prefix=prefix + "/"))
-    print(f"wrote {args.output_dir / 'results.json'}, results.md and plots "
+    print(f"phases {' '.join(args.phases)}; rough estimate "
+          f"{report.estimate_minutes(args, done=_finished(args)):.0f} min on 2 CPU cores; "
+          f"per-run outputs in {args.work_dir}", flush=True)  # fmt: skip
+    machine = report.machine_info()
+    runs = {}
+    for phase, runner in PHASE_RUNNERS.items():  # unselected phases: their finished runs only
+        runs[phase] = runner(args, execute=phase in args.phases)
+    machine["loadavg_end"] = report.loadavg()
+    command = "python scripts/results.py " + shlex.join(args.argv)
+    study = report.build(runs, args, machine, command.strip(), time.perf_counter() - t0)
+    report.write_outputs(study, args.output_dir, args.results_md)
+    print(f"wrote {args.output_dir / 'study.json'}, study.md and plots "
           f"in {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
-    return report
+    return study
+
+
+def _finished(args: argparse.Namespace) -> set[str]:
+    """Heads whose equal-time run is finished (for the estimate)."""
+    return {r["head"] for r in equal_time_runs(args) if (r["dir"] / "results.json").exists()}
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stops the running run too
     main()
