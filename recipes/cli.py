@@ -172,9 +172,9 @@ def _model(add: Any) -> None:
         default="embedding",
         help="input layer: a plain embedding or an adaptive input",
     )
-    add("--embed-dim", type=PositiveInt, default=128, help="input word vector size")
-    add("--d-model", type=PositiveInt, default=256, help="hidden size")
-    add("--num-layers", type=PositiveInt, default=1, help="LSTM layers / Transformer blocks")
+    add("--embed-dim", type=PositiveInt, default=200, help="input word vector size")
+    add("--d-model", type=PositiveInt, default=200, help="hidden size")
+    add("--num-layers", type=PositiveInt, default=2, help="LSTM layers / Transformer blocks")
     add("--num-heads", type=PositiveInt, default=4, help="attention heads (transformer only)")
     add(
         "--positions",
@@ -199,29 +199,29 @@ def _model(add: Any) -> None:
 
 def _optimisation(add: Any) -> None:
     """Optimizer, schedule, batches and the training length."""
-    add("--optimizer", type=Literal["adam", "adamw", "sgd"], default="adam", help="optimizer")
-    add("--lr", type=PositiveFloat, default=2e-3, help="learning rate")
+    add("--optimizer", type=Literal["adam", "adamw", "sgd"], default="sgd", help="optimizer")
+    add("--lr", type=PositiveFloat, default=20.0, help="learning rate")
     add("--weight-decay", type=float, default=0.0, help="weight decay")
     add(
         "--lr-schedule",
         type=Literal["constant", "cosine", "plateau"],
-        default="constant",
+        default="plateau",
         help="plateau: divide the LR by --lr-decay when validation stops improving",
     )
     add("--lr-decay", type=PositiveFloat, default=4.0, help="plateau schedule: LR divisor")
     add("--lr-patience", type=NonNegativeInt, default=0, help="plateau schedule: validations")
     add("--warmup-steps", type=NonNegativeInt, default=0, help="linear LR warm-up steps")
-    add("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
-    add("--batch-size", type=PositiveInt, default=32, help="windows per step per rank")
+    add("--grad-clip", type=float, default=0.25, help="max gradient norm (0: off)")
+    add("--batch-size", type=PositiveInt, default=20, help="windows per step per rank")
     add(
         "--eval-batch-size",
         type=PositiveInt | None,
-        default=None,
-        help="windows per validation/test batch (default: --batch-size)",
+        default=10,
+        help="validation/test streams, split across ranks (none: --batch-size)",
     )
     add("--bptt", type=PositiveInt, default=35, help="tokens per window")
-    add("--max-steps", type=int, default=300, help="optimizer steps; -1: none (--max-epochs)")
-    add("--max-epochs", type=int | None, default=None, help="epochs (default: no limit)")
+    add("--max-steps", type=int, default=-1, help="optimizer steps; -1: none (--max-epochs)")
+    add("--max-epochs", type=int | None, default=2, help="epochs (none: no limit)")
     add(
         "--max-time",
         type=PositiveFloat | None,

@@ -67,7 +67,7 @@ QUICK = {
 QUICK_MODEL = [
     "--synthetic-vocab-size", "300", "--synthetic-tokens", "6000", "--embed-dim", "16",
     "--d-model", "16", "--num-layers", "2", "--batch-size", "4", "--bptt", "8",
-    "--optimizer", "sgd", "--lr", "1.0", "--grad-clip", "0.25",
+    "--optimizer", "sgd", "--lr", "1.0", "--grad-clip", "0.25", "--max-epochs", "null",
 ]  # fmt: skip
 """--quick: no config file; a tiny 2-layer LSTM on a tiny synthetic language."""
 

@@ -100,7 +100,7 @@ def test_resume_mid_epoch_restores_the_carried_state(lm, tmp_path, monkeypatch, 
     _fit(lm, tmp_path, "part", *plan, "--max-steps", "5", "--checkpoint-every", "4")
     periodic = tmp_path / "part/checkpoints/step4.ckpt"
     ckpt = torch.load(periodic, map_location="cpu", weights_only=True)
-    assert ckpt["carried_state"]["state"].shape == (1, 2, 1, 4, 16)  # world, (h, c), layers, B, d
+    assert ckpt["carried_state"]["state"].shape == (1, 2, 2, 4, 16)  # world, (h, c), layers, B, d
     assert ckpt["carried_state"]["batches_in_epoch"] == 4
     assert ckpt["lr_schedulers"][0]["factor"] == 0.25  # the schedule travels with the checkpoint
     if drop_state:

@@ -74,19 +74,24 @@ def test_old_option_names_keep_working(cli) -> None:
     assert cli.parse_args(["--logger", "csv"]).logger == ["csv"]
     assert cli.parse_args(["--logger", "[csv, mlflow]"]).logger == ["csv", "mlflow"]
     # The lead's options: accepted with these names and defaults.
-    new = cli.parse_args(["--no-carry-state", "--lr-schedule", "plateau", "--lr-decay", "2",
+    new = cli.parse_args(["--no-carry-state", "--lr-schedule", "cosine", "--lr-decay", "2",
                           "--lr-patience", "1", "--eval-batch-size", "5", "--input", "adaptive",
                           "--compile"])  # fmt: skip
     assert (new.carry_state, new.lr_schedule, new.lr_decay, new.lr_patience) == (
-        False, "plateau", 2.0, 1)  # fmt: skip
+        False, "cosine", 2.0, 1)  # fmt: skip
     assert (new.eval_batch_size, new.input_layer, new.compile) == (5, "adaptive", True)
     default = cli.parse_args([])
     assert (default.carry_state, default.lr_decay, default.lr_patience) == (True, 4.0, 0)
     assert (default.input_layer, default.compile, default.eval_batch_size) == (
         "embedding",
         False,
-        None,
+        10,
     )
+    # The default run is pytorch/examples' WikiText-2 configuration for 2 epochs (issue 10).
+    reference = (default.embed_dim, default.d_model, default.num_layers, default.optimizer,
+                 default.lr, default.lr_schedule, default.grad_clip, default.batch_size,
+                 default.bptt, default.max_steps, default.max_epochs)  # fmt: skip
+    assert reference == (200, 200, 2, "sgd", 20.0, "plateau", 0.25, 20, 35, -1, 2)
 
 
 def test_print_config_round_trips(cli, tmp_path, capsys) -> None:
@@ -124,7 +129,7 @@ def test_every_option_has_help_with_its_default(cli) -> None:
     formatter = parser._get_formatter()
     for action in options:
         assert "default" in formatter._get_help_string(action), action.dest
-    assert "default: 300)" in text and "default: adaptive)" in text  # --max-steps, --head
+    assert "default: plateau)" in text and "default: adaptive)" in text  # schedule, --head
 
 
 def _write(tmp_path: Path, text: str) -> str:
@@ -168,7 +173,7 @@ def test_malformed_config_is_a_clear_error(cli, tmp_path, capsys, text: str, mes
         (["--precision", "foo"], "--precision 'foo' is not one of"),
         (["--max-steps", "-5"], "give a positive number of optimizer steps, or -1"),
         (["--max-steps", "-1", "--max-epochs", "0"], "--max-epochs 0 trains nothing"),
-        (["--max-steps", "-1"], "needs --max-epochs or --max-time"),
+        (["--max-steps", "-1", "--max-epochs", "null"], "needs --max-epochs or --max-time"),
         (["--max-steps", "0"], "--max-steps 0 trains nothing"),
         (["--logger", "[csv,foo]"], 'key "logger"'),
         (["--overwrite", "--resume", "last"], "give only one"),

@@ -80,6 +80,8 @@ def test_transformer_and_sampled_head(lm, tiny_args) -> None:
             "2",
             "--optimizer",
             "adamw",
+            "--lr",
+            "2e-3",
             "--lr-schedule",
             "cosine",
             "--warmup-steps",
