@@ -38,6 +38,13 @@ def test_shipped_config_validates(cli, path: Path) -> None:
 
 
 def test_standard_recipes(cli) -> None:
+    reference = cli.parse_args(["--config", str(REPO / "recipes/configs/wikitext2_reference.yaml")])
+    # pytorch/examples word_language_model/main.py defaults (its README: 6 epochs, ppl 117.61).
+    assert (reference.embed_dim, reference.d_model, reference.num_layers) == (200, 200, 2)
+    assert (reference.optimizer, reference.lr, reference.lr_schedule) == ("sgd", 20.0, "plateau")
+    assert (reference.lr_decay, reference.grad_clip, reference.dropout) == (4.0, 0.25, 0.2)
+    assert (reference.batch_size, reference.bptt, reference.eval_batch_size) == (20, 35, 10)
+    assert reference.carry_state and not reference.tie_weights and reference.max_epochs == 6
     w103 = cli.parse_args(["--config", str(REPO / "recipes/configs/wikitext103.yaml")])
     assert w103.head == "adaptive" and w103.head_options["cutoffs"] == [20000, 60000]
     lm1b = cli.parse_args(["--config", str(REPO / "recipes/configs/lm1b.yaml")])
@@ -51,7 +58,7 @@ def test_cli_overrides_config(cli) -> None:
                            "--max-steps", "7"])  # fmt: skip
     assert args.lr == 0.01 and args.max_steps == 7
     assert args.head_options == {"cutoffs": [100, 500]}
-    assert args.batch_size == 32  # from the file
+    assert args.max_epochs == 2 and args.output_dir == "runs/wikitext2_quick"  # from the file
 
 
 def test_head_option_values_are_yaml(cli) -> None:
