@@ -67,6 +67,10 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["counts"])
+        if lr_schedule == "plateau" and warmup_steps:
+            raise ValueError("lr_schedule='plateau' takes no warmup_steps (use 'constant')")
+        if lr_schedule == "plateau" and not lr_decay > 1.0:
+            raise ValueError(f"lr_decay must be > 1 (the lr is divided by it), got {lr_decay}")
         out_features = embed_dim if tie_weights else None
         head_options = head_options or {}
         built_head, embedding = None, None
@@ -78,31 +82,7 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
             embedding = adaptive_input(built_head, vocab_size, embed_dim, counts, tie_weights)
         elif input_layer != "embedding":
             raise ValueError(f"input_layer must be 'embedding' or 'adaptive', got {input_layer!r}")
-        if model == "lstm":
-            self.backbone: torch.nn.Module = LSTMLM(
-                vocab_size,
-                embed_dim=embed_dim,
-                d_model=d_model,
-                num_layers=num_layers,
-                dropout=dropout,
-                out_features=out_features,
-                embedding=embedding,
-            )
-        elif model == "transformer":
-            self.backbone = TransformerLM(
-                vocab_size,
-                embed_dim=embed_dim,
-                d_model=d_model,
-                num_layers=num_layers,
-                num_heads=num_heads,
-                dropout=dropout,
-                max_len=max_len,
-                positions=positions,
-                out_features=out_features,
-                embedding=embedding,
-            )
-        else:
-            raise ValueError(f"model must be 'lstm' or 'transformer', got {model!r}")
+        self.backbone = _backbone(self.hparams, out_features, embedding)
         if built_head is not None:
             self.configure_head(built_head)
         else:
@@ -115,10 +95,6 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
             )
         if tie_weights and input_layer == "embedding":
             self.tie_head_weights(self.backbone.embedding)
-        if lr_schedule == "plateau" and warmup_steps:
-            raise ValueError("lr_schedule='plateau' takes no warmup_steps (use 'constant')")
-        if lr_schedule == "plateau" and not lr_decay > 1.0:
-            raise ValueError(f"lr_decay must be > 1 (the lr is divided by it), got {lr_decay}")
         self._rng_to_restore: dict[str, torch.Tensor] | None = None
         # Truncated BPTT: the detached recurrent state after the last window of each stage's
         # streams, fed to the next window of the same streams (batch row b continues row b).
@@ -377,6 +353,29 @@ class FinalCheckpoint(Callback):
         )
         if (last_step or last_batch or trainer.should_stop) and step % self.every != 0:
             trainer.save_checkpoint(self.path)
+
+
+def _backbone(hp: Any, out_features: int | None, embedding: torch.nn.Module | None) -> Any:
+    """``LSTMLM`` or ``TransformerLM`` from the model's hyperparameters."""
+    common = {
+        "embed_dim": hp.embed_dim,
+        "d_model": hp.d_model,
+        "num_layers": hp.num_layers,
+        "dropout": hp.dropout,
+        "out_features": out_features,
+        "embedding": embedding,
+    }
+    if hp.model == "lstm":
+        return LSTMLM(hp.vocab_size, **common)
+    if hp.model == "transformer":
+        return TransformerLM(
+            hp.vocab_size,
+            num_heads=hp.num_heads,
+            max_len=hp.max_len,
+            positions=hp.positions,
+            **common,
+        )
+    raise ValueError(f"model must be 'lstm' or 'transformer', got {hp.model!r}")
 
 
 def _detach(state: Any) -> Any:
