@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "to smoke-test the study on real data)")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps (for resuming)")
     p.add_argument("--headline-epochs", type=int, default=6)
+    p.add_argument("--headline-full-seconds", type=float, default=None,
+                   help="train `full` for this many seconds in the headline (default: as long "
+                   "as adaptive's headline run)")  # fmt: skip
     p.add_argument("--reference-steps", type=int, default=600)
     p.add_argument("--reference-data", type=Path, default=None,
                    help="text corpus of the reference phase (default: --data)")  # fmt: skip
@@ -346,6 +349,8 @@ def phase_headline(args: argparse.Namespace, execute: bool = True) -> list[dict[
     if "error" in ada["result"]:
         return [ada]
     total = report.total_seconds(ada["result"], ada["prior"], persisted)
+    if args.headline_full_seconds is not None:  # a shorter comparison where time is short
+        total = args.headline_full_seconds
     budget = total if persisted else total - eq["full"]["result"].get("train_step_seconds", 0.0)
     full = continuation(args, "full", ["--max-time", f"{max(budget, 1.0):.1f}"])
     full |= {"prior": eq["full"]["result"], "persisted": persisted}

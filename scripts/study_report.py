@@ -175,7 +175,9 @@ def build(
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"data": args.data, "config": None if args.quick else str(args.config),
             "seconds": args.seconds, "val_every": args.val_every, "val_batches": args.val_batches,
-            "headline_epochs": args.headline_epochs, "reference_steps": args.reference_steps,
+            "headline_epochs": args.headline_epochs,
+            "headline_full_seconds": args.headline_full_seconds,
+            "reference_steps": args.reference_steps,
             "threads": args.threads, "seed": args.seed, "quick": args.quick,
             "final_batches": args.final_batches}  # fmt: skip
 
@@ -399,7 +401,9 @@ def headline_md(study: dict[str, Any], prefix: str) -> list[str]:
     s = study["settings"]
     lines = ["### Headline", "",
              f"`adaptive` resumed from its equal-time run and trained to {s['headline_epochs']} "
-             "epochs; `full` resumed likewise and trained for the same training minutes.",
+             "epochs; `full` resumed likewise and trained for "
+             + ("the same training minutes." if s.get("headline_full_seconds") is None else
+                f"{s['headline_full_seconds'] / 60:.0f} training minutes."),
              ""]  # fmt: skip
     header = ["head", "test ppl", "val ppl", "training min", "epochs", "steps", "SimLex ρ in",
               "SimLex ρ out"]  # fmt: skip
