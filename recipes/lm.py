@@ -29,6 +29,7 @@ rank takes the same number of steps.
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import sys
@@ -206,8 +207,13 @@ def _print_summary(r: dict[str, Any], path: Path) -> None:
         f"val ppl         {fmt(r['val_ppl'])}",
         f"test ppl        {fmt(r['test_ppl'])}",
     ]
-    if r["entropy_floor_ppl"] is not None:
-        lines.append(f"entropy floor   {fmt(r['entropy_floor_ppl'])} (best possible ppl)")
+    floor = r["entropy_floor_ppl"]
+    if floor is not None:
+        gap = math.log(r["test_ppl"] / floor)  # nats per token above the best possible model
+        lines.append(
+            f"entropy floor   {fmt(floor)} (best possible ppl; test is {math.exp(gap):.2f}x "
+            f"the floor, {gap:.3f} nats/token above it)"
+        )
     sim = r.get("similarity", {})
     for side in ("input", "output"):
         s = sim.get(side)

@@ -15,8 +15,10 @@ from recipes.models import LSTMLM, TransformerLM, tie_head_weights
 
 def test_recipe_trains_evaluates_and_reports(lm, tiny_args, tmp_path, capsys) -> None:
     results = lm.main([*tiny_args, "--head", "adaptive", "--max-steps", "3"])
-    first_line = capsys.readouterr().out.splitlines()[0]
-    assert first_line.startswith("data: synthetic language")
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("data: synthetic language")
+    gap = math.log(results["test_ppl"] / results["entropy_floor_ppl"])
+    assert f"{gap:.3f} nats/token above it" in out  # the distance to the floor is reported
 
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["val_ppl"] == pytest.approx(results["val_ppl"])
