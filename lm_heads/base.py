@@ -97,12 +97,20 @@ class Head(nn.Module):
         # Masking with `where` (not boolean indexing) keeps shapes static: no host sync on GPU,
         # and ignored tokens get exactly zero gradient.
         safe_target = torch.where(keep, t, torch.zeros_like(t))
-        per_token = torch.where(keep, at_least_float32(self._token_loss(h, safe_target)), 0.0)
+        loss_sum, nll_sum = self._loss_sums(h, safe_target, keep)
         num_tokens = keep.sum()
+        return HeadOutput(loss_sum / num_tokens.clamp_min(1), nll_sum, num_tokens)
+
+    def _loss_sums(
+        self, hidden: Tensor, target: Tensor, keep: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """``(Σ training objective, Σ exact NLL or None)`` over the tokens where ``keep``.
+
+        The default sums ``_token_loss``; a head overrides it to fuse the padding mask into its
+        kernel, or to report the exact NLL beside a regularised objective."""
+        per_token = torch.where(keep, at_least_float32(self._token_loss(hidden, target)), 0.0)
         loss_sum = per_token.sum()
-        loss = loss_sum / num_tokens.clamp_min(1)
-        nll_sum = loss_sum.detach() if self.is_exact else None
-        return HeadOutput(loss, nll_sum, num_tokens)
+        return loss_sum, (loss_sum.detach() if self.is_exact else None)
 
     def log_prob(self, hidden: Tensor) -> Tensor:
         """Normalised log-probabilities ``[..., V]`` (float32)."""
