@@ -290,8 +290,10 @@ class _Workspace:
         grad_logits: Tensor,
         h: Tensor,
         grads: tuple[Tensor | None, Tensor | None, Tensor | None],
+        first: bool,
     ) -> None:
-        """``∂h = G W`` into ``grads[0]``; ``∂W += Gᵀ h``; ``∂b += Σ_rows G``."""
+        """``∂h = G W`` into ``grads[0]``; ``∂W += Gᵀ h``; ``∂b += Σ_rows G`` (``=`` if ``first``:
+        no zero fill and no read of the accumulator for the first or only chunk)."""
         grad_hidden, grad_weight, grad_bias = grads
         h = h.to(self.compute_dtype)
         if self.low is None:
@@ -302,13 +304,19 @@ class _Workspace:
         if grad_hidden is not None:
             torch.mm(grad, self.weight, out=grad_hidden)
         if grad_weight is not None:
-            if grad.dtype == grad_weight.dtype:
-                grad_weight.addmm_(grad.t(), h)
-            else:
+            if grad.dtype != grad_weight.dtype:
                 # Low-precision matmul, float32 accumulation across chunks.
-                grad_weight.add_(torch.mm(grad.t(), h))
+                product = torch.mm(grad.t(), h)
+                grad_weight.copy_(product) if first else grad_weight.add_(product)
+            elif first:
+                torch.mm(grad.t(), h, out=grad_weight)
+            else:
+                grad_weight.addmm_(grad.t(), h)
         if grad_bias is not None:
-            grad_bias.add_(grad_logits.sum(0))
+            if first:
+                torch.sum(grad_logits, 0, out=grad_bias)
+            else:
+                grad_bias.add_(grad_logits.sum(0))
 
 
 def _exp_shifted_(logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -321,13 +329,16 @@ def _exp_shifted_(logits: Tensor) -> tuple[Tensor, Tensor]:
 def _grad_buffers(
     hidden: Tensor, weight: Tensor, bias: Tensor | None, needs: tuple[bool, ...], work: _Workspace
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    def zeros(like: Tensor, dtype: torch.dtype, need: bool) -> Tensor | None:
-        return torch.zeros(like.shape, device=like.device, dtype=dtype) if need else None
+    # Uninitialised: the first chunk writes them (zeros only when no chunk runs: no rows).
+    new = torch.empty if hidden.shape[0] else torch.zeros
+
+    def buffer(like: Tensor, dtype: torch.dtype, need: bool) -> Tensor | None:
+        return new(like.shape, device=like.device, dtype=dtype) if need else None
 
     return (
-        zeros(hidden, work.compute_dtype, needs[0]),
-        zeros(weight, work.acc_dtype, needs[1]),
-        None if bias is None else zeros(bias, work.acc_dtype, needs[2]),
+        buffer(hidden, work.compute_dtype, needs[0]),
+        buffer(weight, work.acc_dtype, needs[1]),
+        None if bias is None else buffer(bias, work.acc_dtype, needs[2]),
     )
 
 
@@ -368,7 +379,7 @@ def _fused_pass(
                 logits.mul_(scale).scatter_add_(1, t, -(1.0 - smoothing) * a)
                 if smoothing:
                     logits.sub_(a * (smoothing / vocab))
-                work.accumulate(logits, h, (_rows(grads[0], rows), grads[1], grads[2]))
+                work.accumulate(logits, h, (_rows(grads[0], rows), grads[1], grads[2]), start == 0)
     return loss_sum, nll_sum, grads
 
 
