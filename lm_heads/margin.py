@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lm_heads.base import Head, at_least_float32
+from lm_heads.chunked_ce import check_loss_options, regularised_loss
 
 __all__ = ["CosineSoftmaxHead", "RBFSoftmaxHead"]
 
@@ -63,7 +64,39 @@ def _check_positive(name: str, value: float, example: str) -> float:
 
 
 class LogitSoftmaxHead(Head):
-    """A head whose distribution is ``softmax(logits(h))`` over ``[n, V]`` logits."""
+    """A head whose distribution is ``softmax(logits(h))`` over ``[n, V]`` logits.
+
+    Its cross-entropy takes label smoothing ``ε`` and the z-loss ``λ·(log Z)²`` while training,
+    exactly and at no extra ``[n, V]`` pass beyond a mean (see :mod:`lm_heads.chunked_ce`)."""
+
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+
+    def _set_loss_options(self, label_smoothing: float, z_loss: float) -> None:
+        self.label_smoothing, self.z_loss = check_loss_options(label_smoothing, z_loss)
+
+    @property
+    def _regularised(self) -> bool:
+        return self.training and bool(self.label_smoothing or self.z_loss)
+
+    @property
+    def is_exact(self) -> bool:
+        return self.exact_loss and not self._regularised
+
+    def _regularise(self, nll: Tensor, lse: Tensor, logits: Tensor, shift: float = 0.0) -> Tensor:
+        """The training loss from the NLL of ``logits − shift·onehot`` and its ``lse``."""
+        if not self._regularised:
+            return nll
+        mean = logits.mean(-1) - shift / self.vocab_size if self.label_smoothing else None
+        return regularised_loss(nll, lse, mean, self.label_smoothing, self.z_loss)
+
+    def _cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Per-token training cross-entropy of ``logits [n, V]``."""
+        if not self._regularised:
+            return F.cross_entropy(logits, target, reduction="none")
+        lse = logits.logsumexp(-1)
+        nll = lse - logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        return self._regularise(nll, lse, logits)
 
     def _logits(self, hidden: Tensor) -> Tensor:
         raise NotImplementedError
@@ -97,6 +130,8 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
             softmax, whose training loss is then the exact NLL).
         learn_scale: learn ``log s`` (initialised at ``scale``) as in NormFace (Wang et al. 2017)
             instead of keeping it fixed as AM-Softmax does.
+        label_smoothing: ``ε ∈ [0, 1]`` while training, as ``F.cross_entropy``'s.
+        z_loss: ``λ ≥ 0``, weight of ``(log Z)²`` while training (PaLM).
     """
 
     exact_loss: ClassVar[bool] = False
@@ -111,9 +146,12 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
         scale: float = 16.0,
         margin: float = 0.1,
         learn_scale: bool = False,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
         del counts  # needs no corpus statistics
+        self._set_loss_options(label_smoothing, z_loss)
         scale = _check_positive("scale", scale, "16.0")
         if isinstance(margin, bool) or not isinstance(margin, (int, float)):
             raise ValueError(f"margin must be a float in [0, 2) (e.g. 0.1), got {margin!r}")
@@ -135,7 +173,7 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
 
     @property
     def is_exact(self) -> bool:
-        return not self.training or self.margin == 0.0
+        return not self.training or (self.margin == 0.0 and not self._regularised)
 
     def _logits(self, hidden: Tensor) -> Tensor:
         # Normalise in at least float32 (a bf16 norm costs 3 digits of every cosine); the matmul
@@ -150,12 +188,13 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
         lse = logits.logsumexp(-1)
         target_logit = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
         if not (self.training and self.margin > 0.0):
-            return lse - target_logit
+            return self._regularise(lse - target_logit, lse, logits)
         # The margin lowers one logit, so the normaliser changes by one term:
         # log Σ_j e^{z_j − δ[j=t]·sm} = lse + log(1 − p_t·(1 − e^{−sm})), with no [n, V] copy.
         shift = self.log_scale.exp().to(logits.dtype) * self.margin
         p_target = (target_logit - lse).exp()
-        return lse + torch.log1p(p_target * torch.expm1(-shift)) - target_logit + shift
+        lse = lse + torch.log1p(p_target * torch.expm1(-shift))
+        return self._regularise(lse - target_logit + shift, lse, logits, shift)
 
     def extra_repr(self) -> str:
         scale = math.exp(float(self.log_scale.detach()))
@@ -178,6 +217,8 @@ class RBFSoftmaxHead(LogitSoftmaxHead):
         gamma: ``γ > 0``, the kernel width in squared-distance units. ``None`` (default) uses
             ``d``: hidden states with unit-variance coordinates are ``≈ √(2d)`` apart, so the
             kernel starts neither saturated at 0 nor flat at 1.
+        label_smoothing: ``ε ∈ [0, 1]`` while training, as ``F.cross_entropy``'s.
+        z_loss: ``λ ≥ 0``, weight of ``(log Z)²`` while training (PaLM).
     """
 
     exact_loss: ClassVar[bool] = True
@@ -191,9 +232,12 @@ class RBFSoftmaxHead(LogitSoftmaxHead):
         ignore_index: int = -100,
         scale: float = 16.0,
         gamma: float | None = None,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
         del counts  # needs no corpus statistics
+        self._set_loss_options(label_smoothing, z_loss)
         self.scale = _check_positive("scale", scale, "16.0")
         self.gamma = float(in_features) if gamma is None else _check_positive("gamma", gamma, "d")
         # Prototypes start near the origin: every word is at distance ≈ ‖h‖ from h, so the
@@ -220,7 +264,7 @@ class RBFSoftmaxHead(LogitSoftmaxHead):
         return torch.exp(self.squared_distances(hidden, -1.0 / self.gamma)).mul(self.scale)
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(self._logits(hidden), target, reduction="none")
+        return self._cross_entropy(self._logits(hidden), target)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, scale={self.scale}, gamma={self.gamma}"

@@ -160,6 +160,8 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
             (0: paper's loss only, the CE fits the temperature; 1: joint training).
         proto_steps: optimisation steps for placing the prototypes (0: random points).
         seed: seed of the prototype placement.
+        label_smoothing: ``ε ∈ [0, 1]`` for the cross-entropy while training.
+        z_loss: ``λ ≥ 0``, weight of ``(log Z)²`` while training (PaLM).
     """
 
     exact_loss: ClassVar[bool] = False
@@ -176,9 +178,12 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
         ce_weight: float = 0.0,
         proto_steps: int = 200,
         seed: int = 0,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
         del counts  # needs no corpus statistics
+        self._set_loss_options(label_smoothing, z_loss)
         if proto_dim is None:
             proto_dim = in_features
         if isinstance(proto_dim, bool) or not isinstance(proto_dim, int) or proto_dim < 1:
@@ -236,7 +241,7 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
                 detached = cosines.detach()
                 cosines = detached + self.ce_weight * (cosines - detached)
         logits = self.log_scale.exp().to(cosines.dtype) * cosines
-        return proto_loss + F.cross_entropy(logits, target, reduction="none")
+        return proto_loss + self._cross_entropy(logits, target)
 
     def _logits(self, hidden: Tensor) -> Tensor:
         cosines = self._all_cosines(self._embed(hidden))
