@@ -47,13 +47,11 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
-AUTO_CHUNK_FRACTION = 8
-"""``chunk_size="auto"``: one chunk's float32 logits take at most ``1/8`` of ``∂W`` (``V·d·4``
-bytes, the memory floor of any exact loss), so the kernel needs at most 1.125× the floor plus
-``[n, d]``. At ``d = 512`` that is 64 rows per chunk, at any ``V``."""
-
-AUTO_MIN_ROWS = 32
-"""Fewer rows per chunk re-read ``W`` too often for the matmuls to run at full speed."""
+AUTO_MIN_ROWS = 256
+"""``chunk_size="auto"`` takes ``max(256, d)`` rows: one chunk's float32 logits (``c·V·4`` bytes)
+are then no larger than ``∂W`` (``V·d·4``, the memory floor of any exact loss), so the loss needs
+about twice the floor plus ``[n, d]``, at any ``V``. Fewer rows re-read ``W`` and ``∂W`` once per
+chunk too often: 64 rows ran 1.6× slower than 512 on a 2-core CPU (BENCHMARKS.md)."""
 
 ChunkSize = int | Literal["auto"]
 
@@ -67,14 +65,13 @@ class LossSums(NamedTuple):
     """``Σ_i a_i·nll_i``: the exact NLL whatever ``ε`` and ``λ`` (detached)."""
 
 
-def resolve_chunk_size(chunk_size: ChunkSize | None, vocab_size: int, in_features: int) -> int:
-    """Token rows per chunk: an int as given; ``"auto"`` → ``max(32, d / 8)``, i.e. chunk logits
-    ``≤ ∂W / 8`` (:data:`AUTO_CHUNK_FRACTION`); ``None`` → one chunk (all rows)."""
-    del vocab_size  # c·V·4 ≤ V·d·4 / 8 does not depend on V
+def resolve_chunk_size(chunk_size: ChunkSize | None, in_features: int) -> int:
+    """Token rows per chunk: an int as given; ``"auto"`` → ``max(256, d)``
+    (:data:`AUTO_MIN_ROWS`); ``None`` → one chunk (all rows)."""
     if chunk_size is None:
         return 2**62
     if chunk_size == "auto":
-        return max(AUTO_MIN_ROWS, in_features // AUTO_CHUNK_FRACTION)
+        return max(AUTO_MIN_ROWS, in_features)
     return int(chunk_size)
 
 
@@ -144,7 +141,7 @@ def linear_cross_entropy(
         :class:`LossSums`: training objective and exact NLL, float32 (float64 for float64).
         Not twice differentiable.
     """
-    chunk = resolve_chunk_size(chunk_size, weight.shape[0], weight.shape[1])
+    chunk = resolve_chunk_size(chunk_size, weight.shape[1])
     if token_weight is None:
         token_weight = torch.ones(target.shape, device=target.device)
     # ctx.needs_input_grad ignores no_grad mode, so decide here whether to form gradients.
@@ -171,7 +168,7 @@ def linear_nll(
     Differentiable: with gradients on, each chunk is recomputed in backward (activation
     checkpointing), so memory stays ``O(c·V)`` either way.
     """
-    chunk = resolve_chunk_size(chunk_size, weight.shape[0], weight.shape[1])
+    chunk = resolve_chunk_size(chunk_size, weight.shape[1])
     # One chunk needs no checkpoint: autograd's own graph is as small.
     grad = (
         torch.is_grad_enabled()
@@ -244,7 +241,7 @@ def _forward_chunks(
 ) -> Iterator[tuple[slice, Tensor]]:
     """Yield ``(rows, logits)`` per chunk; ``logits`` is one reused float32 buffer (callers run
     this under ``no_grad`` with autocast off)."""
-    chunk = resolve_chunk_size(chunk_size, weight.shape[0], weight.shape[1])
+    chunk = resolve_chunk_size(chunk_size, weight.shape[1])
     work = _Workspace(min(chunk, hidden.shape[0]), weight, compute_dtype)
     for start in range(0, hidden.shape[0], chunk):
         rows = slice(start, start + chunk)

@@ -8,9 +8,10 @@ The reference every other head is measured against (Bengio et al. 2003 onwards).
 - ``chunk_size=<int>`` or ``"auto"`` (memory-efficient): :func:`lm_heads.chunked_ce.
   linear_cross_entropy` cuts tokens into chunks and never holds ``[n, V]``; it forms the
   gradients chunk by chunk during forward (the same three matmul passes as naive). ``"auto"``
-  keeps one chunk's float32 logits within 1/8 of the weight gradient (``max(32, d/8)`` rows), so
-  the loss needs at most ~1.13× the memory floor ``V·d·4`` bytes. Same loss and gradients as naive
-  to float tolerance.
+  keeps one chunk's float32 logits within the size of the weight gradient (``max(256, d)``
+  rows), so the loss needs about twice the memory floor ``V·d·4`` bytes (torch's own
+  ``F.linear_cross_entropy`` needs more, see BENCHMARKS.md). Same loss and gradients as naive to
+  float tolerance.
 
 Training objective, per token (both modes; only while training, evaluation is the exact NLL)::
 
@@ -61,7 +62,7 @@ class FullSoftmaxHead(Head):
         ignore_index: padding target id.
         bias: learn a per-word bias ``b``.
         chunk_size: ``None`` for the naive loss; a positive int (tokens per chunk) or ``"auto"``
-            (``max(32, d/8)`` tokens) for the memory-efficient exact loss.
+            (``max(256, d)`` tokens) for the memory-efficient exact loss.
         label_smoothing: ``ε ∈ [0, 1]`` while training, as ``F.cross_entropy``'s.
         z_loss: ``λ ≥ 0``, weight of ``(log Z)²`` while training (PaLM uses ``1e-4``).
     """
