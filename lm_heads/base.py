@@ -12,7 +12,8 @@ Subclasses implement on flattened tensors (``hidden [n, d]``, ``target [n]`` alr
     - ``_token_loss(hidden, target) -> [n]``: per-token training objective, float32
     - ``_log_prob(hidden) -> [n, V]``: normalised log-probabilities, float32
 and override ``_target_log_prob``, ``_predict`` and ``_sample`` when they can do better than
-going through ``[n, V]``.
+going through ``[n, V]``, and ``_loss_sums`` when their training kernel takes the padding mask
+itself or reports the exact NLL beside a regularised objective (full, adaptive).
 """
 
 from __future__ import annotations
