@@ -100,7 +100,7 @@ def check_loss_options(label_smoothing: object, z_loss: object) -> tuple[float, 
 
 
 def regularised_loss(
-    nll: Tensor, lse: Tensor, mean_logit: Tensor, label_smoothing: float, z_loss: float
+    nll: Tensor, lse: Tensor, mean_logit: Tensor | None, label_smoothing: float, z_loss: float
 ) -> Tensor:
     """``(1 − ε)·nll + ε·(lse − mean_j o_j) + λ·lse²`` per token: ``F.cross_entropy``'s label
     smoothing (uniform over the ``V`` words) plus PaLM's z-loss, from ``[n]`` statistics."""
@@ -176,7 +176,7 @@ def linear_nll(
         and any(x is not None and x.requires_grad for x in (hidden, weight, bias))
     )
     parts = []
-    for start in range(0, hidden.shape[0], chunk):
+    for start in range(0, max(hidden.shape[0], 1), chunk):  # an empty batch: one empty chunk
         rows = slice(start, start + chunk)
         args = (hidden[rows], weight, bias, target[rows])
         parts.append(

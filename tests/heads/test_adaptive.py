@@ -286,3 +286,11 @@ def test_output_embeddings_are_head_rows_and_projected_tail_rows() -> None:
     torch.testing.assert_close(emb[first_head_word], head.head.weight[0])
     project, out = head.tail[0]
     torch.testing.assert_close(emb[first_tail_word], out.weight[0] @ project.weight)
+
+
+def test_target_log_prob_with_empty_tail_clusters() -> None:
+    # Every target in the head: the clusters' per-token losses run on empty slices.
+    head = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V, shuffle=False), cutoffs=[20, 80])
+    hidden, target = torch.randn(5, D), torch.arange(5)
+    expected = head.log_prob(hidden).gather(1, target[:, None]).squeeze(1)
+    torch.testing.assert_close(head.target_log_prob(hidden, target), expected)
