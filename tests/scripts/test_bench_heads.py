@@ -29,7 +29,7 @@ def _run(*args: str, out: Path) -> dict:
         [sys.executable, str(SCRIPT), *args, "--output-dir", str(out)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "bench_heads.json").read_text())
