@@ -24,9 +24,10 @@ row ``r`` of the head / of a cluster is the word ``id_of_rank[r]``. With frequen
   (zero) gradient; torch's ``if row_indices.numel() == 0: continue`` skips its parameters, which
   breaks plain DDP. The price is one small host sync per training step (the cluster sizes, one
   ``.tolist()`` of ``J + 1`` ints), not one per cluster.
-- *Speed*: each softmax runs in a fused linear + cross-entropy (:func:`linear_cross_entropy`)
-  whose forward exponentiates the logits once in place and whose backward turns them into the
-  gradient in place: no ``[n, k]`` log-softmax copy, no zero-filled gather gradient.
+- *Speed*: while training, each softmax runs in the fused linear + cross-entropy of
+  :mod:`lm_heads.chunked_ce` (one chunk), which exponentiates the logits once, in place, and
+  turns them into the gradient during forward: no ``[n, k]`` log-softmax copy, no zero-filled
+  gather gradient.
 - counts may come in any id order; ``cutoffs="auto"`` measures the device
   (:mod:`lm_heads.cutoffs`).
 
@@ -47,78 +48,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from lm_heads._check import check_float, check_int
 from lm_heads.base import Head, at_least_float32, linear_f32, sample_categorical
+from lm_heads.chunked_ce import linear_cross_entropy, linear_nll
 from lm_heads.counts import as_counts, frequency_order
 from lm_heads.cutoffs import CostModel, choose_cutoffs, default_cutoffs, projection_dims
 
-__all__ = ["AdaptiveSoftmaxHead", "linear_cross_entropy"]
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Per-row ``logsumexp(x Wᵀ + b) − (x Wᵀ + b)_target``, softmax formed once, in place."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor) -> Tensor:
-        logits = F.linear(x, weight, bias)
-        compute_dtype = logits.dtype  # the autocast dtype, if any: backward's matmuls use it too
-        # Normalisers in float32 at least (float64 stays float64, for gradcheck).
-        logits = logits.to(torch.promote_types(compute_dtype, torch.float32))
-        picked = logits.gather(1, target[:, None]).squeeze(1)
-        shift = logits.amax(1, keepdim=True)
-        # exp(logits − max) overwrites the logits: the only [n, k] pass that exponentiates, and
-        # backward reads the softmax from it without exponentiating again.
-        exp = logits.sub_(shift).exp_()
-        total = exp.sum(1)
-        loss = total.log() + shift.squeeze(1) - picked
-        ctx.save_for_backward(x, weight, bias, shift, total, target)
-        # Kept outside save_for_backward because backward overwrites it (its version counter
-        # would otherwise forbid a second backward); it is not an output, so no reference cycle.
-        ctx.exp = exp
-        ctx.compute_dtype = compute_dtype
-        ctx.consumed = False
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, bias, shift, total, target = ctx.saved_tensors
-        exp = ctx.exp
-        dtype = ctx.compute_dtype
-        if ctx.consumed:
-            # A second backward through a retained graph (retain_graph=True, gradcheck): the
-            # first one overwrote the saved softmax, so recompute it.
-            bias = None if bias is None else bias.to(dtype)
-            logits = F.linear(x.to(dtype), weight.to(dtype), bias).to(shift.dtype)
-            exp = logits.sub_(shift).exp_()
-        ctx.consumed = True
-        ctx.exp = None
-        grad_loss = grad_loss.to(shift.dtype)
-        # (softmax − onehot(target)) · g, built in the saved buffer: a fresh [n, k] tensor would
-        # cost more than the multiply itself on CPU (page faults on first touch).
-        grad = exp.mul_((grad_loss / total)[:, None])
-        grad.scatter_add_(1, target[:, None], -grad_loss[:, None])
-        cast = grad.to(dtype)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (cast @ weight.to(dtype)).to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_w = (cast.t() @ x.to(dtype)).to(weight.dtype)
-        if bias is not None and ctx.needs_input_grad[2]:
-            grad_b = grad.sum(0).to(bias.dtype)
-        return grad_x, grad_w, grad_b, None
-
-
-def linear_cross_entropy(x: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor) -> Tensor:
-    """``[n]`` cross-entropy of ``x [n, d] Wᵀ + b`` against ``target [n]`` (float32 or wider).
-
-    Same value and gradients as ``F.cross_entropy(F.linear(x, W, b).float(), t, reduction="none")``
-    with about half the elementwise passes over ``[n, k]``. Not twice differentiable; a second
-    backward through a retained graph recomputes the logits.
-    """
-    return _LinearCrossEntropy.apply(x, weight, bias, target)
+__all__ = ["AdaptiveSoftmaxHead"]
 
 
 class AdaptiveSoftmaxHead(Head):
@@ -226,29 +163,62 @@ class AdaptiveSoftmaxHead(Head):
         return head
 
     # ----------------------------------------------------------------------------------------
+    def _loss_sums(self, hidden: Tensor, target: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        # Training: every softmax runs in the fused kernel, the padding mask as token weights.
+        weight = keep.to(torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+        head_target, rows, relative, sizes = self._route(target, keep)
+        loss, nll = linear_cross_entropy(
+            hidden,
+            self.head.weight,
+            self.head.bias,
+            head_target,
+            token_weight=weight,
+            chunk_size=None,
+        )
+        for (project, out), h, t, a in zip(
+            self.tail,
+            hidden.index_select(0, rows).split(sizes),
+            relative.split(sizes),
+            weight.index_select(0, rows).split(sizes),
+            strict=True,
+        ):
+            part = linear_cross_entropy(
+                F.linear(h, project.weight), out.weight, None, t, token_weight=a, chunk_size=None
+            )
+            loss, nll = loss + part.loss, nll + part.nll
+        return loss, nll
+
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
-        rank = self.rank_of_id[target]
+        keep = torch.ones_like(target, dtype=torch.bool)
+        head_target, rows, relative, sizes = self._route(target, keep)
+        loss = linear_nll(hidden, self.head.weight, self.head.bias, head_target, chunk_size=None)
+        parts = [
+            linear_nll(F.linear(h, project.weight), out.weight, None, t, chunk_size=None)
+            for (project, out), h, t in zip(
+                self.tail,
+                hidden.index_select(0, rows).split(sizes),
+                relative.split(sizes),
+                strict=True,
+            )
+        ]
+        return loss.index_add(0, rows, torch.cat([loss[:0], *parts]).to(loss.dtype))
+
+    def _route(self, target: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+        """Head targets ``[n]``; the rows of tail tokens grouped by cluster, their within-cluster
+        ranks, and the group sizes. Padding goes to the head (rank 0): no cluster runs for it."""
+        rank = torch.where(keep, self.rank_of_id[target], 0)
         if self.num_clusters == 0:
-            return linear_cross_entropy(hidden, self.head.weight, self.head.bias, rank)
+            return rank, rank[:0], rank[:0], []
         cluster = torch.bucketize(rank, self.cutoffs, right=True)
         head_target = torch.where(cluster == 0, rank, self.shortlist_size - 1 + cluster)
-        loss = linear_cross_entropy(hidden, self.head.weight, self.head.bias, head_target)
         # One sort groups the tail tokens by cluster; the sizes are the step's single host sync.
+        # Every cluster runs, on an empty slice if need be: its parameters still get a (zero)
+        # gradient, which plain DDP requires.
         order = torch.argsort(cluster, stable=True)
         sizes = torch.bincount(cluster, minlength=self.num_clusters + 1).tolist()
         rows = order[sizes[0] :]
         relative = (rank - self._starts[cluster]).index_select(0, rows)
-        parts = []
-        # Every cluster runs, on an empty slice if need be: its parameters still get a (zero)
-        # gradient, which plain DDP requires.
-        for (project, out), h, t in zip(
-            self.tail,
-            hidden.index_select(0, rows).split(sizes[1:]),
-            relative.split(sizes[1:]),
-            strict=True,
-        ):
-            parts.append(linear_cross_entropy(F.linear(h, project.weight), out.weight, None, t))
-        return loss.index_add(0, rows, torch.cat(parts).to(loss.dtype))
+        return head_target, rows, relative, sizes[1:]
 
     def _target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
         return -self._token_loss(hidden, target)

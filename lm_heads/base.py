@@ -12,8 +12,10 @@ Subclasses implement on flattened tensors (``hidden [n, d]``, ``target [n]`` alr
     - ``_token_loss(hidden, target) -> [n]``: per-token training objective, float32
     - ``_log_prob(hidden) -> [n, V]``: normalised log-probabilities, float32
 and override ``_target_log_prob``, ``_predict`` and ``_sample`` when they can do better than
-going through ``[n, V]``; ``loss_is_exact`` when their training loss is not the NLL; and set
-``uses_counts`` when their constructor takes corpus ``counts`` (``build_head`` passes them then).
+going through ``[n, V]``; ``_loss_sums`` when their training kernel is fused (it gets the padding
+mask) or reports the exact NLL beside a regularised objective (full, adaptive, margin heads);
+``loss_is_exact`` when their training loss is not the NLL; and set ``uses_counts`` when their
+constructor takes corpus ``counts`` (``build_head`` passes them then).
 
 Non-finite hidden states: at ``ignore_index`` positions they are masked out before any matmul, so
 they change neither loss nor gradient (padding after fully masked attention is often NaN). At
@@ -73,10 +75,16 @@ class Head(nn.Module):
         """Normalised log-probabilities ``[n, V]`` (float32)."""
         raise NotImplementedError
 
-    def _loss_sum(self, hidden: Tensor, target: Tensor, keep: Tensor) -> Tensor:
-        """Scalar ``Σ`` of the training objective over tokens where ``keep`` (ignored tokens have
-        zero hidden rows and target 0). Heads with a fused reduced kernel override this."""
-        return torch.where(keep, at_least_float32(self._token_loss(hidden, target)), 0.0).sum()
+    def _loss_sums(
+        self, hidden: Tensor, target: Tensor, keep: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """``(Σ training objective, Σ exact NLL or None)`` over the tokens where ``keep``.
+
+        Ignored tokens arrive with zero hidden rows and target 0. The default sums
+        ``_token_loss``; a head overrides it to fuse the reduction into its kernel, or to report
+        the exact NLL beside a regularised objective (``None`` when it cannot)."""
+        loss_sum = torch.where(keep, at_least_float32(self._token_loss(hidden, target)), 0.0).sum()
+        return loss_sum, (loss_sum.detach() if self.is_exact else None)
 
     def _target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
         return self._log_prob(hidden).gather(-1, target.unsqueeze(-1)).squeeze(-1)
@@ -98,8 +106,8 @@ class Head(nn.Module):
 
     def loss_is_exact(self, training: bool) -> bool:
         """Whether ``forward(h, t).loss == -target_log_prob(h, t).mean()`` in training or eval
-        mode (False for sampled heads and margin heads while training). The one source of truth:
-        :attr:`is_exact` reads it."""
+        mode (False while training for sampled heads, margin heads and heads trained with label
+        smoothing or the z-loss). The one source of truth: :attr:`is_exact` reads it."""
         return True
 
     @property
@@ -112,11 +120,9 @@ class Head(nn.Module):
     def forward(self, hidden: Tensor, target: Tensor) -> HeadOutput:
         """Training objective for ``hidden [..., d]`` and ``target [...]``."""
         h, t, keep = self._masked(hidden, target)
-        loss_sum = self._loss_sum(h, t, keep)
+        loss_sum, nll_sum = self._loss_sums(h, t, keep)
         num_tokens = keep.sum()
-        loss = loss_sum / num_tokens.clamp_min(1)
-        nll_sum = loss_sum.detach() if self.is_exact else None
-        return HeadOutput(loss, nll_sum, num_tokens)
+        return HeadOutput(loss_sum / num_tokens.clamp_min(1), nll_sum, num_tokens)
 
     def log_prob(self, hidden: Tensor) -> Tensor:
         """Normalised log-probabilities ``[..., V]`` (float32)."""

@@ -1,60 +1,80 @@
-r"""Exact linear + cross-entropy without ``[n, V]`` logits: token chunks, in-place softmax.
+r"""The one home of linear + cross-entropy: ``cross_entropy(h Wᵀ + b, t)`` without ``[n, V]``.
 
 The naive loss ``F.cross_entropy(h @ Wᵀ + b, t)`` keeps three ``[n, V]`` float32 tensors alive
 around backward (the log-softmax it saves, its gradient, the logits' gradient): 8192 tokens × 267k
 words × 4 B = 8.7 GB each. Here the tokens are cut into chunks of ``c`` rows; each chunk's
 ``[c, V]`` logits live in one preallocated buffer that the softmax and its gradient overwrite in
-place, so the extra memory is ``O(c·V)`` (the idea of Liger-Kernel's fused linear cross-entropy
-and of Cut Cross-Entropy, Wijmans et al. 2024). Per chunk, with ``o = h_c Wᵀ + b``:
+place, so the extra memory is ``O(c·V)`` on top of ``∂W`` (the idea of Liger-Kernel's fused linear
+cross-entropy, of Cut Cross-Entropy, Wijmans et al. 2024, and of torch's own
+``F.linear_cross_entropy``). Per chunk, with ``o = h_c Wᵀ + b``, ``lse = logsumexp(o)``, ``p =
+softmax(o)`` and token weights ``a`` (the padding mask):
 
-    lse  = logsumexp(o),             loss_i = lse_i − o_{i,t_i}
-    G    = (softmax(o) − onehot(t)) · g_i          (g_i = ∂L/∂loss_i)
+    nll_i  = lse_i − o_{i,t_i}
+    loss_i = (1 − ε)·nll_i + ε·(lse_i − mean_j o_ij) + λ·lse_i²     (label smoothing ε, z-loss λ)
+    G      = a·[(1 + 2λ·lse)·p − (1 − ε)·onehot(t) − ε/V]
     ∂h_c = G W,    ∂W += Gᵀ h_c,    ∂b += Σ_rows G
 
-Two reductions, two ways to get ``g``:
+The loss is a weighted *sum*, so ``∂loss/∂loss_i = a_i`` up to the scalar upstream gradient: the
+gradients are formed *during the forward pass* while the chunk's softmax is at hand, and backward
+only scales them. Three ``[n, V, d]`` matmul passes, like the naive loss; recomputing the logits
+in backward would cost a fourth. The price is ``∂W`` (``[V, d]``, what ``weight.grad`` becomes
+anyway) held from forward to backward, then scaled in place and handed to autograd as the
+gradient itself (no second ``[V, d]``); a retained graph can backward twice (the second time
+forms the gradients again). ``c = None`` is one chunk: the adaptive head's per-cluster softmaxes.
 
-- ``reduction="sum"`` (training): the loss is ``Σ_i a_i · loss_i`` for known token weights ``a``
-  (the padding mask), so ``g_i = a_i`` up to the scalar upstream gradient, and the gradients are
-  formed *during the forward pass* while the chunk's softmax is at hand; backward only scales
-  them. Three ``[n, V, d]`` matmul passes, like the naive loss. Recomputing the logits in
-  backward would cost a fourth (≈ 1.33× the FLOPs), which is why training does not. The price
-  is ``∂W`` (``[V, d]`` float32, what ``weight.grad`` becomes anyway) held from forward to
-  backward; it is saved for backward, so a retained graph can backward twice.
-- ``reduction="none"`` (per-token losses, ``target_log_prob``): ``g`` is only known in backward,
-  so forward saves ``lse [n]`` and backward recomputes each chunk's logits (four passes).
+torch ≥ 2.13 ships the same algorithm as ``F.linear_cross_entropy(..., options=...)``; this module
+stays because that kernel has neither label smoothing (it falls back to materialising ``[n, V]``)
+nor the z-loss, and needs no newer torch (see BENCHMARKS.md for the measured comparison).
 
-Chunking the vocabulary as well would need an online (two-pass) logsumexp, hence more passes over
-``W``; the token chunks alone already bound the memory, so this module chunks tokens only.
+Evaluation (:func:`linear_nll`, :func:`linear_argmax`, :func:`linear_sample`) runs chunk by
+chunk too; :func:`linear_nll` is differentiable by recomputing each chunk in backward.
 
 Under autocast the matmuls run in the autocast dtype; softmax, logsumexp, losses and the
 ``∂W``/``∂b`` accumulators stay in float32 (float64 inputs stay float64, for gradcheck).
 
 Shape:
     - hidden: ``[n, d]``; weight: ``[V, d]``; bias: ``[V]`` or ``None``; target: ``[n]`` int64
-    - output: scalar (``"sum"``) or ``[n]`` (``"none"``), float32 (float64 for float64 inputs)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import checkpoint
 
+from lm_heads._check import check_float
 from lm_heads.base import add_gumbel_
 
-AUTO_CHUNK_BYTES = 512 * 2**20
-"""``chunk_size="auto"`` sizes a chunk so that its float32 logits take about this many bytes."""
+AUTO_MIN_ROWS = 256
+"""``chunk_size="auto"`` takes ``max(256, d)`` rows: one chunk's float32 logits (``c·V·4`` bytes)
+are then no larger than ``∂W`` (``V·d·4``, the memory floor of any exact loss), so the loss needs
+about twice the floor plus ``[n, d]``, at any ``V``. Fewer rows re-read ``W`` and ``∂W`` once per
+chunk too often: 64 rows ran 1.6× slower than 512 on a 2-core CPU (BENCHMARKS.md)."""
 
 ChunkSize = int | Literal["auto"]
 
 
-def resolve_chunk_size(chunk_size: ChunkSize, vocab_size: int) -> int:
-    """Token rows per chunk: an int as given, ``"auto"`` → ``AUTO_CHUNK_BYTES / (4·V)`` rows."""
+class LossSums(NamedTuple):
+    """What :func:`linear_cross_entropy` returns."""
+
+    loss: Tensor
+    """``Σ_i a_i·loss_i``: the training objective (differentiable)."""
+    nll: Tensor
+    """``Σ_i a_i·nll_i``: the exact NLL whatever ``ε`` and ``λ`` (detached)."""
+
+
+def resolve_chunk_size(chunk_size: ChunkSize | None, in_features: int) -> int:
+    """Token rows per chunk: an int as given; ``"auto"`` → ``max(256, d)``
+    (:data:`AUTO_MIN_ROWS`); ``None`` → one chunk (all rows)."""
+    if chunk_size is None:
+        return 2**62
     if chunk_size == "auto":
-        return max(1, AUTO_CHUNK_BYTES // (4 * vocab_size))
+        return max(AUTO_MIN_ROWS, in_features)
     return int(chunk_size)
 
 
@@ -69,36 +89,59 @@ def check_chunk_size(chunk_size: object) -> None:
         )
 
 
+def check_loss_options(label_smoothing: object, z_loss: object) -> tuple[float, float]:
+    """Validate label smoothing ``ε ∈ [0, 1]`` and z-loss weight ``λ ≥ 0``; return floats."""
+    return (
+        check_float("label_smoothing", label_smoothing, minimum=0.0, maximum=1.0, hint="e.g. 0.1"),
+        check_float("z_loss", z_loss, minimum=0.0, hint="PaLM uses 1e-4"),
+    )
+
+
+def regularised_loss(
+    nll: Tensor, lse: Tensor, mean_logit: Tensor | None, label_smoothing: float, z_loss: float
+) -> Tensor:
+    """``(1 − ε)·nll + ε·(lse − mean_j o_j) + λ·lse²`` per token: ``F.cross_entropy``'s label
+    smoothing (uniform over the ``V`` words) plus PaLM's z-loss, from ``[n]`` statistics."""
+    loss = nll
+    if label_smoothing:
+        loss = (1.0 - label_smoothing) * nll + label_smoothing * (lse - mean_logit)
+    if z_loss:
+        loss = loss + z_loss * lse.square()
+    return loss
+
+
 def linear_cross_entropy(
     hidden: Tensor,
     weight: Tensor,
     bias: Tensor | None,
     target: Tensor,
     *,
-    chunk_size: ChunkSize = "auto",
-    reduction: Literal["none", "sum"] = "none",
     token_weight: Tensor | None = None,
-) -> Tensor:
-    """Exact ``cross_entropy(hidden @ weightᵀ + bias, target)`` without materialising ``[n, V]``.
+    chunk_size: ChunkSize | None = "auto",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+) -> LossSums:
+    """``Σ_i a_i·loss_i`` of ``hidden @ weightᵀ + bias`` against ``target``, gradients fused.
 
     Args:
         hidden: ``[n, d]`` hidden states.
         weight: ``[V, d]`` output embeddings.
         bias: ``[V]`` or ``None``.
         target: ``[n]`` word ids, all in ``[0, V)`` (mask padding with ``token_weight``).
-        chunk_size: token rows per chunk, or ``"auto"`` (see :func:`resolve_chunk_size`).
-        reduction: ``"none"`` → per-token NLL ``[n]``; ``"sum"`` → ``Σ_i token_weight_i·NLL_i``.
-        token_weight: ``[n]`` weights for ``"sum"`` (e.g. the padding mask); default all ones.
+        token_weight: ``[n]`` weights ``a`` (the padding mask; default all ones). Rows of weight
+            0 are replaced by zeros before the matmul, so NaN or inf there changes nothing.
+        chunk_size: token rows per chunk, ``"auto"`` (:func:`resolve_chunk_size`) or ``None``
+            (one chunk).
+        label_smoothing: ``ε``, as ``F.cross_entropy(label_smoothing=ε)``.
+        z_loss: ``λ`` of the z-loss ``λ·(log Z)²`` (PaLM, Chowdhery et al. 2022).
 
     Returns:
-        float32 (float64 for float64 inputs) per-token NLL ``[n]`` or their weighted sum.
+        :class:`LossSums`: training objective and exact NLL, float32 (float64 for float64).
+        Not twice differentiable.
     """
-    if reduction not in ("none", "sum"):
-        raise ValueError(f"reduction must be 'none' or 'sum', got {reduction!r}")
-    if reduction == "none" and token_weight is not None:
-        raise ValueError("token_weight only applies to reduction='sum'")
-    chunk = resolve_chunk_size(chunk_size, weight.shape[0])
-    compute_dtype = _compute_dtype(hidden, weight)
+    chunk = resolve_chunk_size(chunk_size, weight.shape[1])
+    if token_weight is None:
+        token_weight = torch.ones(target.shape, device=target.device)
     # ctx.needs_input_grad ignores no_grad mode, so decide here whether to form gradients.
     grad_on = torch.is_grad_enabled()
     needs = (
@@ -106,13 +149,44 @@ def linear_cross_entropy(
         grad_on and weight.requires_grad,
         grad_on and bias is not None and bias.requires_grad,
     )
-    if reduction == "sum":
-        if token_weight is None:
-            token_weight = torch.ones(target.shape, device=target.device)
-        return _FusedLinearCrossEntropySum.apply(
-            hidden, weight, bias, target, token_weight, chunk, compute_dtype, needs
+    options = (chunk, _compute_dtype(hidden, weight), needs, label_smoothing, z_loss)
+    return LossSums(*_LinearCrossEntropy.apply(hidden, weight, bias, target, token_weight, options))
+
+
+def linear_nll(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    *,
+    chunk_size: ChunkSize | None = "auto",
+) -> Tensor:
+    """Per-token ``−log softmax(hidden @ weightᵀ + bias)[target]`` ``[n]``, chunk by chunk.
+
+    Differentiable: with gradients on, each chunk is recomputed in backward (activation
+    checkpointing), so memory stays ``O(c·V)`` either way.
+    """
+    chunk = resolve_chunk_size(chunk_size, weight.shape[1])
+    # One chunk needs no checkpoint: autograd's own graph is as small.
+    grad = (
+        torch.is_grad_enabled()
+        and hidden.shape[0] > chunk
+        and any(x is not None and x.requires_grad for x in (hidden, weight, bias))
+    )
+    parts = []
+    for start in range(0, max(hidden.shape[0], 1), chunk):  # an empty batch: one empty chunk
+        rows = slice(start, start + chunk)
+        args = (hidden[rows], weight, bias, target[rows])
+        parts.append(
+            checkpoint(_chunk_nll, *args, use_reentrant=False) if grad else _chunk_nll(*args)
         )
-    return _LinearCrossEntropy.apply(hidden, weight, bias, target, chunk, compute_dtype)
+    return torch.cat(parts)
+
+
+def _chunk_nll(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor) -> Tensor:
+    logits = F.linear(hidden, weight, bias)
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    return F.cross_entropy(logits, target, reduction="none")
 
 
 def linear_argmax(
@@ -161,7 +235,7 @@ def _forward_chunks(
 ) -> Iterator[tuple[slice, Tensor]]:
     """Yield ``(rows, logits)`` per chunk; ``logits`` is one reused float32 buffer (callers run
     this under ``no_grad`` with autocast off)."""
-    chunk = resolve_chunk_size(chunk_size, weight.shape[0])
+    chunk = resolve_chunk_size(chunk_size, weight.shape[1])
     work = _Workspace(min(chunk, hidden.shape[0]), weight, compute_dtype)
     for start in range(0, hidden.shape[0], chunk):
         rows = slice(start, start + chunk)
@@ -169,7 +243,6 @@ def _forward_chunks(
 
 
 # --------------------------------------------------------------------------------------------
-# The per-chunk kernels shared by both autograd functions.
 class _Workspace:
     """Preallocated ``[c, V]`` buffers: float32 logits, plus one in the matmul dtype if lower."""
 
@@ -207,11 +280,12 @@ class _Workspace:
         self,
         grad_logits: Tensor,
         h: Tensor,
-        grad_hidden: Tensor | None,
-        grad_weight: Tensor | None,
-        grad_bias: Tensor | None,
+        grads: tuple[Tensor | None, Tensor | None, Tensor | None],
+        first: bool,
     ) -> None:
-        """``∂h = G W`` into ``grad_hidden``; ``∂W += Gᵀ h``; ``∂b += Σ_rows G``."""
+        """``∂h = G W`` into ``grads[0]``; ``∂W += Gᵀ h``; ``∂b += Σ_rows G`` (``=`` if ``first``:
+        no zero fill and no read of the accumulator for the first or only chunk)."""
+        grad_hidden, grad_weight, grad_bias = grads
         h = h.to(self.compute_dtype)
         if self.low is None:
             grad = grad_logits
@@ -221,13 +295,19 @@ class _Workspace:
         if grad_hidden is not None:
             torch.mm(grad, self.weight, out=grad_hidden)
         if grad_weight is not None:
-            if grad.dtype == grad_weight.dtype:
-                grad_weight.addmm_(grad.t(), h)
-            else:
+            if grad.dtype != grad_weight.dtype:
                 # Low-precision matmul, float32 accumulation across chunks.
-                grad_weight.add_(torch.mm(grad.t(), h))
+                product = torch.mm(grad.t(), h)
+                grad_weight.copy_(product) if first else grad_weight.add_(product)
+            elif first:
+                torch.mm(grad.t(), h, out=grad_weight)
+            else:
+                grad_weight.addmm_(grad.t(), h)
         if grad_bias is not None:
-            grad_bias.add_(grad_logits.sum(0))
+            if first:
+                torch.sum(grad_logits, 0, out=grad_bias)
+            else:
+                grad_bias.add_(grad_logits.sum(0))
 
 
 def _exp_shifted_(logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -237,42 +317,65 @@ def _exp_shifted_(logits: Tensor) -> tuple[Tensor, Tensor]:
     return row_max, logits.sum(1, keepdim=True)
 
 
-def _chunks(n: int, chunk: int) -> range:
-    return range(0, n, chunk)
-
-
 def _grad_buffers(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, needs: tuple[bool, ...], work: _Workspace
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    # Uninitialised: the first chunk writes them (zeros only when no chunk runs: no rows).
+    new = torch.empty if hidden.shape[0] else torch.zeros
+
+    def buffer(like: Tensor, dtype: torch.dtype, need: bool) -> Tensor | None:
+        return new(like.shape, device=like.device, dtype=dtype) if need else None
+
+    return (
+        buffer(hidden, work.compute_dtype, needs[0]),
+        buffer(weight, work.acc_dtype, needs[1]),
+        None if bias is None else buffer(bias, work.acc_dtype, needs[2]),
+    )
+
+
+def _fused_pass(
     hidden: Tensor,
     weight: Tensor,
     bias: Tensor | None,
-    needs: tuple[bool, bool, bool],
-    work: _Workspace,
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    grad_hidden = (
-        torch.empty(hidden.shape, device=hidden.device, dtype=work.compute_dtype)
-        if needs[0]
-        else None
-    )
-    grad_weight = (
-        torch.zeros(weight.shape, device=weight.device, dtype=work.acc_dtype) if needs[1] else None
-    )
-    grad_bias = (
-        torch.zeros(bias.shape, device=bias.device, dtype=work.acc_dtype)
-        if needs[2] and bias is not None
-        else None
-    )
-    return grad_hidden, grad_weight, grad_bias
+    target: Tensor,
+    token_weight: Tensor,
+    options: tuple,
+) -> tuple[Tensor, Tensor, tuple[Tensor | None, Tensor | None, Tensor | None]]:
+    """``(Σ a·loss, Σ a·nll, (∂h, ∂W, ∂b))`` chunk by chunk; the gradients for upstream 1."""
+    chunk, compute_dtype, needs, smoothing, z_loss = options
+    with torch.autocast(hidden.device.type, enabled=False):
+        n, vocab = hidden.shape[0], weight.shape[0]
+        work = _Workspace(min(chunk, n), weight, compute_dtype)
+        grads = _grad_buffers(hidden, weight, bias, needs, work)
+        loss_sum = torch.zeros((), device=hidden.device, dtype=work.acc_dtype)
+        nll_sum = torch.zeros((), device=hidden.device, dtype=work.acc_dtype)
+        for start in range(0, n, chunk):
+            rows = slice(start, start + chunk)
+            t, a = target[rows, None], token_weight[rows, None].to(work.acc_dtype)
+            # Ignored rows become zeros: NaN there (padding after fully masked attention)
+            # would otherwise reach the loss as 0·NaN and every gradient through W.
+            h = torch.where(a != 0, hidden[rows], 0.0)
+            logits = work.logits_of(h, bias)
+            target_logit = logits.gather(1, t)
+            mean_logit = logits.mean(1, keepdim=True) if smoothing else None
+            row_max, row_sum = _exp_shifted_(logits)
+            lse = row_max + row_sum.log()
+            nll = lse - target_logit
+            loss = regularised_loss(nll, lse, mean_logit, smoothing, z_loss)
+            loss_sum += (a * loss).sum()
+            nll_sum += (a * nll).sum()
+            if any(needs):
+                # The gradient, in place over exp(o − max): see the module docstring.
+                scale = a / row_sum if not z_loss else a * (1 + 2 * z_loss * lse) / row_sum
+                logits.mul_(scale).scatter_add_(1, t, -(1.0 - smoothing) * a)
+                if smoothing:
+                    logits.sub_(a * (smoothing / vocab))
+                work.accumulate(logits, h, (_rows(grads[0], rows), grads[1], grads[2]), start == 0)
+    return loss_sum, nll_sum, grads
 
 
-def _cast_like(grad: Tensor | None, like: Tensor | None) -> Tensor | None:
-    if grad is None or like is None:
-        return None
-    return grad.to(like.dtype)
-
-
-# --------------------------------------------------------------------------------------------
-class _FusedLinearCrossEntropySum(torch.autograd.Function):
-    """``Σ_i a_i·NLL_i`` with the gradients formed in forward (three matmul passes)."""
+class _LinearCrossEntropy(torch.autograd.Function):
+    """``(Σ a·loss, Σ a·nll)`` with the gradients formed in forward (three matmul passes)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -282,115 +385,32 @@ class _FusedLinearCrossEntropySum(torch.autograd.Function):
         bias: Tensor | None,
         target: Tensor,
         token_weight: Tensor,
-        chunk: int,
-        compute_dtype: torch.dtype,
-        needs: tuple[bool, bool, bool],
-    ) -> Tensor:
-        with torch.autocast(hidden.device.type, enabled=False):
-            n = hidden.shape[0]
-            work = _Workspace(min(chunk, n), weight, compute_dtype)
-            grad_hidden, grad_weight, grad_bias = _grad_buffers(hidden, weight, bias, needs, work)
-            any_grad = any(needs)
-            total = torch.zeros((), device=hidden.device, dtype=work.acc_dtype)
-            for start in _chunks(n, chunk):
-                rows = slice(start, start + chunk)
-                h, t = hidden[rows], target[rows, None]
-                a = token_weight[rows, None].to(work.acc_dtype)
-                logits = work.logits_of(h, bias)
-                target_logit = logits.gather(1, t)
-                row_max, row_sum = _exp_shifted_(logits)
-                nll = row_max + row_sum.log() - target_logit
-                total += (a * nll).sum()
-                if any_grad:
-                    # softmax·a − onehot·a, in place over exp(o − max).
-                    logits.mul_(a / row_sum).scatter_add_(1, t, -a)
-                    work.accumulate(
-                        logits,
-                        h,
-                        None if grad_hidden is None else grad_hidden[rows],
-                        grad_weight,
-                        grad_bias,
-                    )
-        # Saved as intermediates (not ctx attributes): autograd frees them right after backward
-        # unless the graph is retained, so a retained graph can backward again.
-        ctx.save_for_backward(_cast_like(grad_hidden, hidden), grad_weight, grad_bias)
-        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        return total
+        options: tuple,
+    ) -> tuple[Tensor, Tensor]:
+        loss_sum, nll_sum, grads = _fused_pass(hidden, weight, bias, target, token_weight, options)
+        # The gradients are a ctx attribute, not saved tensors: backward scales them in place and
+        # hands them over, so autograd can take ∂W as weight.grad without a copy (peak memory
+        # stays at one ∂W). A second backward through a retained graph forms them again.
+        ctx.grads = grads
+        ctx.options = options
+        ctx.save_for_backward(hidden, weight, bias, target, token_weight)
+        ctx.mark_non_differentiable(nll_sum)
+        return loss_sum, nll_sum
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_output: Tensor) -> tuple:
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        weight_dtype, bias_dtype = ctx.dtypes
-        scaled = []
-        for grad, dtype in (
-            (grad_hidden, None),
-            (grad_weight, weight_dtype),
-            (grad_bias, bias_dtype),
-        ):
-            if grad is not None:
-                grad = (grad * grad_output).to(dtype or grad.dtype)
-            scaled.append(grad)
-        return (*scaled, None, None, None, None, None)
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_loss: Tensor, _: Tensor) -> tuple:
+        inputs = ctx.saved_tensors
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            grads = _fused_pass(*inputs, ctx.options)[2]
+        scaled = [
+            None if grad is None else grad.mul_(grad_loss.to(grad.dtype)).to(like.dtype)
+            for grad, like in zip(grads, inputs[:3], strict=True)
+        ]
+        del grads
+        return (*scaled, None, None, None)
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Per-token NLL ``[n]``; saves ``lse [n]`` and recomputes chunk logits in backward."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        hidden: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        target: Tensor,
-        chunk: int,
-        compute_dtype: torch.dtype,
-    ) -> Tensor:
-        with torch.autocast(hidden.device.type, enabled=False):
-            n = hidden.shape[0]
-            work = _Workspace(min(chunk, n), weight, compute_dtype)
-            nll = torch.empty(n, device=hidden.device, dtype=work.acc_dtype)
-            lse = torch.empty(n, device=hidden.device, dtype=work.acc_dtype)
-            for start in _chunks(n, chunk):
-                rows = slice(start, start + chunk)
-                logits = work.logits_of(hidden[rows], bias)
-                target_logit = logits.gather(1, target[rows, None]).squeeze(1)
-                row_max, row_sum = _exp_shifted_(logits)
-                lse[rows] = (row_max + row_sum.log()).squeeze(1)
-                nll[rows] = lse[rows] - target_logit
-        ctx.save_for_backward(hidden, weight, bias, target, lse)
-        ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
-        return nll
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_nll: Tensor) -> tuple:
-        hidden, weight, bias, target, lse = ctx.saved_tensors
-        chunk, needs = ctx.chunk, ctx.needs_input_grad[:3]
-        with torch.autocast(hidden.device.type, enabled=False):
-            n = hidden.shape[0]
-            work = _Workspace(min(chunk, n), weight, ctx.compute_dtype)
-            grad_hidden, grad_weight, grad_bias = _grad_buffers(hidden, weight, bias, needs, work)
-            for start in _chunks(n, chunk):
-                rows = slice(start, start + chunk)
-                h, t = hidden[rows], target[rows, None]
-                g = grad_nll[rows, None].to(work.acc_dtype)
-                logits = work.logits_of(h, bias)
-                # softmax·g − onehot·g, in place, from the saved logsumexp.
-                logits.sub_(lse[rows, None]).exp_().mul_(g).scatter_add_(1, t, -g)
-                work.accumulate(
-                    logits,
-                    h,
-                    None if grad_hidden is None else grad_hidden[rows],
-                    grad_weight,
-                    grad_bias,
-                )
-        return (
-            _cast_like(grad_hidden, hidden),
-            _cast_like(grad_weight, weight),
-            _cast_like(grad_bias, bias),
-            None,
-            None,
-            None,
-        )
+def _rows(grad: Tensor | None, rows: slice) -> Tensor | None:
+    return None if grad is None else grad[rows]

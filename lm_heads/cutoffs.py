@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from lm_heads.chunked_ce import linear_cross_entropy
 from lm_heads.counts import as_counts
 
 CostModel = Callable[[Tensor, int, Tensor], Tensor]
@@ -139,9 +140,6 @@ def measure_matmul_cost(
     key = (str(device), _device_name(device), in_features, batch_tokens, dtype, div_value, max_macs)
     if key in _CACHE and not refresh:
         return _CACHE[key]
-    # Imported here: adaptive.py imports this module for cutoffs="auto".
-    from lm_heads.adaptive import linear_cross_entropy
-
     generator = torch.Generator().manual_seed(0)
     in_dims = sorted({in_features, max(1, int(in_features // div_value**2))})
     row_grid = sorted({min(rows, batch_tokens) for rows in (16, 128, 1024)})
@@ -161,7 +159,7 @@ def measure_matmul_cost(
         for _ in range(repeats + 1):
             _synchronize(device)
             start = time.perf_counter()
-            linear_cross_entropy(x, w, None, target).sum().backward()
+            linear_cross_entropy(x, w, None, target, chunk_size=None).loss.backward()
             _synchronize(device)
             runs.append(time.perf_counter() - start)
         features.append([1.0, rows * in_dim * out_dim, rows * out_dim, in_dim * out_dim])

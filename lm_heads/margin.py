@@ -17,7 +17,8 @@ Both define a normalised distribution ``p = softmax(z)`` over ``V`` words with b
 The cosine head subtracts the additive margin ``m`` from the target's cosine while training only,
 so its training loss is the NLL of a *different* distribution than the one it is evaluated on
 (``is_exact`` is False while training with ``m > 0``); evaluation uses ``softmax(s cos)``. RBF's
-loss is the exact NLL of its distribution.
+loss is the exact NLL of its distribution. Both (and the prototype head's cross-entropy) take
+label smoothing and the z-loss while training, which make the training loss inexact too.
 
 Bounded logits cap how peaked the distribution can be: with logits in ``[-s, s]`` (cosine) or
 ``[0, s]`` (RBF) the target's probability is at most ``1 / (1 + (V-1) e^{-2s})`` (resp.
@@ -49,12 +50,44 @@ from torch import Tensor, nn
 
 from lm_heads._check import check_bool, check_float
 from lm_heads.base import Head, at_least_float32
+from lm_heads.chunked_ce import check_loss_options, regularised_loss
 
 __all__ = ["CosineSoftmaxHead", "RBFSoftmaxHead"]
 
 
 class LogitSoftmaxHead(Head):
-    """A head whose distribution is ``softmax(logits(h))`` over ``[n, V]`` logits."""
+    """A head whose distribution is ``softmax(logits(h))`` over ``[n, V]`` logits.
+
+    Its cross-entropy takes label smoothing ``ε`` and the z-loss ``λ·(log Z)²`` while training,
+    exactly and at no extra ``[n, V]`` pass beyond a mean (see :mod:`lm_heads.chunked_ce`)."""
+
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+
+    def _set_loss_options(self, label_smoothing: float, z_loss: float) -> None:
+        self.label_smoothing, self.z_loss = check_loss_options(label_smoothing, z_loss)
+
+    def _regularises(self, training: bool) -> bool:
+        """Whether the training cross-entropy has label smoothing or the z-loss in this mode."""
+        return training and bool(self.label_smoothing or self.z_loss)
+
+    def loss_is_exact(self, training: bool) -> bool:
+        return not self._regularises(training)
+
+    def _regularise(self, nll: Tensor, lse: Tensor, logits: Tensor, shift: float = 0.0) -> Tensor:
+        """The training loss from the NLL of ``logits − shift·onehot`` and its ``lse``."""
+        if not self._regularises(self.training):
+            return nll
+        mean = logits.mean(-1) - shift / self.vocab_size if self.label_smoothing else None
+        return regularised_loss(nll, lse, mean, self.label_smoothing, self.z_loss)
+
+    def _cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Per-token training cross-entropy of ``logits [n, V]``."""
+        if not self._regularises(self.training):
+            return F.cross_entropy(logits, target, reduction="none")
+        lse = logits.logsumexp(-1)
+        nll = lse - logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        return self._regularise(nll, lse, logits)
 
     def _logits(self, hidden: Tensor) -> Tensor:
         raise NotImplementedError
@@ -87,6 +120,8 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
             softmax, whose training loss is then the exact NLL).
         learn_scale: learn ``log s`` (initialised at ``scale``) as in NormFace (Wang et al. 2017)
             instead of keeping it fixed as AM-Softmax does.
+        label_smoothing: ``ε ∈ [0, 1]`` while training, as ``F.cross_entropy``'s.
+        z_loss: ``λ ≥ 0``, weight of ``(log Z)²`` while training (PaLM).
     """
 
     def __init__(
@@ -98,8 +133,11 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
         scale: float = 16.0,
         margin: float = 0.1,
         learn_scale: bool = False,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
+        self._set_loss_options(label_smoothing, z_loss)
         scale = check_float("scale", scale, positive=True, hint="e.g. 16.0")
         margin = check_float(
             "margin", margin, minimum=0.0, hint="cosines span [-1, 1]; AM-Softmax uses 0.35"
@@ -116,7 +154,7 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
         self.weight = nn.Parameter(torch.randn(vocab_size, in_features) / math.sqrt(in_features))
 
     def loss_is_exact(self, training: bool) -> bool:
-        return not training or self.margin == 0.0
+        return super().loss_is_exact(training) and (not training or self.margin == 0.0)
 
     def _logits(self, hidden: Tensor) -> Tensor:
         # Normalise in at least float32 (a bf16 norm costs 3 digits of every cosine); the matmul
@@ -131,12 +169,13 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
         lse = logits.logsumexp(-1)
         target_logit = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
         if not (self.training and self.margin > 0.0):
-            return lse - target_logit
+            return self._regularise(lse - target_logit, lse, logits)
         # The margin lowers one logit, so the normaliser changes by one term:
         # log Σ_j e^{z_j − δ[j=t]·sm} = lse + log(1 − p_t·(1 − e^{−sm})), with no [n, V] copy.
         shift = self.log_scale.exp().to(logits.dtype) * self.margin
         p_target = (target_logit - lse).exp()
-        return lse + torch.log1p(p_target * torch.expm1(-shift)) - target_logit + shift
+        lse = lse + torch.log1p(p_target * torch.expm1(-shift))
+        return self._regularise(lse - target_logit + shift, lse, logits, shift)
 
     def extra_repr(self) -> str:
         scale = math.exp(float(self.log_scale.detach()))
@@ -158,6 +197,8 @@ class RBFSoftmaxHead(LogitSoftmaxHead):
         gamma: ``γ > 0``, the kernel width in squared-distance units. ``None`` (default) uses
             ``d``: hidden states with unit-variance coordinates are ``≈ √(2d)`` apart, so the
             kernel starts neither saturated at 0 nor flat at 1.
+        label_smoothing: ``ε ∈ [0, 1]`` while training, as ``F.cross_entropy``'s.
+        z_loss: ``λ ≥ 0``, weight of ``(log Z)²`` while training (PaLM).
     """
 
     def __init__(
@@ -168,8 +209,11 @@ class RBFSoftmaxHead(LogitSoftmaxHead):
         ignore_index: int = -100,
         scale: float = 16.0,
         gamma: float | None = None,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
+        self._set_loss_options(label_smoothing, z_loss)
         self.scale = check_float("scale", scale, positive=True, hint="e.g. 16.0")
         self.gamma = (
             float(in_features) if gamma is None else check_float("gamma", gamma, positive=True)
@@ -198,7 +242,7 @@ class RBFSoftmaxHead(LogitSoftmaxHead):
         return torch.exp(self.squared_distances(hidden, -1.0 / self.gamma)).mul(self.scale)
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(self._logits(hidden), target, reduction="none")
+        return self._cross_entropy(self._logits(hidden), target)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, scale={self.scale}, gamma={self.gamma}"

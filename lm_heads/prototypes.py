@@ -158,6 +158,8 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
             (0: paper's loss only, the CE fits the temperature; 1: joint training).
         proto_steps: optimisation steps for placing the prototypes (0: random points).
         seed: seed of the prototype placement.
+        label_smoothing: ``ε ∈ [0, 1]`` for the cross-entropy while training.
+        z_loss: ``λ ≥ 0``, weight of ``(log Z)²`` while training (PaLM).
     """
 
     def __init__(
@@ -171,8 +173,11 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
         ce_weight: float = 0.0,
         proto_steps: int = 200,
         seed: int = 0,
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
+        self._set_loss_options(label_smoothing, z_loss)
         if proto_dim is None:
             proto_dim = in_features
         proto_dim = check_int("proto_dim", proto_dim, minimum=1, hint="or None for d")
@@ -223,7 +228,7 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
                 detached = cosines.detach()
                 cosines = detached + self.ce_weight * (cosines - detached)
         logits = self.log_scale.exp().to(cosines.dtype) * cosines
-        return proto_loss + F.cross_entropy(logits, target, reduction="none")
+        return proto_loss + self._cross_entropy(logits, target)
 
     def _logits(self, hidden: Tensor) -> Tensor:
         cosines = self._all_cosines(self._embed(hidden))

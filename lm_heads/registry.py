@@ -62,9 +62,12 @@ def build_head(
     accepted = _keyword_options(cls)
     unknown = sorted(set(options) - accepted)
     if unknown:
+        # Name the heads that do take an option (label_smoothing, z_loss, chunk_size, ...).
+        takers = {k: [h for h, c in HEADS.items() if k in _keyword_options(c)] for k in unknown}
+        hint = "".join(f"; {k} is an option of {', '.join(v)}" for k, v in takers.items() if v)
         raise TypeError(
             f"head {name!r} got unknown option(s) {unknown}; valid options: "
-            f"{', '.join(sorted(accepted)) or '(none)'}"
+            f"{', '.join(sorted(accepted)) or '(none)'}{hint}"
         )
     if counts is not None:
         counts = as_counts(counts, vocab_size, name)

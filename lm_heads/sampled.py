@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lm_heads._check import check_bool, check_float, check_int
-from lm_heads.base import at_least_float32, linear_f32
+from lm_heads.base import Head, at_least_float32, linear_f32
 from lm_heads.chunked_ce import ChunkSize
 from lm_heads.full import FullSoftmaxHead
 from lm_heads.samplers import PROPOSALS, CategoricalSampler, proposal_probs
@@ -104,9 +104,17 @@ class _SampledHead(FullSoftmaxHead):
     def loss_is_exact(self, training: bool) -> bool:
         return not training
 
+    def _loss_sums(
+        self, hidden: Tensor, target: Tensor, keep: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        if self.training:
+            # The sampled objective, summed by the template rather than the full head's kernels.
+            return Head._loss_sums(self, hidden, target, keep)
+        return super()._loss_sums(hidden, target, keep)
+
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
         if not self.training:
-            return self._exact_token_loss(hidden, target)
+            return super()._token_loss(hidden, target)
         noise = self.proposal.sample(self.num_samples, self.noise_generator())
         return self._sampled_token_loss(hidden, target, noise)
 

@@ -11,6 +11,8 @@ from typing import Any
 HEAD_CASES: list[tuple[str, dict[str, Any]]] = [
     ("full", {}),
     ("full", {"chunk_size": 7}),
+    ("full", {"chunk_size": 7, "label_smoothing": 0.1, "z_loss": 1e-3}),
+    ("full", {"label_smoothing": 0.1}),
     ("importance", {"num_samples": 16}),
     ("importance", {"proposal": "log_uniform", "num_samples": 16, "chunk_size": 7}),
     ("nce", {"num_samples": 16}),
@@ -26,7 +28,9 @@ HEAD_CASES: list[tuple[str, dict[str, Any]]] = [
     ("taylor", {}),
     ("taylor", {"gram": False}),
     ("cosine", {}),
+    ("cosine", {"label_smoothing": 0.1, "z_loss": 1e-3}),
     ("rbf", {}),
+    ("rbf", {"label_smoothing": 0.1, "z_loss": 1e-3}),
     ("prototypes", {}),
 ]
 

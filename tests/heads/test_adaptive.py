@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lm_heads import build_head
-from lm_heads.adaptive import AdaptiveSoftmaxHead, linear_cross_entropy
+from lm_heads.adaptive import AdaptiveSoftmaxHead
 from lm_heads.cutoffs import default_cutoffs
 from tests.heads.utils import zipf_counts, zipf_targets
 
@@ -123,15 +123,21 @@ def test_no_tail_cluster_is_a_plain_softmax() -> None:
     torch.testing.assert_close(head.log_prob(hidden), expected)
 
 
-def test_linear_cross_entropy_matches_autograd_and_gradchecks() -> None:
-    x = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(11, dtype=torch.float64, requires_grad=True)
-    t = torch.randint(11, (7,))
-    expected = F.cross_entropy(F.linear(x, w, b), t, reduction="none")
-    torch.testing.assert_close(linear_cross_entropy(x, w, b, t), expected)
-    assert torch.autograd.gradcheck(lambda *a: linear_cross_entropy(*a, t), (x, w, b))
-    assert torch.autograd.gradcheck(lambda *a: linear_cross_entropy(*a, None, t), (x, w))
+def test_training_loss_matches_per_token_loss_and_its_gradients() -> None:
+    # Training goes through the fused kernel (_loss_sums); evaluation through plain autograd.
+    head = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), cutoffs=[20, 80], head_bias=True)
+    hidden = torch.randn(30, D, requires_grad=True)
+    target = zipf_targets(zipf_counts(V), (30,))
+    target[::7] = -100
+    out = head(hidden, target)
+    grads = torch.autograd.grad(out.loss, [hidden, *head.parameters()])
+    keep = target != -100
+    safe = torch.where(keep, target, 0)
+    reference = torch.where(keep, head._token_loss(hidden, safe), 0.0).sum() / keep.sum()
+    expected = torch.autograd.grad(reference, [hidden, *head.parameters()])
+    torch.testing.assert_close(out.loss, reference)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)
 
 
 def test_gradcheck_whole_head_float64() -> None:
@@ -280,3 +286,11 @@ def test_output_embeddings_are_head_rows_and_projected_tail_rows() -> None:
     torch.testing.assert_close(emb[first_head_word], head.head.weight[0])
     project, out = head.tail[0]
     torch.testing.assert_close(emb[first_tail_word], out.weight[0] @ project.weight)
+
+
+def test_target_log_prob_with_empty_tail_clusters() -> None:
+    # Every target in the head: the clusters' per-token losses run on empty slices.
+    head = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V, shuffle=False), cutoffs=[20, 80])
+    hidden, target = torch.randn(5, D), torch.arange(5)
+    expected = head.log_prob(hidden).gather(1, target[:, None]).squeeze(1)
+    torch.testing.assert_close(head.target_log_prob(hidden, target), expected)
