@@ -43,7 +43,7 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +82,10 @@ class AdaptiveSoftmaxHead(Head):
     """
 
     uses_counts = True
+    cutoffs: Tensor
+    id_of_rank: Tensor
+    rank_of_id: Tensor
+    _starts: Tensor
 
     def __init__(
         self,
@@ -176,7 +180,7 @@ class AdaptiveSoftmaxHead(Head):
             chunk_size=None,
         )
         for (project, out), h, t, a in zip(
-            self.tail,
+            self.clusters(),
             hidden.index_select(0, rows).split(sizes),
             relative.split(sizes),
             weight.index_select(0, rows).split(sizes),
@@ -195,7 +199,7 @@ class AdaptiveSoftmaxHead(Head):
         parts = [
             linear_nll(F.linear(h, project.weight), out.weight, None, t, chunk_size=None)
             for (project, out), h, t in zip(
-                self.tail,
+                self.clusters(),
                 hidden.index_select(0, rows).split(sizes),
                 relative.split(sizes),
                 strict=True,
@@ -264,10 +268,18 @@ class AdaptiveSoftmaxHead(Head):
         """``[V, d]``: head rows for head words, ``P_iᵀ B_i`` rows (the linear map from ``h`` to a
         word's within-cluster logit) for tail words. Cosines across clusters mix two spaces."""
         blocks = [self.head.weight[: self.shortlist_size]]
-        blocks += [out.weight @ project.weight for project, out in self.tail]
+        blocks += [out.weight @ project.weight for project, out in self.clusters()]
         out = torch.empty(self.vocab_size, self.in_features, dtype=self.head.weight.dtype)
         out = out.to(self.head.weight.device)
         return out.index_copy(0, self.id_of_rank, torch.cat(blocks))
+
+    def clusters(self) -> list[tuple[nn.Linear, nn.Linear]]:
+        """``(projection d → d_i, output d_i → |cluster i|)`` of each tail cluster."""
+        # tail[i] is nn.Sequential(projection, output): torch's layout (state dict keys tail.i.0
+        # and tail.i.1, which from_torch copies by name). ModuleList cannot type its elements.
+        return [
+            cast("tuple[nn.Linear, nn.Linear]", tuple(cluster.children())) for cluster in self.tail
+        ]
 
     def resolved_options(self) -> dict[str, Any]:
         # "auto" measured the machine: a rebuild takes the cutoffs it chose, without a cost model.
@@ -284,7 +296,7 @@ class AdaptiveSoftmaxHead(Head):
         return linear_f32(hidden, self.head.weight, self.head.bias).log_softmax(1)
 
     def _cluster_logits(self, hidden: Tensor, i: int) -> Tensor:
-        project, out = self.tail[i]
+        project, out = self.clusters()[i]
         return at_least_float32(F.linear(F.linear(hidden, project.weight), out.weight))
 
     def _load_from_state_dict(
@@ -300,7 +312,7 @@ class AdaptiveSoftmaxHead(Head):
 
 
 def _check_cutoffs(
-    cutoffs: Sequence[int], vocab_size: int, in_features: int, div_value: float
+    cutoffs: Sequence[int] | Tensor, vocab_size: int, in_features: int, div_value: float
 ) -> list[int]:
     if isinstance(cutoffs, Tensor):
         cutoffs = cutoffs.tolist()

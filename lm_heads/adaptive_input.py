@@ -153,7 +153,7 @@ class AdaptiveInput(nn.Module):
         module.to(param.device, param.dtype)
         if tie_weights:
             module.weights[0] = head.head.weight
-            for i, (project, out) in enumerate(head.tail):
+            for i, (project, out) in enumerate(head.clusters()):
                 module.weights[i + 1] = out.weight
                 if tie_proj:
                     module.projections[i] = project.weight

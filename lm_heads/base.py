@@ -25,13 +25,16 @@ host sync per step. Use :func:`check_finite` where that is affordable, e.g. when
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lm_heads._check import check_int
+
+if TYPE_CHECKING:
+    from lm_heads.registry import HeadSpec
 
 
 class HeadOutput(NamedTuple):
@@ -58,6 +61,9 @@ class Head(nn.Module):
     uses_counts: ClassVar[bool] = False
     """Whether the constructor takes ``counts`` (corpus frequency per word id): ``build_head``
     validates counts for every head but passes them only to heads that use them."""
+
+    build_spec: HeadSpec | None = None
+    """How :func:`~lm_heads.registry.build_head` made this head (``None``: built directly)."""
 
     def __init__(self, in_features: int, vocab_size: int, *, ignore_index: int = -100) -> None:
         super().__init__()

@@ -39,7 +39,7 @@ Shape:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,10 @@ about twice the floor plus ``[n, d]``, at any ``V``. Fewer rows re-read ``W`` an
 chunk too often: 64 rows ran 1.6× slower than 512 on a 2-core CPU (BENCHMARKS.md)."""
 
 ChunkSize = int | Literal["auto"]
+
+_Options = tuple[int, torch.dtype, tuple[bool, bool, bool], float, float]
+"""What the fused kernel needs besides tensors: rows per chunk, matmul dtype, which of ``(h, W,
+b)`` need gradients, label smoothing ``ε``, z-loss ``λ``."""
 
 
 class LossSums(NamedTuple):
@@ -104,6 +108,7 @@ def regularised_loss(
     smoothing (uniform over the ``V`` words) plus PaLM's z-loss, from ``[n]`` statistics."""
     loss = nll
     if label_smoothing:
+        assert mean_logit is not None, "label smoothing needs the mean logit"
         loss = (1.0 - label_smoothing) * nll + label_smoothing * (lse - mean_logit)
     if z_loss:
         loss = loss + z_loss * lse.square()
@@ -149,7 +154,7 @@ def linear_cross_entropy(
         grad_on and weight.requires_grad,
         grad_on and bias is not None and bias.requires_grad,
     )
-    options = (chunk, _compute_dtype(hidden, weight), needs, label_smoothing, z_loss)
+    options: _Options = (chunk, _compute_dtype(hidden, weight), needs, label_smoothing, z_loss)
     return LossSums(*_LinearCrossEntropy.apply(hidden, weight, bias, target, token_weight, options))
 
 
@@ -339,7 +344,7 @@ def _fused_pass(
     bias: Tensor | None,
     target: Tensor,
     token_weight: Tensor,
-    options: tuple,
+    options: _Options,
 ) -> tuple[Tensor, Tensor, tuple[Tensor | None, Tensor | None, Tensor | None]]:
     """``(Σ a·loss, Σ a·nll, (∂h, ∂W, ∂b))`` chunk by chunk; the gradients for upstream 1."""
     chunk, compute_dtype, needs, smoothing, z_loss = options
@@ -377,15 +382,17 @@ def _fused_pass(
 class _LinearCrossEntropy(torch.autograd.Function):
     """``(Σ a·loss, Σ a·nll)`` with the gradients formed in forward (three matmul passes)."""
 
+    # ctx is Any: forward leaves the gradients and options on it for backward, and FunctionCtx
+    # declares neither them nor saved_tensors.
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
+    def forward(
+        ctx: Any,
         hidden: Tensor,
         weight: Tensor,
         bias: Tensor | None,
         target: Tensor,
         token_weight: Tensor,
-        options: tuple,
+        options: _Options,
     ) -> tuple[Tensor, Tensor]:
         loss_sum, nll_sum, grads = _fused_pass(hidden, weight, bias, target, token_weight, options)
         # The gradients are a ctx attribute, not saved tensors: backward scales them in place and
@@ -399,14 +406,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_loss: Tensor, _: Tensor) -> tuple:
-        inputs = ctx.saved_tensors
+    def backward(ctx: Any, grad_loss: Tensor, _: Tensor) -> tuple:
+        hidden, weight, bias, target, token_weight = ctx.saved_tensors
         grads, ctx.grads = ctx.grads, None
         if grads is None:
-            grads = _fused_pass(*inputs, ctx.options)[2]
+            grads = _fused_pass(hidden, weight, bias, target, token_weight, ctx.options)[2]
         scaled = [
             None if grad is None else grad.mul_(grad_loss.to(grad.dtype)).to(like.dtype)
-            for grad, like in zip(grads, inputs[:3], strict=True)
+            for grad, like in zip(grads, (hidden, weight, bias), strict=True)
         ]
         del grads
         return (*scaled, None, None, None)

@@ -319,5 +319,5 @@ def _candidate_grid(vocab_size: int, candidates: Sequence[int] | None, num: int)
         return list(range(1, vocab_size))
     points = torch.logspace(0, math.log10(vocab_size - 1), num, dtype=torch.float64).tolist()
     # Multiples of 8 keep large clusters aligned to matmul tiles.
-    grid = {int(round(p / 8) * 8) if p > 64 else round(p) for p in points}
-    return sorted(c for c in grid if 1 <= c < vocab_size)
+    snapped = {int(round(p / 8) * 8) if p > 64 else round(p) for p in points}
+    return sorted(c for c in snapped if 1 <= c < vocab_size)

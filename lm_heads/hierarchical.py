@@ -86,6 +86,19 @@ class TreeSoftmaxHead(Head):
             wider ones by sorting tokens by node (see the module docstring).
     """
 
+    # Buffers: the tree's TreeTensors (registered by name in __init__), and _plan's slot table.
+    path_nodes: Tensor
+    path_children: Tensor
+    path_mask: Tensor
+    node_offset: Tensor
+    node_width: Tensor
+    node_depth: Tensor
+    node_parent_row: Tensor
+    edge_node: Tensor
+    edge_child: Tensor
+    word_row: Tensor
+    _wide_slot: Tensor
+
     def __init__(
         self,
         in_features: int,
@@ -194,6 +207,8 @@ class TreeSoftmaxHead(Head):
             # Tokens at wide nodes may hold child ids past the gathered width: clamp, discard.
             result = fn(narrow, aux.clamp(max=plan.gather_width - 1))
         if not plan.wide_segments:
+            # _plan gives a depth that is not dense a gather width or wide nodes, or both.
+            assert result is not None
             return result
 
         num_wide = len(plan.wide_segments)

@@ -74,7 +74,9 @@ class LogitSoftmaxHead(Head):
     def loss_is_exact(self, training: bool) -> bool:
         return not self._regularises(training)
 
-    def _regularise(self, nll: Tensor, lse: Tensor, logits: Tensor, shift: float = 0.0) -> Tensor:
+    def _regularise(
+        self, nll: Tensor, lse: Tensor, logits: Tensor, shift: Tensor | float = 0.0
+    ) -> Tensor:
         """The training loss from the NLL of ``logits − shift·onehot`` and its ``lse``."""
         if not self._regularises(self.training):
             return nll
@@ -101,9 +103,6 @@ class LogitSoftmaxHead(Head):
 
     def _predict(self, hidden: Tensor) -> Tensor:
         return self._logits(hidden).argmax(-1)
-
-    def output_embeddings(self) -> Tensor:
-        return self.weight
 
 
 class CosineSoftmaxHead(LogitSoftmaxHead):
@@ -177,6 +176,9 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
         lse = lse + torch.log1p(p_target * torch.expm1(-shift))
         return self._regularise(lse - target_logit + shift, lse, logits, shift)
 
+    def output_embeddings(self) -> Tensor:
+        return self.weight
+
     def extra_repr(self) -> str:
         scale = math.exp(float(self.log_scale.detach()))
         return (
@@ -243,6 +245,9 @@ class RBFSoftmaxHead(LogitSoftmaxHead):
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
         return self._cross_entropy(self._logits(hidden), target)
+
+    def output_embeddings(self) -> Tensor:
+        return self.weight
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, scale={self.scale}, gamma={self.gamma}"

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import Tensor, nn
 
@@ -59,8 +59,17 @@ STRUCTURE_KEY = "head_structure."
 
 _NOT_CONFIGURED = "call self.configure_head(...) in __init__ before training or evaluating"
 
+if TYPE_CHECKING:
+    # The mixin is always combined with a LightningModule (``self.log``, state-dict hooks, the
+    # epoch hooks it extends); at run time it has no base, so it composes in any order.
+    import lightning as L
 
-class LMHeadMixin:
+    _Base = L.LightningModule
+else:
+    _Base = object
+
+
+class LMHeadMixin(_Base):
     """Adds ``configure_head``, ``head_training_step``, ``head_evaluation_step`` and
     ``tie_head_weights``.
 
@@ -187,11 +196,11 @@ class LMHeadMixin:
         return target_log_prob
 
     def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()  # type: ignore[misc]
+        super().on_validation_epoch_start()
         self._reset_stage_metrics("val")
 
     def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()  # type: ignore[misc]
+        super().on_test_epoch_start()
         self._reset_stage_metrics("test")
 
     # ----------------------------------------------------------------------------------------
@@ -210,7 +219,8 @@ class LMHeadMixin:
         key = f"{stage}_{dataloader_idx}"
         if key not in self.extra_ppl:
             self.extra_ppl[key] = Perplexity(ignore_index=first.ignore_index).to(first.device)
-        return self.extra_ppl[key], f"extra_ppl.{key}"
+        # extra_ppl holds only the Perplexity metrics made here; ModuleDict cannot type them.
+        return cast(Perplexity, self.extra_ppl[key]), f"extra_ppl.{key}"
 
     def _reset_stage_metrics(self, stage: str) -> None:
         first = getattr(self, f"{stage}_ppl", None)
@@ -218,7 +228,7 @@ class LMHeadMixin:
             first.reset()
             for key, metric in self.extra_ppl.items():
                 if key.startswith(f"{stage}_"):
-                    metric.reset()
+                    cast(Perplexity, metric).reset()
 
     def _restore_head(self, spec: HeadSpec, state_dict: dict[str, Any], prefix: str) -> None:
         """Rebuild ``self.head`` from ``spec`` when it is pending or its shapes differ from the
@@ -241,7 +251,7 @@ class LMHeadMixin:
             }
             if not stored or stored == {k: v.shape for k, v in current.state_dict().items()}:
                 return
-            ours = getattr(current, "build_spec", None)
+            ours = current.build_spec
             warnings.warn(
                 f"the checkpoint's head ({_describe(spec)}) differs in structure from the one "
                 f"configured here ({_describe(ours) if ours else type(current).__name__}); "

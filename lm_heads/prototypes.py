@@ -162,6 +162,8 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
         z_loss: ``λ ≥ 0``, weight of ``(log Z)²`` while training (PaLM).
     """
 
+    prototypes: Tensor
+
     def __init__(
         self,
         in_features: int,

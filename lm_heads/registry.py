@@ -73,9 +73,8 @@ def build_head(
         counts = as_counts(counts, vocab_size, name)
     if not cls.uses_counts:
         counts = None  # validated above; the head's structure does not depend on them
-    head = cls(
-        in_features, vocab_size, **({"counts": counts} if cls.uses_counts else {}), **options
-    )
+    extra: dict[str, Any] = {"counts": counts} if cls.uses_counts else {}
+    head = cls(in_features, vocab_size, **extra, **options)
     head.build_spec = HeadSpec(
         name, in_features, vocab_size, counts, {**options, **head.resolved_options()}
     )

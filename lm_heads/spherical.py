@@ -63,6 +63,7 @@ parameter gets a gradient whatever the targets.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -83,7 +84,7 @@ class _Gram(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # Any: FunctionCtx lacks saved_tensors
         (weight,) = ctx.saved_tensors
         return weight @ (grad + grad.t())
 

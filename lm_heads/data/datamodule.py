@@ -383,7 +383,7 @@ class LMDataModule(L.LightningDataModule):
         order = np.argsort(-counts, kind="stable")
         # Every word stays in the vocabulary, even one the training sample missed (count 0).
         words = [f"w{i}" for i in order] + [UNK, EOS]
-        vocab = Vocabulary(words, np.append(counts[order], [0, 0]))
+        vocab = Vocabulary(words, torch.from_numpy(np.append(counts[order], [0, 0])))
         remap = np.array([vocab.stoi[f"w{i}"] for i in range(lang.vocab_size)], dtype=np.int64)
         cache.write_vocab(vocab)
         bounds = {
