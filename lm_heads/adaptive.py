@@ -302,12 +302,7 @@ class AdaptiveSoftmaxHead(Head):
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
-        stored = state_dict.get(prefix + "cutoffs")
-        if stored is not None and stored.tolist() != self.bounds[1:-1]:
-            raise ValueError(
-                f"this checkpoint was saved with cutoffs={stored.tolist()} but this head has "
-                f"cutoffs={self.bounds[1:-1]}: build the head with cutoffs={stored.tolist()}"
-            )
+        check_saved_cutoffs(state_dict, prefix, self.bounds[1:-1], "head")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -343,3 +338,17 @@ def _check_cutoffs(
             stacklevel=3,
         )
     return cuts
+
+
+def check_saved_cutoffs(
+    state_dict: dict[str, Any], prefix: str, cutoffs: list[int], module: str
+) -> None:
+    """Refuse a checkpoint whose ``cutoffs`` buffer differs from this module's, before any copy
+    (the parameters' shapes follow from the cutoffs, so torch's own message would be a size
+    mismatch that does not say why)."""
+    stored = state_dict.get(prefix + "cutoffs")
+    if stored is not None and stored.tolist() != cutoffs:
+        raise ValueError(
+            f"this checkpoint was saved with cutoffs={stored.tolist()} but this {module} has "
+            f"cutoffs={cutoffs}: build the {module} with cutoffs={stored.tolist()}"
+        )

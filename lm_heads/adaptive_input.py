@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lm_heads._check import check_float, check_int
-from lm_heads.adaptive import AdaptiveSoftmaxHead, _check_cutoffs
+from lm_heads.adaptive import AdaptiveSoftmaxHead, _check_cutoffs, check_saved_cutoffs
 from lm_heads.counts import as_counts, frequency_order
 from lm_heads.cutoffs import default_cutoffs, projection_dims
 
@@ -192,10 +192,5 @@ class AdaptiveInput(nn.Module):
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
-        stored = state_dict.get(prefix + "cutoffs")
-        if stored is not None and stored.tolist() != self.bounds[1:-1]:
-            raise ValueError(
-                f"this checkpoint's adaptive input has cutoffs={stored.tolist()} but this one has "
-                f"cutoffs={self.bounds[1:-1]}: build it with cutoffs={stored.tolist()}"
-            )
+        check_saved_cutoffs(state_dict, prefix, self.bounds[1:-1], "adaptive input")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
