@@ -7,11 +7,11 @@ cluster ``i`` (1-based) holds ranks ``[c_i, c_{i+1})`` (``c_{J+1} = V``) and fir
 
     log p(w | h) = log softmax(A h + a)_w                            w in the head
     log p(w | h) = log softmax(A h + a)_{c_1 + i − 1}                w in cluster i
-                   + log softmax(B_i P_i h)_{rank(w) − c_i}
+                   + log softmax(B_i P_i h + b_i)_{rank(w) − c_i}
 
-with ``A [c_1 + J, d]`` (and bias ``a`` if ``head_bias``), ``P_i [d_i, d]``, ``B_i [k_i, d_i]``,
-``k_i = c_{i+1} − c_i``. A token costs ``O(d·(c_1 + J))`` plus, if its word is in cluster ``i``,
-``O(d·d_i + d_i·k_i)``.
+with ``A [c_1 + J, d]`` (and bias ``a`` if ``head_bias``), ``P_i [d_i, d]``, ``B_i [k_i, d_i]``
+(and bias ``b_i`` if ``tail_bias``), ``k_i = c_{i+1} − c_i``. A token costs ``O(d·(c_1 + J))``
+plus, if its word is in cluster ``i``, ``O(d·d_i + d_i·k_i)``.
 
 Parameters mirror ``torch.nn.AdaptiveLogSoftmaxWithLoss`` name for name (``head.weight``,
 ``head.bias``, ``tail.{i}.0.weight`` = ``P_i``, ``tail.{i}.1.weight`` = ``B_i``), in rank space:
@@ -30,11 +30,17 @@ row ``r`` of the head / of a cluster is the word ``id_of_rank[r]``. With frequen
   gather gradient.
 - counts may come in any id order; ``cutoffs="auto"`` measures the device
   (:mod:`lm_heads.cutoffs`).
+- *Biases*: torch's module has a head bias at most. ``tail_bias`` adds one per tail word, the
+  only parameter through which a rare word's own frequency can be learnt without going through
+  the ``d_i``-dim projection; ``bias_init="unigram"`` starts every bias at the log unigram
+  (the head's cluster entries at their clusters' log mass), so training starts from the unigram
+  model instead of the uniform one.
 
 Shape:
     - hidden: ``[..., d]``; target: ``[...]``
     - head.weight: ``[c_1 + J, d]``; head.bias: ``[c_1 + J]`` (``head_bias``)
-    - tail.{i}.0.weight: ``[d_i, d]``; tail.{i}.1.weight: ``[k_i, d_i]``
+    - tail.{i}.0.weight: ``[d_i, d]``; tail.{i}.1.weight: ``[k_i, d_i]``; tail.{i}.1.bias:
+      ``[k_i]`` (``tail_bias``)
     - buffers: ``cutoffs [J]``, ``id_of_rank [V]``, ``rank_of_id [V]`` (int64)
 """
 
@@ -75,7 +81,10 @@ class AdaptiveSoftmaxHead(Head):
             :func:`~lm_heads.cutoffs.choose_cutoffs` (read them back from ``head.cutoffs`` and
             pass them explicitly to rebuild the head).
         div_value: cluster ``i`` projects to ``int(d // div_value ** i)`` dims (as torch).
-        head_bias: learn a bias for the head (as torch; tail clusters have none).
+        head_bias: learn a bias for the head (as torch).
+        tail_bias: learn a bias for every tail word (torch has none).
+        bias_init: ``"zeros"``, or ``"unigram"``: the biases start at the log unigram
+            probabilities of the training counts (within each cluster for tail biases).
         batch_tokens: tokens per step that ``cutoffs="auto"`` optimises for.
         cost_model: ``cost(rows, in_dim, out_dim) -> seconds`` for ``cutoffs="auto"`` instead
             of measuring (see :mod:`lm_heads.cutoffs`).
@@ -97,6 +106,8 @@ class AdaptiveSoftmaxHead(Head):
         cutoffs: Sequence[int] | str | None = None,
         div_value: float = 4.0,
         head_bias: bool = False,
+        tail_bias: bool = False,
+        bias_init: str = "zeros",
         batch_tokens: int = 4096,
         cost_model: CostModel | None = None,
     ) -> None:
@@ -112,8 +123,10 @@ class AdaptiveSoftmaxHead(Head):
         elif cutoffs is None:
             cutoffs = default_cutoffs(vocab_size, in_features, div_value)
         cuts = _check_cutoffs(cutoffs, vocab_size, in_features, div_value)
+        if bias_init not in ("zeros", "unigram"):
+            raise ValueError(f"bias_init must be 'zeros' or 'unigram', got {bias_init!r}")
         self.div_value = float(div_value)
-        self.head_bias = head_bias
+        self.head_bias, self.tail_bias, self.bias_init = bool(head_bias), bool(tail_bias), bias_init
         self.shortlist_size = cuts[0] if cuts else vocab_size
         self.num_clusters = len(cuts)
         self.bounds = [0, *cuts, vocab_size]
@@ -129,10 +142,39 @@ class AdaptiveSoftmaxHead(Head):
         self.tail = nn.ModuleList(
             nn.Sequential(
                 nn.Linear(in_features, dim, bias=False),
-                nn.Linear(dim, self.bounds[i + 2] - self.bounds[i + 1], bias=False),
+                nn.Linear(dim, self.bounds[i + 2] - self.bounds[i + 1], bias=self.tail_bias),
             )
             for i, dim in enumerate(projection_dims(in_features, self.num_clusters, div_value))
         )
+        for cluster in self.tail:
+            if self.tail_bias:
+                nn.init.zeros_(cluster[1].bias)  # nn.Linear's default is random, not "no prior"
+        if bias_init == "unigram":
+            self._unigram_biases(counts_t[id_of_rank].double())
+
+    @torch.no_grad()
+    def _unigram_biases(self, ranked_counts: Tensor) -> None:
+        """Each bias at its log unigram probability (add-one smoothed: unseen words stay finite).
+
+        Head entries get ``log p(word)`` and ``log p(cluster)``; tail words ``log p(word | its
+        cluster)``. With zero weights this is exactly the unigram model.
+        """
+        smoothed = ranked_counts + 1.0
+        total = smoothed.sum()
+        if self.head.bias is not None:
+            masses = [smoothed[low:high].sum() for low, high in itertools.pairwise(self.bounds[1:])]
+            head = (
+                torch.cat([smoothed[: self.shortlist_size], torch.stack(masses)])
+                if masses
+                else (smoothed[: self.shortlist_size])
+            )
+            self.head.bias.copy_((head / total).log())
+        for (_, out), low, high in zip(
+            self.clusters(), self.bounds[1:-1], self.bounds[2:], strict=True
+        ):
+            if out.bias is not None:
+                band = smoothed[low:high]
+                out.bias.copy_((band / band.sum()).log())
 
     @classmethod
     def from_torch(
@@ -187,7 +229,12 @@ class AdaptiveSoftmaxHead(Head):
             strict=True,
         ):
             part = linear_cross_entropy(
-                F.linear(h, project.weight), out.weight, None, t, token_weight=a, chunk_size=None
+                F.linear(h, project.weight),
+                out.weight,
+                out.bias,
+                t,
+                token_weight=a,
+                chunk_size=None,
             )
             loss, nll = loss + part.loss, nll + part.nll
         return loss, nll
@@ -197,7 +244,7 @@ class AdaptiveSoftmaxHead(Head):
         head_target, rows, relative, sizes = self._route(target, keep)
         loss = linear_nll(hidden, self.head.weight, self.head.bias, head_target, chunk_size=None)
         parts = [
-            linear_nll(F.linear(h, project.weight), out.weight, None, t, chunk_size=None)
+            linear_nll(F.linear(h, project.weight), out.weight, out.bias, t, chunk_size=None)
             for (project, out), h, t in zip(
                 self.clusters(),
                 hidden.index_select(0, rows).split(sizes),
@@ -288,7 +335,8 @@ class AdaptiveSoftmaxHead(Head):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, cutoffs={self.bounds[1:-1]}, div_value={self.div_value}, "
-            f"head_bias={self.head_bias}"
+            f"head_bias={self.head_bias}, tail_bias={self.tail_bias}"
+            + (f", bias_init={self.bias_init}" if self.bias_init != "zeros" else "")
         )
 
     # ----------------------------------------------------------------------------------------
@@ -297,7 +345,7 @@ class AdaptiveSoftmaxHead(Head):
 
     def _cluster_logits(self, hidden: Tensor, i: int) -> Tensor:
         project, out = self.clusters()[i]
-        return at_least_float32(F.linear(F.linear(hidden, project.weight), out.weight))
+        return at_least_float32(F.linear(F.linear(hidden, project.weight), out.weight, out.bias))
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any

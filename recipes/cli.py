@@ -92,8 +92,17 @@ def _load_config(text: str) -> Any:
     if isinstance(value, dict) and isinstance(value.get("args"), dict) and "val_ppl" in value:
         args = {_LEGACY_KEYS.get(k, k): v for k, v in value["args"].items()}
         args.pop("config", None)
+        _legacy_validation(args)
         return args
     return value
+
+
+def _legacy_validation(args: dict[str, Any]) -> None:
+    """0.2's ``val_check_interval`` validated through Lightning's loop; a number of steps is now
+    a curve point every that many steps (the whole split is validated at each epoch end)."""
+    interval = args.pop("val_check_interval", None)
+    if isinstance(interval, int) and not isinstance(interval, bool) and interval > 1:
+        args["curve_every"] = interval
 
 
 set_loader(PARSER_MODE, _load_config, exceptions=(yaml.YAMLError,))
@@ -262,10 +271,19 @@ def _hardware_and_run(add: Any) -> None:
         help="skip training: evaluate the weights of --resume on val and test",
     )
     add(
-        "--val-check-interval",
-        type=Limit | None,
+        "--curve-every",
+        "--val-check-interval",  # 0.2's name, when it drove Lightning's validation loop
+        type=PositiveInt | None,
         default=None,
-        help="validate every N steps (int) or fraction of an epoch (default: epoch ends)",
+        help="every N steps, add a val_subset_ppl point to the curve (the first --curve-batches "
+        "validation batches); the whole split is validated at each epoch end regardless, and "
+        "only that drives the plateau schedule (default: epoch ends only)",
+    )
+    add(
+        "--curve-batches",
+        type=PositiveInt,
+        default=50,
+        help="validation batches of each --curve-every point",
     )
     for split in ("train", "val", "test"):
         add(

@@ -2,8 +2,17 @@
 
 ``LanguageModel`` is a backbone (``recipes.models``) plus a head wired through ``LMHeadMixin``;
 ``TrainClock`` measures training time and throughput, enforces ``--max-time`` and records the
-validation curve; ``FinalCheckpoint`` writes ``last.ckpt`` when training stops between periodic
+validation curve; ``SubsetValidation`` adds the curve's frequent points on a fixed slice of the
+validation split; ``FinalCheckpoint`` writes ``last.ckpt`` when training stops between periodic
 checkpoints.
+
+Two kinds of validation, kept apart on purpose (as pytorch/examples does):
+
+- ``val_ppl``: Lightning's validation loop over the **whole** split at each epoch end. It alone
+  drives the plateau schedule and is the number reported.
+- ``val_subset_ppl``: every ``--curve-every`` steps, the first ``--curve-batches`` batches, for
+  the curves only. A subset swings by a few percent around the trend from one point to the next,
+  so it never decides when to anneal.
 """
 
 from __future__ import annotations
@@ -308,26 +317,95 @@ class TrainClock(Callback):
             return
         value = trainer.callback_metrics.get("val_ppl")
         if value is not None:
-            epoch = trainer.global_step / max(1, trainer.num_training_batches)
-            self.add_point(trainer.global_step, float(value), epoch=epoch)
+            self.add_point(trainer, "val_ppl", float(value))
 
-    def add_point(self, step: int, val_ppl: float, **extra: Any) -> None:
-        if self.curve and self.curve[-1]["step"] == step:
-            self.curve.pop()  # same weights evaluated again (e.g. the final, fuller validation)
-        point = {"step": step, "train_seconds": self.seconds, "tokens": self.tokens}
-        point.update(val_ppl=val_ppl, **extra)
+    def add_point(self, trainer: L.Trainer, metric: str, value: float, **extra: Any) -> None:
+        """Append ``{metric: value}`` at the trainer's step, with the clock, epoch and lr."""
+        step = int(trainer.global_step)
+        last = self.curve[-1] if self.curve else None
+        if last is not None and last["step"] == step and metric in last:
+            self.curve.pop()  # same weights evaluated again (e.g. the final validation)
+        point: dict[str, Any] = {
+            "step": step,
+            "epoch": step / max(1, trainer.num_training_batches),
+            "train_seconds": self.seconds,
+            "tokens": self.tokens,
+            "lr": current_lr(trainer),
+            metric: value,
+            **extra,
+        }
         if self.probe is not None:
             point.update(self.probe())
         self.curve.append(point)
 
 
-def time_to_target(curve: Sequence[dict[str, float]], target: float) -> dict[str, Any]:
-    """First point of ``curve`` whose validation perplexity is ``<= target`` (``None``: never)."""
+def current_lr(trainer: L.Trainer) -> float | None:
+    """The first parameter group's learning rate (``None`` before the optimizer exists)."""
+    optimizers = trainer.optimizers
+    return float(optimizers[0].param_groups[0]["lr"]) if optimizers else None
+
+
+class SubsetValidation(Callback):
+    """``val_subset_ppl`` on the first ``batches`` validation batches every ``every`` steps.
+
+    A curve point only: it is logged to no logger that a scheduler or checkpoint could monitor.
+    The streams start from the zero state at each point and carry their state from batch to
+    batch, as the whole-split validation does, so a point is that validation cut short. Under
+    DDP every rank evaluates its own streams and the sums are all-reduced.
+    """
+
+    def __init__(self, every: int, batches: int, clock: TrainClock) -> None:
+        self.every, self.batches, self.clock = every, batches, clock
+        self._done_at = -1  # one point per optimizer step, also under gradient accumulation
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: Any, out: Any, batch: Any, idx: int
+    ) -> None:
+        step = int(trainer.global_step)
+        if step == 0 or step % self.every or step == self._done_at:
+            return
+        self._done_at = step
+        self.clock.add_point(trainer, "val_subset_ppl", self.perplexity(trainer, module))
+
+    @torch.no_grad()
+    def perplexity(self, trainer: L.Trainer, module: Any) -> float:
+        was_training = module.training
+        module.eval()
+        nll = torch.zeros((), dtype=torch.float64, device=module.device)
+        count = torch.zeros((), dtype=torch.float64, device=module.device)
+        state = None
+        carry = module.hparams.get("carry_state", False)
+        try:
+            with trainer.precision_plugin.val_step_context():
+                for i, (inputs, targets) in enumerate(trainer.datamodule.val_dataloader()):
+                    if i >= self.batches:
+                        break
+                    inputs, targets = inputs.to(module.device), targets.to(module.device)
+                    hidden, new_state = module(inputs, state if carry else None)
+                    state = _detach(new_state)
+                    log_prob = module.head.target_log_prob(hidden, targets).double()
+                    keep = targets != module.head.ignore_index
+                    nll -= torch.where(keep, log_prob, 0.0).sum()
+                    count += keep.sum()
+        finally:
+            module.train(was_training)
+        nll = trainer.strategy.reduce(nll, reduce_op="sum")
+        count = trainer.strategy.reduce(count, reduce_op="sum")
+        return math.exp(float(nll / count.clamp_min(1)))
+
+
+def time_to_target(curve: Sequence[dict[str, Any]], target: float) -> dict[str, Any]:
+    """First point of ``curve`` whose validation perplexity is ``<= target`` (``None``: never).
+
+    Reads the subset points when the curve has them (they are the frequent ones), else the
+    whole-split points; ``metric`` says which.
+    """
+    metric = "val_subset_ppl" if any("val_subset_ppl" in p for p in curve) else "val_ppl"
     for point in curve:
-        if point["val_ppl"] <= target:
-            return {"target_ppl": target, **point}
-    return {"target_ppl": target, "step": None, "train_seconds": None, "tokens": None,
-            "val_ppl": None}  # fmt: skip
+        if metric in point and point[metric] <= target:
+            return {"target_ppl": target, "metric": metric, **point}
+    return {"target_ppl": target, "metric": metric, "step": None, "train_seconds": None,
+            "tokens": None, metric: None}  # fmt: skip
 
 
 class FinalCheckpoint(Callback):

@@ -113,7 +113,6 @@ def run(args: Any) -> dict[str, Any] | None:
     model = build_model(args, dm)
     if ckpt is not None:
         check_resume(ckpt, resume, model, dm.vocab)
-    data = dm
     ours["clock"].probe = lambda: _similarity_point(model, dm, similarity)
 
     train_loss = None
@@ -127,16 +126,20 @@ def run(args: Any) -> dict[str, Any] | None:
             # state_dict; ours needs none: the data module's sampler skips the batches that the
             # checkpoint's progress counters say were trained (tests/distributed: bit-exact).
             warnings.filterwarnings("ignore", message=".*dataloader is\\s+not resumable")
-            trainer.fit(model, datamodule=data, ckpt_path=resume)
+            trainer.fit(model, datamodule=dm, ckpt_path=resume)
         train_loss = _last_train_loss(trainer)  # read before validate() clears callback_metrics
-    if args.final_val_batches is not None:
-        trainer.limit_val_batches = args.final_val_batches
-    val = trainer.validate(model, datamodule=data, verbose=False)
-    test = trainer.test(model, datamodule=data, verbose=False)
+    val_ppl = (
+        _epoch_end_val_ppl(ours["clock"].curve, trainer) if args.final_val_batches is None else None
+    )
+    if val_ppl is None:
+        if args.final_val_batches is not None:
+            trainer.limit_val_batches = args.final_val_batches
+        val_ppl = float(trainer.validate(model, datamodule=dm, verbose=False)[0]["val_ppl"])
+    test = trainer.test(model, datamodule=dm, verbose=False)
     if not trainer.is_global_zero:
         return None
-    results = _results(args, trainer, model, dm, ours, float(val[0]["val_ppl"]),
-                       float(test[0]["test_ppl"]), train_loss)  # fmt: skip
+    results = _results(args, trainer, model, dm, ours, val_ppl, float(test[0]["test_ppl"]),
+                       train_loss)  # fmt: skip
     results["similarity"] = similarity_scores(model, dm, similarity)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -180,14 +183,24 @@ def _results(
         "args": recorded_args(args),
     }
     if not args.eval_only:
-        # The final validation closes the curve (it may cover more batches than the periodic
-        # ones: --final-val-batches); its point is marked so plots can tell.
-        clock.add_point(int(trainer.global_step), val_ppl)
+        # The final validation closes the curve (the epoch-end one when training ended there,
+        # with the lr it was trained at); its point is marked so plots can tell.
+        if _epoch_end_val_ppl(clock.curve, trainer) != val_ppl:
+            clock.add_point(trainer, "val_ppl", val_ppl)
         clock.curve[-1]["final"] = True
     results["val_curve"] = clock.curve
     if args.target_ppl is not None:
         results["time_to_target"] = time_to_target(clock.curve, args.target_ppl)
     return results
+
+
+def _epoch_end_val_ppl(curve: list[dict[str, Any]], trainer: L.Trainer) -> float | None:
+    """The whole-split validation that training ended with, if it ended at an epoch's end:
+    the same weights need not be evaluated twice."""
+    last = curve[-1] if curve else None
+    if last is not None and last["step"] == trainer.global_step and "val_ppl" in last:
+        return float(last["val_ppl"])
+    return None
 
 
 def _last_train_loss(trainer: L.Trainer) -> float | None:

@@ -26,7 +26,7 @@ from lm_heads.data import LMDataModule
 from lm_heads.similarity import find_simlex, load_pairs, pairs_name, word_similarity
 from recipes.checkpoint import CheckpointExtras, FitTimer
 from recipes.cli import UsageError, recorded_args
-from recipes.language_model import FinalCheckpoint, LanguageModel, TrainClock
+from recipes.language_model import FinalCheckpoint, LanguageModel, SubsetValidation, TrainClock
 
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
@@ -165,6 +165,8 @@ def build_trainer(
         checkpoint,
         FinalCheckpoint(out_dir / "checkpoints" / "last.ckpt", args.checkpoint_every),
     ]
+    if args.curve_every is not None:
+        callbacks.append(SubsetValidation(args.curve_every, args.curve_batches, ours["clock"]))
     if not progress:
         callbacks.append(LineProgress(args.log_every))
     limits = {f"limit_{k}_batches": args[f"limit_{k}_batches"] for k in ("train", "val", "test")}
@@ -177,8 +179,9 @@ def build_trainer(
             precision=args.precision,
             max_steps=args.max_steps,
             max_epochs=args.max_epochs if args.max_epochs is not None else -1,
-            val_check_interval=args.val_check_interval,
-            check_val_every_n_epoch=None if isinstance(args.val_check_interval, int) else 1,
+            # The whole split at each epoch end only: see recipes.language_model (two kinds).
+            val_check_interval=1.0,
+            check_val_every_n_epoch=1,
             gradient_clip_val=args.grad_clip or None,
             logger=build_loggers(args.logger, out_dir),
             callbacks=callbacks,

@@ -164,8 +164,8 @@ def base_argv(args: argparse.Namespace, head: str, run_dir: Path) -> list[str]:
 
 
 def curve_argv(args: argparse.Namespace) -> list[str]:
-    """Periodic validation on a fixed subset (the curves); whole splits at the end."""
-    return ["--val-check-interval", str(args.val_every), "--limit-val-batches",
+    """Curve points on a fixed subset; whole splits at epoch ends and at the end."""
+    return ["--curve-every", str(args.val_every), "--curve-batches",
             str(args.val_batches), "--final-val-batches", args.final_batches,
             "--limit-test-batches", args.final_batches]  # fmt: skip
 

@@ -23,6 +23,10 @@ HEAD_CASES: list[tuple[str, dict[str, Any]]] = [
     ("hierarchical", {"tree": "kary", "branching": 3}),
     ("adaptive", {}),
     ("adaptive", {"cutoffs": [10, 30]}),
+    (
+        "adaptive",
+        {"cutoffs": [10, 30], "head_bias": True, "tail_bias": True, "bias_init": "unigram"},
+    ),
     ("spherical", {}),
     ("spherical", {"gram": False}),
     ("taylor", {}),

@@ -294,3 +294,47 @@ def test_target_log_prob_with_empty_tail_clusters() -> None:
     hidden, target = torch.randn(5, D), torch.arange(5)
     expected = head.log_prob(hidden).gather(1, target[:, None]).squeeze(1)
     torch.testing.assert_close(head.target_log_prob(hidden, target), expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# Biases: a per-word tail bias and a unigram start.
+def _ranked_counts(vocab_size: int) -> torch.Tensor:
+    return torch.arange(vocab_size, 0, -1, dtype=torch.float64) ** 1.5
+
+
+def test_tail_bias_enters_the_within_cluster_softmax() -> None:
+    head = AdaptiveSoftmaxHead(8, 60, counts=_ranked_counts(60), cutoffs=[10, 30], tail_bias=True)
+    head = head.double()
+    hidden = torch.randn(5, 8, dtype=torch.float64)
+    with torch.no_grad():
+        head.tail[1][1].bias[3] = 2.0  # rank 33: cluster 2, within-cluster index 3
+    project, out = head.clusters()[1]
+    within = (out(project(hidden))).log_softmax(-1)[:, 3]
+    cluster = head.head(hidden).log_softmax(-1)[:, 10 + 1]
+    expected = cluster + within
+    torch.testing.assert_close(head.log_prob(hidden)[:, 33], expected)
+    assert head.tail[0][1].bias is not None and head.tail[0][1].bias.shape == (20,)
+
+
+def test_tail_bias_starts_at_zero_and_is_absent_by_default() -> None:
+    plain = AdaptiveSoftmaxHead(8, 60, counts=_ranked_counts(60), cutoffs=[10, 30])
+    biased = AdaptiveSoftmaxHead(8, 60, counts=_ranked_counts(60), cutoffs=[10, 30], tail_bias=True)
+    assert all(cluster[1].bias is None for cluster in plain.tail)
+    assert all(torch.equal(c[1].bias, torch.zeros_like(c[1].bias)) for c in biased.tail)
+
+
+def test_unigram_bias_init_with_zero_weights_is_the_smoothed_unigram() -> None:
+    counts = torch.tensor([5.0, 0.0, 40.0, 3.0, 9.0, 1.0, 20.0, 2.0, 7.0, 0.0])
+    head = AdaptiveSoftmaxHead(4, 10, counts=counts, cutoffs=[3, 6], head_bias=True,
+                               tail_bias=True, bias_init="unigram").double()  # fmt: skip
+    with torch.no_grad():
+        for parameter in head.parameters():
+            if parameter.dim() == 2:
+                parameter.zero_()
+    expected = ((counts + 1) / (counts + 1).sum()).log().double()
+    torch.testing.assert_close(head.log_prob(torch.randn(3, 4, dtype=torch.float64))[0], expected)
+
+
+def test_unknown_bias_init_is_refused() -> None:
+    with pytest.raises(ValueError, match="bias_init must be"):
+        AdaptiveSoftmaxHead(8, 60, counts=_ranked_counts(60), bias_init="normal")
