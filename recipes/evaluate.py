@@ -3,6 +3,11 @@
 
     python recipes/evaluate.py --checkpoint runs/lm/checkpoints/last.ckpt --text my_corpus.txt
     python recipes/evaluate.py --checkpoint last.ckpt --text some/dir --output scores.json
+    python recipes/evaluate.py --checkpoint last.ckpt --text valid.txt --decompose
+
+``--decompose`` adds where the NLL comes from (:mod:`lm_heads.decomposition`): head words, the
+cluster choice of tail tokens and the NLL within each cluster, each beside the training unigram's,
+on the adaptive head's cutoffs (or ``--cutoffs``, or the default rule, for other heads).
 
 The text is read with the checkpoint's own vocabulary (words split on whitespace, one ``<eos>``
 per line, as in training): a word outside it becomes ``<unk>`` and counts as out of vocabulary
@@ -26,11 +31,14 @@ if str(_REPO) not in sys.path:  # run as a script from a checkout without instal
 
 import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from lightning.fabric.utilities.exceptions import MisconfigurationException  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from lm_heads.cutoffs import default_cutoffs  # noqa: E402
 from lm_heads.data import StreamBatches, Vocabulary  # noqa: E402
 from lm_heads.data.sources import read_lines  # noqa: E402
+from lm_heads.decomposition import NLLDecomposition  # noqa: E402
 from recipes.checkpoint import load_model  # noqa: E402
 from recipes.cli import UsageError, run_command  # noqa: E402
 
@@ -81,6 +89,8 @@ def evaluate(
     accelerator: str = "auto",
     vocab: Path | None = None,
     output: Path | None = None,
+    decompose: bool = False,
+    cutoffs: list[int] | None = None,
 ) -> dict[str, Any]:
     """Perplexity of a recipes/lm.py checkpoint on a text file or a directory of text files.
 
@@ -93,6 +103,10 @@ def evaluate(
         accelerator: cpu, gpu, ... or auto.
         vocab: vocab.json of the token cache, for checkpoints that predate carrying it.
         output: also write the scores to this JSON file.
+        decompose: also split the NLL into head words, cluster choice and within-cluster parts,
+            each beside the training unigram's (lm_heads.decomposition).
+        cutoffs: rank-space cutoffs of the decomposition (default: the adaptive head's own, else
+            the default rule for the vocabulary size).
     """
     model, vocabulary, trained = load_model(Path(checkpoint), vocab)
     batch_size = batch_size or trained.get("eval_batch_size") or trained.get("batch_size") or 10
@@ -129,9 +143,34 @@ def evaluate(
         f"(OOV: {oov:,} of {words:,} words = {oov / words:.2%} scored as <unk>)",
         flush=True,
     )
+    if decompose:
+        scores["decomposition"] = decompose_nll(model, loader, vocabulary, cutoffs)
+        print(NLLDecomposition.table(scores["decomposition"]), flush=True)
     if output is not None:
         Path(output).write_text(json.dumps(scores, indent=2) + "\n")
     return scores
+
+
+@torch.no_grad()
+def decompose_nll(
+    model: Any, loader: DataLoader, vocabulary: Vocabulary, cutoffs: list[int] | None
+) -> dict[str, Any]:
+    """The NLL of ``model`` on ``loader``'s windows, cut by :class:`NLLDecomposition`."""
+    head = model.head
+    if cutoffs is None:
+        bounds = getattr(head, "bounds", None)
+        cutoffs = bounds[1:-1] if bounds else default_cutoffs(head.vocab_size, head.in_features)
+    try:
+        parts = NLLDecomposition(vocabulary.counts, cutoffs, head.ignore_index)
+    except ValueError as error:
+        raise UsageError(f"--cutoffs {cutoffs}: {error}") from None
+    model.eval()
+    carry, state = bool(model.hparams.get("carry_state", False)), None
+    for inputs, targets in loader:
+        inputs, targets = inputs.to(model.device), targets.to(model.device)
+        hidden, state = model(inputs, state if carry else None)
+        parts.update_from_head(head, hidden, targets)
+    return parts.compute()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

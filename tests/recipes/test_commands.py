@@ -82,6 +82,21 @@ def test_evaluate_counts_unknown_words(evaluate, trained, tmp_path) -> None:
     assert np.isfinite(scores["perplexity"]) and scores["perplexity"] > 1
 
 
+def test_evaluate_decomposes_the_nll_on_the_heads_clusters(evaluate, trained, tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("w1 w2 w3 w40 w55\nw7 w8 w59 w1\n" * 5)
+    scores = evaluate.main(["--checkpoint", str(trained), "--text", str(text),
+                            "--decompose", "true"])  # fmt: skip
+    parts = scores["decomposition"]
+    assert parts["ppl"] == pytest.approx(scores["perplexity"], rel=1e-5)
+    assert parts["tokens"] == scores["tokens"]
+    assert sum(p["nll_share"] for p in parts["parts"]) == pytest.approx(1.0)
+    assert "cluster choice" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        evaluate.main(["--checkpoint", str(trained), "--text", str(text), "--decompose", "true",
+                       "--cutoffs", "[500]"])  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -1,0 +1,177 @@
+#!/usr/bin/env python
+"""Does a head cost perplexity against the full softmax? Tables and a plot from finished runs.
+
+    python scripts/parity_report.py RUNS_DIR [--out results/parity]
+
+``RUNS_DIR`` holds one folder per run of ``recipes/lm.py`` (each with its ``results.json``), named
+``<group>_s<seed>`` (``full_s1234``, ``ad_bias_div2_s1235``, ``headline_tied_s1234``): runs of a
+group differ only by seed. Every number comes from a run's ``results.json``: the whole-split
+validation at each epoch end (``val_ppl`` curve points), the final test perplexity, the training
+throughput. Writes ``<out>.json`` (every run's epoch-end values, curve and command) and
+``<out>.png`` (validation against steps), and prints the markdown tables that RESULTS.md quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+RUN_NAME = re.compile(r"^(?P<group>.+)_s(?P<seed>\d+)$")
+
+
+def load_runs(root: Path) -> dict[str, list[dict[str, Any]]]:
+    """Finished runs (a ``results.json``) by group, each with its epoch-end validations."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for path in sorted(root.glob("*/results.json")):
+        match = RUN_NAME.match(path.parent.name)
+        if match is None:
+            continue
+        res = json.loads(path.read_text())
+        curve = normalised_curve(res["val_curve"])
+        groups[match["group"]].append({
+            "run": path.parent.name,
+            "seed": int(match["seed"]),
+            "head": res["head"],
+            "head_options": res["head_options"],
+            "head_structure": res["head_structure"],
+            "input_layer": res.get("input_layer"),
+            "tie_weights": res.get("tie_weights"),
+            "steps": res["global_step"],
+            "epoch_val_ppl": epoch_end_values(curve),
+            "val_ppl": res["val_ppl"],
+            "test_ppl": res["test_ppl"],
+            "tokens_per_s": res["train_tokens_per_s"],
+            "train_seconds": res["train_step_seconds"],
+            "simlex": {side: (res.get("similarity", {}).get(side) or {}).get("spearman")
+                       for side in ("input", "output")},
+            "args": res["args"],
+            "curve": curve,
+        })  # fmt: skip
+    return dict(groups)
+
+
+def normalised_curve(curve: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Curves of runs made before validation had two kinds (0.2: every point read ``val_ppl``,
+    the periodic ones on the subset) in today's names: ``val_subset_ppl`` except the final."""
+    if any("val_subset_ppl" in p or "lr" in p for p in curve):
+        return curve
+    return [p if p.get("final") else {**{k: v for k, v in p.items() if k != "val_ppl"},
+                                      "val_subset_ppl": p["val_ppl"]}
+            for p in curve]  # fmt: skip
+
+
+def epoch_end_values(curve: list[dict[str, Any]]) -> list[float]:
+    """Whole-split validation perplexity after epoch 1, 2, … (the ``val_ppl`` points)."""
+    return [float(p["val_ppl"]) for p in curve if "val_ppl" in p]
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    return {
+        "mean": statistics.fmean(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def summary(groups: dict[str, list[dict[str, Any]]], baseline: str = "full") -> dict[str, Any]:
+    """Per group and epoch: mean and range over seeds, and the ratio of means to the baseline."""
+    out: dict[str, Any] = {}
+    base = groups.get(baseline)
+    for name, runs in groups.items():
+        epochs = min(len(r["epoch_val_ppl"]) for r in runs)
+        row: dict[str, Any] = {
+            "seeds": [r["seed"] for r in runs],
+            "epochs": epochs,
+            "val_ppl_by_epoch": [
+                spread([r["epoch_val_ppl"][e] for r in runs]) for e in range(epochs)
+            ],
+            "test_ppl": spread([r["test_ppl"] for r in runs]),
+            "tokens_per_s": spread([r["tokens_per_s"] for r in runs if r["tokens_per_s"]]),
+        }
+        if base is not None and epochs >= 1:
+            full_epoch1 = statistics.fmean(r["epoch_val_ppl"][0] for r in base)
+            row["epoch1_over_full"] = row["val_ppl_by_epoch"][0]["mean"] / full_epoch1
+            full_speed = statistics.fmean(r["tokens_per_s"] for r in base)
+            row["speed_over_full"] = row["tokens_per_s"]["mean"] / full_speed
+        out[name] = row
+    return out
+
+
+def markdown(groups: dict[str, list[dict[str, Any]]], table: dict[str, Any]) -> str:
+    lines = [
+        "| group | head options | seeds | val ppl, epoch 1 (mean; range) | ÷ full | "
+        "last epoch: val (test) | tokens/s | × full |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in table.items():
+        runs = groups[name]
+        first, last = row["val_ppl_by_epoch"][0], row["val_ppl_by_epoch"][-1]
+        options = runs[0]["head_options"] or {}
+        if runs[0]["input_layer"] == "adaptive":
+            options = {**options, "input": "adaptive", "tied": runs[0]["tie_weights"]}
+        lines.append(
+            f"| {name} | {options or 'defaults'} | {', '.join(map(str, row['seeds']))} | "
+            f"{first['mean']:.2f}; {first['min']:.2f}–{first['max']:.2f} | "
+            f"{row.get('epoch1_over_full', float('nan')):.3f} | "
+            f"epoch {row['epochs']}: {last['mean']:.2f} ({row['test_ppl']['mean']:.2f}) | "
+            f"{row['tokens_per_s']['mean']:,.0f} | {row.get('speed_over_full', float('nan')):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for i, (name, runs) in enumerate(sorted(groups.items())):
+        color = f"C{i}"
+        for j, run in enumerate(runs):
+            subset = [
+                (p["step"], p["val_subset_ppl"]) for p in run["curve"] if "val_subset_ppl" in p
+            ]
+            whole = [(p["step"], p["val_ppl"]) for p in run["curve"] if "val_ppl" in p]
+            label = name if j == 0 else None
+            if subset:
+                ax.plot(*zip(*subset, strict=True), color=color, alpha=0.45, lw=1, label=label)
+                label = None
+            ax.plot(*zip(*whole, strict=True), "o", color=color, ms=5, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("training steps (20 × 35 tokens)")
+    ax.set_ylabel("validation perplexity (dots: whole split at epoch ends; lines: 50-batch subset)")
+    ax.set_title("WikiText-2, 2-layer LSTM 200 (pytorch/examples' configuration)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", type=Path, help="folder of run folders named <group>_s<seed>")
+    parser.add_argument("--out", type=Path, default=Path("results/parity"), help="output prefix")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    args = parser.parse_args(argv)
+    groups = load_runs(args.runs)
+    if not groups:
+        parser.error(f"no finished run (a <group>_s<seed>/results.json) under {args.runs}")
+    table = summary(groups)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"summary": table, "runs": groups}
+    Path(f"{args.out}.json").write_text(json.dumps(report, indent=1) + "\n")
+    if not args.no_plot:
+        plot(groups, Path(f"{args.out}.png"))
+    print(markdown(groups, table))
+    return report
+
+
+if __name__ == "__main__":
+    main()

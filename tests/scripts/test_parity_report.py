@@ -1,0 +1,62 @@
+"""scripts/parity_report.py: epoch-end whole-split values, seeds and ratios from results.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("parity_report", REPO / "scripts/parity_report.py")
+assert spec is not None and spec.loader is not None
+parity_report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(parity_report)
+
+
+def _run(root: Path, name: str, head: str, epoch_vals: list[float], test: float, speed: float,
+         legacy: bool = False) -> None:  # fmt: skip
+    curve = []
+    for epoch, val in enumerate(epoch_vals, 1):
+        if legacy:  # 0.2: subset points named val_ppl, the final whole-split point marked
+            curve.append({"step": 100 * epoch - 50, "val_ppl": 5 * val})
+        else:
+            curve.append({"step": 100 * epoch - 50, "val_subset_ppl": 5 * val, "lr": 20.0})
+            curve.append({"step": 100 * epoch, "val_ppl": val, "lr": 20.0})
+    if legacy:
+        curve.append({"step": 100 * len(epoch_vals), "val_ppl": epoch_vals[-1], "final": True})
+    results = {
+        "head": head, "head_options": {}, "head_structure": "", "input_layer": "embedding",
+        "tie_weights": False, "global_step": 100 * len(epoch_vals), "val_ppl": epoch_vals[-1],
+        "test_ppl": test, "train_tokens_per_s": speed, "train_step_seconds": 1.0,
+        "similarity": {}, "args": {"seed": 1}, "val_curve": curve,
+    }  # fmt: skip
+    (root / name).mkdir(parents=True)
+    (root / name / "results.json").write_text(json.dumps(results))
+
+
+def test_groups_seeds_and_ratios(tmp_path, capsys) -> None:
+    _run(tmp_path, "full_s1", "full", [200.0], 190.0, 1000.0, legacy=True)
+    _run(tmp_path, "full_s2", "full", [220.0], 210.0, 1000.0)
+    _run(tmp_path, "adaptive_s1", "adaptive", [205.0, 150.0], 140.0, 4000.0)
+    _run(tmp_path, "adaptive_s2", "adaptive", [215.0, 160.0], 150.0, 5000.0)
+    (tmp_path / "unfinished_s1").mkdir()
+    report = parity_report.main([str(tmp_path), "--out", str(tmp_path / "out"), "--no-plot"])
+    table = report["summary"]
+    assert set(table) == {"full", "adaptive"}
+    assert table["full"]["val_ppl_by_epoch"][0] == {"mean": 210.0, "min": 200.0, "max": 220.0,
+                                                     "n": 2}  # fmt: skip
+    assert table["adaptive"]["epochs"] == 2
+    assert table["adaptive"]["epoch1_over_full"] == pytest.approx(210.0 / 210.0)
+    assert table["adaptive"]["speed_over_full"] == pytest.approx(4.5)
+    assert table["adaptive"]["test_ppl"]["mean"] == pytest.approx(145.0)
+    # The legacy run's subset points are not taken for epoch-end values.
+    assert report["runs"]["full"][0]["epoch_val_ppl"] == [200.0]
+    assert "| adaptive |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out.json").read_text())["summary"]["full"]["seeds"] == [1, 2]
+
+
+def test_no_finished_run_is_an_error(tmp_path) -> None:
+    with pytest.raises(SystemExit):
+        parity_report.main([str(tmp_path), "--no-plot"])
