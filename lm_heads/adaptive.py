@@ -146,9 +146,9 @@ class AdaptiveSoftmaxHead(Head):
             )
             for i, dim in enumerate(projection_dims(in_features, self.num_clusters, div_value))
         )
-        for cluster in self.tail:
-            if self.tail_bias:
-                nn.init.zeros_(cluster[1].bias)  # nn.Linear's default is random, not "no prior"
+        for _, out in self.clusters():
+            if out.bias is not None:
+                nn.init.zeros_(out.bias)  # nn.Linear's default is random, not "no prior"
         if bias_init == "unigram":
             self._unigram_biases(counts_t[id_of_rank].double())
 
