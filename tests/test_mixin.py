@@ -251,3 +251,75 @@ def test_mistakes_get_helpful_messages() -> None:
         pending.head_training_step(hidden, target)
     with pytest.raises(RuntimeError, match="not its structure"):
         pending.load_state_dict({"head.weight": torch.zeros(13, 4)})
+
+
+class _Plain(LMHeadMixin, L.LightningModule):
+    """Embedding → head: the gradient of one optimizer step is easy to recompute by hand."""
+
+    def __init__(self, vocab_size: int = 12, **options) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, 8)
+        self.configure_head("full", in_features=8, vocab_size=vocab_size, **options)
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def training_step(self, batch, batch_idx):
+        return self.head_training_step(self.embed(batch[0]), batch[1])
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        super().on_before_optimizer_step(optimizer)
+        self.grads = {n: p.grad.clone() for n, p in self.named_parameters() if p.grad is not None}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def _batches() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two sequences: 6 counted tokens, then 1 (the rest padding)."""
+    inputs = torch.randint(0, 12, (2, 6))
+    targets = torch.randint(0, 12, (2, 6))
+    targets[1, 1:] = -100
+    return inputs, targets
+
+
+def test_train_ppl_is_the_nll_not_the_regularised_loss(tmp_path) -> None:
+    torch.manual_seed(7)
+    model = _Plain(z_loss=0.5, label_smoothing=0.1)
+    inputs, targets = _batches()
+    with torch.no_grad():
+        out = model.head(model.embed(inputs), targets)
+    nll_ppl = math.exp(float(out.nll_sum) / int(out.num_tokens))
+    assert float(out.loss) > float(out.nll_sum) / int(out.num_tokens) + 0.5  # regularised
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.fit(model, DataLoader(TensorDataset(inputs, targets), batch_size=2))
+    assert float(trainer.callback_metrics["train_loss"]) == pytest.approx(float(out.loss))
+    assert float(trainer.callback_metrics["train_ppl"]) == pytest.approx(nll_ppl, rel=1e-5)
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_gradient_accumulation_weighs_micro_batches_by_tokens(tmp_path, clip) -> None:
+    torch.manual_seed(8)
+    model = _Plain()
+    inputs, targets = _batches()
+    reference = _Plain()
+    reference.load_state_dict(model.state_dict())
+    out = reference.head(reference.embed(inputs), targets)  # one batch of all 7 tokens
+    out.loss.backward()
+    expected = {n: p.grad for n, p in reference.named_parameters()}
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(list(expected.values()), clip)
+    trainer = _trainer(tmp_path, max_steps=1, accumulate_grad_batches=2, gradient_clip_val=clip)
+    trainer.fit(model, DataLoader(TensorDataset(inputs, targets), batch_size=1))
+    for name, grad in expected.items():
+        torch.testing.assert_close(model.grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    # The step's logged values are over its 7 tokens, not the last micro-batch's one token.
+    assert float(trainer.callback_metrics["train_loss"]) == pytest.approx(float(out.loss))
+    nll_ppl = math.exp(float(out.nll_sum) / 7)
+    assert float(trainer.callback_metrics["train_ppl"]) == pytest.approx(nll_ppl, rel=1e-5)
+
+
+def test_accumulated_inexact_head_logs_loss_but_no_train_ppl(dm, tmp_path) -> None:
+    model = _Inexact(dm.vocab_size, dm.counts)
+    trainer = _trainer(tmp_path, max_steps=2, accumulate_grad_batches=3)
+    trainer.fit(model, dm.train_dataloader())
+    assert "train_loss" in trainer.callback_metrics
+    assert "train_ppl" not in trainer.callback_metrics
