@@ -265,6 +265,9 @@ class _Plain(LMHeadMixin, L.LightningModule):
     def training_step(self, batch, batch_idx):
         return self.head_training_step(self.embed(batch[0]), batch[1])
 
+    def validation_step(self, batch, batch_idx):
+        self.head_evaluation_step(self.embed(batch[0]), batch[1])
+
     def on_before_optimizer_step(self, optimizer) -> None:
         super().on_before_optimizer_step(optimizer)
         self.grads = {n: p.grad.clone() for n, p in self.named_parameters() if p.grad is not None}
@@ -323,3 +326,23 @@ def test_accumulated_inexact_head_logs_loss_but_no_train_ppl(dm, tmp_path) -> No
     trainer.fit(model, dm.train_dataloader())
     assert "train_loss" in trainer.callback_metrics
     assert "train_ppl" not in trainer.callback_metrics
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_repeats_of_a_distributed_sampler_are_counted_once(tmp_path, rank) -> None:
+    """7 samples on 2 ranks: the sampler gives rank 1 samples 1, 3, 5 and a repeat of sample 0."""
+    from torch.utils.data import DistributedSampler
+
+    torch.manual_seed(9)
+    model = _Plain().eval()
+    inputs, targets = torch.randint(0, 12, (7, 5)), torch.randint(0, 12, (7, 5))
+    targets[0, 1:] = -100  # sample 0 is unlike the others: counting it twice would show
+    data = TensorDataset(inputs, targets)
+    sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False)
+    loader = DataLoader(data, batch_size=2, sampler=sampler)
+    logged = _trainer(tmp_path).validate(model, loader, verbose=False)[0]["val_ppl"]
+    own = list(range(rank, 7, 2))
+    with torch.no_grad():
+        log_p = model.head.target_log_prob(model.embed(inputs[own]), targets[own]).double()
+    exact = math.exp(-float(log_p.sum()) / int((targets[own] != -100).sum()))
+    assert logged == pytest.approx(exact, rel=1e-6)
