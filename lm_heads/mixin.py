@@ -27,8 +27,10 @@ and accumulated as (Σ NLL, #tokens) in a :class:`~lm_heads.metrics.Perplexity` 
 dataloader*: ``val_ppl`` for the first, ``val_ppl/dataloader_idx_k`` for each further one.
 Metrics are logged as objects, so Lightning syncs them across DDP ranks and resets them at the end
 of each epoch; the mixin also resets them at the start of each evaluation epoch
-(``on_validation_epoch_start`` / ``on_test_epoch_start``: call ``super()`` if you override them),
-so state left by a manual ``head_evaluation_step`` or an interrupted run never leaks in.
+(``on_validation_epoch_start`` / ``on_test_epoch_start``), so state left by a manual
+``head_evaluation_step`` or an interrupted run never leaks in. It learns the running dataloader
+and batch from ``on_{validation,test}_batch_start/_end`` and weighs gradient-accumulation windows
+by tokens in ``on_before_optimizer_step``: call ``super()`` if you override any of these hooks.
 
 Checkpoints. The head's structure (name, sizes, counts, resolved options: see
 :class:`~lm_heads.registry.HeadSpec`) travels in the module's state dict as ``head_structure.*``

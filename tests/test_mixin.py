@@ -346,3 +346,98 @@ def test_repeats_of_a_distributed_sampler_are_counted_once(tmp_path, rank) -> No
         log_p = model.head.target_log_prob(model.embed(inputs[own]), targets[own]).double()
     exact = math.exp(-float(log_p.sum()) / int((targets[own] != -100).sum()))
     assert logged == pytest.approx(exact, rel=1e-6)
+
+
+# --- The README's Hugging Face-style example, verbatim -----------------------------------------
+class CausalLM(LMHeadMixin, L.LightningModule):
+    def __init__(self, vocab_size: int, counts: torch.Tensor, dim: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.rnn = nn.LSTM(dim, dim, batch_first=True)  # any causal backbone: [B, T] -> [B, T, d]
+        self.configure_head("adaptive", in_features=dim, vocab_size=vocab_size, counts=counts)
+
+    def shifted(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.rnn(self.embed(batch["input_ids"]))[0]
+        return hidden[:, :-1], batch["labels"][:, 1:]  # hidden at t, the token at t + 1
+
+    def training_step(self, batch, batch_idx):
+        return self.head_training_step(*self.shifted(batch))
+
+    def validation_step(self, batch, batch_idx):
+        self.head_evaluation_step(*self.shifted(batch), stage="val")
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+
+# -----------------------------------------------------------------------------------------------
+
+
+def _dict_batches(vocab_size: int) -> list[dict[str, torch.Tensor]]:
+    """Padded-to-longest batches as a Hugging Face collator makes them (labels -100 at padding)."""
+    batches = []
+    for lengths in ([9, 4, 7], [5, 5], [3, 8, 6, 2]):
+        ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, length in enumerate(lengths):
+            ids[row, :length] = torch.randint(0, vocab_size, (length,))
+            mask[row, :length] = 1
+        batches.append(
+            {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+        )
+    return batches
+
+
+def test_readme_dict_batch_example_trains_and_scores_next_tokens(tmp_path) -> None:
+    torch.manual_seed(10)
+    vocab_size = 40
+    counts = torch.randint(1, 50, (vocab_size,))
+    counts[::7] = 0  # ids that never occur in training
+    model = CausalLM(vocab_size, counts)
+    batches = _dict_batches(vocab_size)
+    loader = DataLoader(batches, batch_size=None)  # each item is already a batch
+    trainer = _trainer(tmp_path, max_steps=3)
+    trainer.fit(model, loader)
+    assert math.isfinite(float(trainer.callback_metrics["train_ppl"]))
+    logged = trainer.validate(model, loader, verbose=False)[0]["val_ppl"]
+    nll, tokens = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:  # by hand: row r, position t scores input_ids[r, t + 1]
+            hidden = model.rnn(model.embed(batch["input_ids"]))[0]
+            for row, length in enumerate(batch["attention_mask"].sum(1).tolist()):
+                for t in range(length - 1):
+                    log_p = model.head.log_prob(hidden[row, t])[batch["input_ids"][row, t + 1]]
+                    nll -= float(log_p)
+                    tokens += 1
+    assert tokens == sum(int(b["attention_mask"].sum()) - len(b["input_ids"]) for b in batches)
+    assert logged == pytest.approx(math.exp(nll / tokens), rel=1e-5)
+
+
+def test_readme_adaptive_input_example_builds_tied_and_trains(dm, tmp_path) -> None:
+    from lm_heads import AdaptiveInput
+
+    class AdaptiveLM(LMHeadMixin, L.LightningModule):
+        def __init__(self, vocab_size: int, counts: torch.Tensor, dim: int = 64) -> None:
+            super().__init__()
+            self.save_hyperparameters(ignore=["counts"])
+            self.configure_head("adaptive", in_features=dim, vocab_size=vocab_size, counts=counts)
+            self.embed = AdaptiveInput.from_head(self.head, tie_weights=True)
+            self.rnn = nn.LSTM(dim, dim, batch_first=True)
+
+        def training_step(self, batch, batch_idx):
+            inputs, targets = batch
+            return self.head_training_step(self.rnn(self.embed(inputs))[0], targets)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+    model = AdaptiveLM(dm.vocab_size, dm.counts)
+    shared = {id(p) for p in model.head.parameters()} & {id(p) for p in model.embed.parameters()}
+    assert shared  # tied: one Parameter in both
+    trainer = _trainer(tmp_path, max_steps=2)
+    trainer.fit(model, dm.train_dataloader())
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    restored = AdaptiveLM.load_from_checkpoint(tmp_path / "a.ckpt", counts=dm.counts)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[key], value, msg=key)
