@@ -19,11 +19,8 @@ from torchmetrics import Metric
 class Perplexity(Metric):
     """``exp(Σ −log p(target) / #tokens)`` in nats, accumulated over batches and DDP ranks.
 
-    Two ways to feed it:
-        - ``update(target_log_prob, target)``: ``log p(target)`` of shape ``[...]`` and the
-          targets of the same shape; positions where ``target == ignore_index`` are skipped.
-        - ``update(nll_sum=..., num_tokens=...)``: precomputed sums, e.g. ``HeadOutput.nll_sum``
-          and ``HeadOutput.num_tokens`` of an exact head.
+    ``update(target_log_prob, target)`` takes ``log p(target)`` of shape ``[...]`` and the
+    targets of the same shape; positions where ``target == ignore_index`` are skipped.
 
     Args:
         ignore_index: target value that marks padding.
@@ -51,42 +48,20 @@ class Perplexity(Metric):
         self.add_state("nll_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_tokens", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(
-        self,
-        target_log_prob: Tensor | None = None,
-        target: Tensor | None = None,
-        *,
-        nll_sum: Tensor | float | None = None,
-        num_tokens: Tensor | int | None = None,
-    ) -> None:
-        """Add a batch: either ``(target_log_prob, target)`` or ``nll_sum=, num_tokens=``."""
-        if target_log_prob is not None or target is not None:
-            if nll_sum is not None or num_tokens is not None:
-                raise ValueError(
-                    "pass either (target_log_prob, target) or (nll_sum=, num_tokens=), not both"
-                )
-            if target_log_prob is None or target is None:
-                raise ValueError("update(target_log_prob, target) needs both tensors")
-            if target_log_prob.shape != target.shape:
-                raise ValueError(
-                    f"target_log_prob shape {tuple(target_log_prob.shape)} must equal target shape "
-                    f"{tuple(target.shape)}"
-                )
-            keep = target != self.ignore_index
-            # `where` rather than multiplication: a -inf log-prob at a padded position stays out.
-            nll = torch.where(keep, -target_log_prob.detach().to(self.nll_sum.dtype), 0.0)
-            # Out of place: after a `trainer.validate` the states may be inference tensors, which
-            # cannot be updated in place by a later `fit` (evaluation there runs under no_grad).
-            self.nll_sum = self.nll_sum + nll.sum()
-            self.num_tokens = self.num_tokens + keep.sum()
-            return
-        if nll_sum is None or num_tokens is None:
+    def update(self, target_log_prob: Tensor, target: Tensor) -> None:
+        """Add a batch: ``log p(target)`` and ``target``, of the same shape."""
+        if target_log_prob.shape != target.shape:
             raise ValueError(
-                "update needs (target_log_prob, target) or both nll_sum= and num_tokens="
+                f"target_log_prob shape {tuple(target_log_prob.shape)} must equal target shape "
+                f"{tuple(target.shape)}"
             )
-        nll_sum = torch.as_tensor(nll_sum, device=self.device).detach().to(self.nll_sum.dtype)
-        self.nll_sum = self.nll_sum + nll_sum
-        self.num_tokens = self.num_tokens + torch.as_tensor(num_tokens, device=self.device).long()
+        keep = target != self.ignore_index
+        # `where` rather than multiplication: a -inf log-prob at a padded position stays out.
+        nll = torch.where(keep, -target_log_prob.detach().to(self.nll_sum.dtype), 0.0)
+        # Out of place: after a `trainer.validate` the states may be inference tensors, which
+        # cannot be updated in place by a later `fit` (evaluation there runs under no_grad).
+        self.nll_sum = self.nll_sum + nll.sum()
+        self.num_tokens = self.num_tokens + keep.sum()
 
     def compute(self) -> Tensor:
         """``exp(mean NLL)`` as a float64 scalar (NaN when no token was counted)."""

@@ -27,8 +27,10 @@ and accumulated as (Σ NLL, #tokens) in a :class:`~lm_heads.metrics.Perplexity` 
 dataloader*: ``val_ppl`` for the first, ``val_ppl/dataloader_idx_k`` for each further one.
 Metrics are logged as objects, so Lightning syncs them across DDP ranks and resets them at the end
 of each epoch; the mixin also resets them at the start of each evaluation epoch
-(``on_validation_epoch_start`` / ``on_test_epoch_start``: call ``super()`` if you override them),
-so state left by a manual ``head_evaluation_step`` or an interrupted run never leaks in.
+(``on_validation_epoch_start`` / ``on_test_epoch_start``), so state left by a manual
+``head_evaluation_step`` or an interrupted run never leaks in. It learns the running dataloader
+and batch from ``on_{validation,test}_batch_start/_end`` and weighs gradient-accumulation windows
+by tokens in ``on_before_optimizer_step``: call ``super()`` if you override any of these hooks.
 
 Checkpoints. The head's structure (name, sizes, counts, resolved options: see
 :class:`~lm_heads.registry.HeadSpec`) travels in the module's state dict as ``head_structure.*``
@@ -43,9 +45,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import torch
 from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
 
 from lm_heads.base import Head
 from lm_heads.counts import MissingCountsError
@@ -69,6 +74,31 @@ else:
     _Base = object
 
 
+@dataclass
+class _Window:
+    """Running sums over the micro-batches of one optimizer step (0-dim tensors, on device)."""
+
+    loss_sum: Tensor
+    nll_sum: Tensor | None
+    tokens: Tensor
+    reference: Tensor
+    """Token count of the window's first non-empty micro-batch (0 until there is one)."""
+
+
+@dataclass
+class _Batch:
+    """An evaluation batch's place in this rank's share of its dataloader."""
+
+    stage: str
+    dataloader_idx: int
+    first: int
+    """Index, among this rank's samples, of the batch's first row."""
+    own: int | None
+    """This rank's samples that are not repeats (``None``: the sampler repeats none)."""
+    rows: int | None
+    """Samples the dataloader puts in this batch (when ``own`` is not ``None``)."""
+
+
 class LMHeadMixin(_Base):
     """Adds ``configure_head``, ``head_training_step``, ``head_evaluation_step`` and
     ``tie_head_weights``.
@@ -82,6 +112,10 @@ class LMHeadMixin(_Base):
     head: Head
     val_ppl: Perplexity
     test_ppl: Perplexity
+    _head_window: _Window | None = None
+    """Sums of the gradient-accumulation window under way (``None`` between optimizer steps)."""
+    _head_batch: _Batch | None = None
+    """The evaluation batch Lightning is running (``None`` outside an evaluation loop)."""
 
     def configure_head(
         self,
@@ -143,21 +177,48 @@ class LMHeadMixin(_Base):
     def head_training_step(self, hidden: Tensor, target: Tensor) -> Tensor:
         """Training loss of ``hidden [B, T, d]`` against ``target [B, T]``; logs it.
 
-        Logs ``train_loss`` (the head's objective) and, when that objective is the exact NLL,
-        ``train_ppl = exp(train_loss)`` of the batch. Both are per-step values for monitoring; the
-        numbers to report are ``val_ppl`` / ``test_ppl``. A batch without any counted token (all
-        ``ignore_index``) logs neither: its loss is 0 by convention, not a perfect score.
+        Logs ``train_loss`` (the head's objective, label smoothing and z-loss included) and, for
+        heads that give the exact NLL, ``train_ppl = exp(Σ NLL / #tokens)``: the perplexity of
+        the step's tokens under the model, never exp of a regularised loss. Both are per-step
+        values for monitoring; the numbers to report are ``val_ppl`` / ``test_ppl``. A step
+        without any counted token (all ``ignore_index``) logs neither: its loss is 0 by
+        convention, not a perfect score.
+
+        With ``Trainer(accumulate_grad_batches=k)`` the optimizer step is weighted by tokens, as
+        one batch holding all ``k`` micro-batches would be: the returned loss is the micro-batch's
+        token sum over a reference count, and ``on_before_optimizer_step`` rescales the summed
+        gradients to ``Σ loss / Σ tokens`` of the window (before gradient clipping), then logs the
+        window's token-weighted ``train_loss`` / ``train_ppl``. That rescaling applies to every
+        gradient of the module, so a loss added to the head's is rescaled with it. Under DDP each
+        rank's gradient is its own tokens' mean and DDP averages the ranks, as without
+        accumulation.
         """
         out = self._configured_head()(hidden, target)
-        # One scalar read from the device (Lightning's progress bar reads the logged values at
-        # every step anyway); logging 0 / ppl 1 for an empty batch would be a false perfect score.
-        if bool(out.num_tokens > 0):
-            size = target.shape[0] if target.dim() > 0 else 1
-            loss = out.loss.detach()
-            self.log("train_loss", loss, on_step=True, prog_bar=True, batch_size=size)
-            if out.nll_sum is not None:
-                self.log("train_ppl", loss.exp(), on_step=True, prog_bar=True, batch_size=size)
-        return out.loss
+        accumulation = self._accumulation()
+        if accumulation == 1:
+            # One scalar read from the device (Lightning's progress bar reads the logged values
+            # at every step anyway); logging 0 / ppl 1 for an empty batch would be a false score.
+            if bool(out.num_tokens > 0):
+                self._log_training(out.loss.detach(), out.nll_sum, out.num_tokens)
+            return out.loss
+        tokens = out.num_tokens.to(out.loss.dtype)
+        loss_sum = out.loss * tokens  # the head's loss is a mean over its counted tokens
+        window = self._head_window
+        if window is None:
+            zero = loss_sum.detach() * 0
+            window = _Window(zero, None if out.nll_sum is None else zero, zero, zero)
+        # The reference count is the window's first non-empty micro-batch: with equal micro-
+        # batches the returned loss is the usual mean and the final rescaling factor is 1.
+        reference = torch.where(window.reference > 0, window.reference, tokens.detach())
+        window.reference = reference
+        window.loss_sum = window.loss_sum + loss_sum.detach()
+        window.tokens = window.tokens + tokens.detach()
+        if window.nll_sum is not None:
+            window.nll_sum = (
+                None if out.nll_sum is None else window.nll_sum + out.nll_sum.detach().float()
+            )
+        self._head_window = window
+        return loss_sum / reference.clamp(min=1.0)
 
     def head_evaluation_step(
         self,
@@ -174,18 +235,28 @@ class LMHeadMixin(_Base):
         ``self.log`` appends). Called by hand outside a Lightning loop, it only accumulates (read
         ``self.val_ppl.compute()``). Returns the target log-probabilities ``[B, T]`` (0 where
         target is ``ignore_index``).
+
+        Under DDP, Lightning's default sampler pads an evaluation set that does not divide by the
+        number of ranks with repeats of its first samples; those rows (the last of some ranks) are
+        left out of the metric, so every sample counts once. This needs the batch's first
+        dimension to be the samples of the dataloader's ``batch_size``, as with the default
+        ``collate_fn``; otherwise a warning says that repeats may be counted.
         """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         head = self._configured_head()
-        results = _running_results(self)
+        running = self._head_batch
+        if running is not None and running.stage != stage:
+            running = None  # e.g. a test metric fed from a validation step: no position known
         if dataloader_idx is None:
-            index = getattr(results, "dataloader_idx", None)  # what self.log appends to the name
-            dataloader_idx = 0 if index is None else int(index)
+            dataloader_idx = running.dataloader_idx if running is not None else 0
         metric, attribute = self._stage_metric(stage, dataloader_idx)
         target_log_prob = head.target_log_prob(hidden, target)
-        metric.update(target_log_prob, target)
-        if results is None:
+        counted = target
+        if running is not None and running.dataloader_idx == dataloader_idx:
+            counted = self._without_repeats(running, target, head.ignore_index)
+        metric.update(target_log_prob, counted)
+        if self._head_batch is None:
             return target_log_prob  # called by hand, outside a Lightning loop: accumulate only
         # Logging the metric object (not its value) makes Lightning call compute() once per epoch,
         # after torchmetrics has summed both states over ranks, and then reset it.
@@ -195,6 +266,25 @@ class LMHeadMixin(_Base):
         )  # fmt: skip
         return target_log_prob
 
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._head_window = None  # a window left by an interrupted run never leaks in
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Under gradient accumulation: rescale the window's gradients to its token-weighted
+        mean and log the window's ``train_loss`` / ``train_ppl`` (see ``head_training_step``).
+        Call ``super().on_before_optimizer_step(optimizer)`` if you override it."""
+        super().on_before_optimizer_step(optimizer)
+        window, self._head_window = self._head_window, None
+        if window is None or not bool(window.tokens > 0):
+            return
+        # Lightning divided each micro-batch's loss by k; each was a token sum over `reference`.
+        factor = self._accumulation() * window.reference / window.tokens
+        for parameter in self.parameters():
+            if parameter.grad is not None:
+                parameter.grad.mul_(factor.to(parameter.grad.dtype))
+        self._log_training(window.loss_sum / window.tokens, window.nll_sum, window.tokens)
+
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
         self._reset_stage_metrics("val")
@@ -203,7 +293,105 @@ class LMHeadMixin(_Base):
         super().on_test_epoch_start()
         self._reset_stage_metrics("test")
 
+    def on_validation_batch_start(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        super().on_validation_batch_start(batch, batch_idx, dataloader_idx)
+        self._head_batch = self._batch_position("val", batch_idx, dataloader_idx)
+
+    def on_validation_batch_end(
+        self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        super().on_validation_batch_end(outputs, batch, batch_idx, dataloader_idx)
+        self._head_batch = None
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        super().on_test_batch_start(batch, batch_idx, dataloader_idx)
+        self._head_batch = self._batch_position("test", batch_idx, dataloader_idx)
+
+    def on_test_batch_end(
+        self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        super().on_test_batch_end(outputs, batch, batch_idx, dataloader_idx)
+        self._head_batch = None
+
     # ----------------------------------------------------------------------------------------
+    def _accumulation(self) -> int:
+        """Micro-batches per optimizer step (1 outside a trainer and in manual optimization)."""
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer: called by hand
+            return 1
+        if not self.automatic_optimization:
+            return 1
+        return int(trainer.accumulate_grad_batches)
+
+    def _log_training(self, loss: Tensor, nll_sum: Tensor | None, tokens: Tensor) -> None:
+        # on_step values are never averaged, so the batch size Lightning asks for plays no part.
+        self.log("train_loss", loss, on_step=True, prog_bar=True, batch_size=1)
+        if nll_sum is not None:
+            ppl = (nll_sum.detach().double() / tokens.double()).exp()
+            self.log("train_ppl", ppl.float(), on_step=True, prog_bar=True, batch_size=1)
+
+    def _batch_position(self, stage: str, batch_idx: int, dataloader_idx: int) -> _Batch:
+        """Where the coming batch sits in this rank's share of the dataloader, and how many of
+        this rank's samples are not repeats added by a distributed sampler."""
+        trainer = self.trainer
+        loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+        if isinstance(loaders, dict):
+            loaders = list(loaders.values())
+        loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
+        sampler = getattr(loader, "sampler", None)
+        batch_size = getattr(loader, "batch_size", None)
+        if not isinstance(sampler, DistributedSampler):
+            return _Batch(stage, dataloader_idx, 0, None, None)
+        size = len(sampler.dataset)  # type: ignore[arg-type]
+        if sampler.drop_last and size % sampler.num_replicas:
+            self._warn_once(
+                "a DistributedSampler with drop_last=True leaves samples out of "
+                f"{stage}_ppl; use one that neither drops nor repeats samples"
+            )
+        if sampler.total_size <= size:  # nothing repeated
+            return _Batch(stage, dataloader_idx, 0, None, None)
+        if batch_size is None:
+            self._warn_once(
+                f"{stage}_ppl may count repeated samples: the DistributedSampler repeats samples "
+                "to give every rank the same number, and without a DataLoader batch_size the "
+                "repeats cannot be found in the batches; pass Trainer(use_distributed_sampler="
+                "False) with a sampler that does not repeat"
+            )
+            return _Batch(stage, dataloader_idx, 0, None, None)
+        # The sampler deals position p of its padded order to rank p % W; positions past the
+        # dataset's size are the repeats, so they are the last samples of their rank.
+        own = len(range(sampler.rank, size, sampler.num_replicas))
+        first = batch_idx * batch_size
+        rows = max(0, min(batch_size, sampler.num_samples - first))
+        return _Batch(stage, dataloader_idx, first, own, rows)
+
+    def _without_repeats(self, batch: _Batch, target: Tensor, ignore_index: int) -> Tensor:
+        """``target`` with the rows that repeat other ranks' samples set to ``ignore_index``."""
+        if batch.own is None or batch.first + (batch.rows or 0) <= batch.own:
+            return target
+        if target.dim() == 0 or target.shape[0] != batch.rows:
+            self._warn_once(
+                f"{batch.stage}_ppl may count repeated samples: the DistributedSampler repeats "
+                f"samples to give every rank the same number, but this batch has "
+                f"{target.shape[0] if target.dim() else 0} rows where the dataloader gives "
+                f"{batch.rows} samples; pass Trainer(use_distributed_sampler=False) with a "
+                "sampler that does not repeat"
+            )
+            return target
+        keep = max(0, batch.own - batch.first)
+        counted = target.clone()
+        counted[keep:] = ignore_index
+        return counted
+
+    def _warn_once(self, message: str) -> None:
+        warned = self.__dict__.setdefault("_head_warned", set())
+        if message not in warned:
+            warned.add(message)
+            warnings.warn(message, stacklevel=3)
+
     def _configured_head(self) -> Head:
         head = getattr(self, "head", None)
         if not isinstance(head, Head):
@@ -331,11 +519,6 @@ def _load_head_structure(
     }
     if "spec" in state:
         module._restore_head(HeadSpec.from_state(state), state_dict, prefix + "head.")
-
-
-def _running_results(module: Any) -> Any:
-    """The result collection of the Lightning loop now running (``None`` outside any loop)."""
-    return getattr(getattr(module, "_trainer", None), "_results", None)
 
 
 def _describe(spec: HeadSpec) -> str:

@@ -28,6 +28,8 @@ from recipes.checkpoint import CheckpointExtras, FitTimer
 from recipes.cli import UsageError, recorded_args
 from recipes.language_model import FinalCheckpoint, LanguageModel, SubsetValidation, TrainClock
 
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+"""Where the recipes find the named corpora (``--data auto``) unless ``$LM_HEADS_DATA`` says."""
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
@@ -206,6 +208,8 @@ def build_trainer(
 # Data and model
 def build_data(args: Namespace, world_size: int) -> LMDataModule:
     """The prepared data module, with a test split and splits long enough for ``--bptt``."""
+    # The package looks only where it is told; the recipes' corpora sit in ../shared/data.
+    os.environ.setdefault("LM_HEADS_DATA", str(SHARED_DATA))
     dm = LMDataModule(
         data=args.data,
         batch_size=args.batch_size,

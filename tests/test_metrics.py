@@ -1,4 +1,4 @@
-"""Perplexity: exact sum/count accumulation, padding, both update forms, DDP-style merging."""
+"""Perplexity: exact sum/count accumulation, padding, DDP-style merging."""
 
 from __future__ import annotations
 
@@ -40,17 +40,6 @@ def test_token_weighted_not_mean_of_batch_means() -> None:
     assert abs(float(metric.compute()) - mean_of_means) > 1.0
 
 
-def test_sum_form_equals_tensor_form() -> None:
-    log_p = -torch.rand(4, 7, dtype=torch.float64) * 5
-    target = torch.randint(0, 9, (4, 7))
-    target[0, :3] = -100
-    a, b = Perplexity(), Perplexity()
-    a.update(log_p, target)
-    keep = target != -100
-    b.update(nll_sum=-(log_p[keep]).sum(), num_tokens=keep.sum())
-    assert torch.allclose(a.compute(), b.compute(), rtol=1e-12)
-
-
 def test_merge_of_shards_equals_whole() -> None:
     """What the DDP sum-reduction does: merging per-rank states gives the global perplexity."""
     log_p = -torch.rand(10, 5) * 4
@@ -80,12 +69,14 @@ def test_bad_updates_say_what_to_do() -> None:
     metric = Perplexity()
     with pytest.raises(ValueError, match="must equal target shape"):
         metric.update(torch.zeros(3), torch.zeros(4, dtype=torch.long))
-    with pytest.raises(ValueError, match="needs both"):
-        metric.update(torch.zeros(3))
-    with pytest.raises(ValueError, match="not both"):
-        metric.update(torch.zeros(3), torch.zeros(3, dtype=torch.long), nll_sum=1.0, num_tokens=3)
-    with pytest.raises(ValueError, match="nll_sum= and num_tokens="):
-        metric.update(nll_sum=1.0)
+    with pytest.raises(TypeError):
+        metric.update(torch.zeros(3))  # type: ignore[call-arg]
+
+
+def test_only_the_tensor_form_exists() -> None:
+    """The (nll_sum=, num_tokens=) form is gone: one way in, the one the mixin uses."""
+    with pytest.raises(TypeError):
+        Perplexity().update(nll_sum=1.0, num_tokens=3)  # type: ignore[call-arg]
 
 
 def test_low_precision_inputs_accumulate_in_float64() -> None:

@@ -251,3 +251,193 @@ def test_mistakes_get_helpful_messages() -> None:
         pending.head_training_step(hidden, target)
     with pytest.raises(RuntimeError, match="not its structure"):
         pending.load_state_dict({"head.weight": torch.zeros(13, 4)})
+
+
+class _Plain(LMHeadMixin, L.LightningModule):
+    """Embedding → head: the gradient of one optimizer step is easy to recompute by hand."""
+
+    def __init__(self, vocab_size: int = 12, **options) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, 8)
+        self.configure_head("full", in_features=8, vocab_size=vocab_size, **options)
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def training_step(self, batch, batch_idx):
+        return self.head_training_step(self.embed(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self.head_evaluation_step(self.embed(batch[0]), batch[1])
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        super().on_before_optimizer_step(optimizer)
+        self.grads = {n: p.grad.clone() for n, p in self.named_parameters() if p.grad is not None}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def _batches() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two sequences: 6 counted tokens, then 1 (the rest padding)."""
+    inputs = torch.randint(0, 12, (2, 6))
+    targets = torch.randint(0, 12, (2, 6))
+    targets[1, 1:] = -100
+    return inputs, targets
+
+
+def test_train_ppl_is_the_nll_not_the_regularised_loss(tmp_path) -> None:
+    torch.manual_seed(7)
+    model = _Plain(z_loss=0.5, label_smoothing=0.1)
+    inputs, targets = _batches()
+    with torch.no_grad():
+        out = model.head(model.embed(inputs), targets)
+    nll_ppl = math.exp(float(out.nll_sum) / int(out.num_tokens))
+    assert float(out.loss) > float(out.nll_sum) / int(out.num_tokens) + 0.5  # regularised
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.fit(model, DataLoader(TensorDataset(inputs, targets), batch_size=2))
+    assert float(trainer.callback_metrics["train_loss"]) == pytest.approx(float(out.loss))
+    assert float(trainer.callback_metrics["train_ppl"]) == pytest.approx(nll_ppl, rel=1e-5)
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_gradient_accumulation_weighs_micro_batches_by_tokens(tmp_path, clip) -> None:
+    torch.manual_seed(8)
+    model = _Plain()
+    inputs, targets = _batches()
+    reference = _Plain()
+    reference.load_state_dict(model.state_dict())
+    out = reference.head(reference.embed(inputs), targets)  # one batch of all 7 tokens
+    out.loss.backward()
+    expected = {n: p.grad for n, p in reference.named_parameters()}
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(list(expected.values()), clip)
+    trainer = _trainer(tmp_path, max_steps=1, accumulate_grad_batches=2, gradient_clip_val=clip)
+    trainer.fit(model, DataLoader(TensorDataset(inputs, targets), batch_size=1))
+    for name, grad in expected.items():
+        torch.testing.assert_close(model.grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    # The step's logged values are over its 7 tokens, not the last micro-batch's one token.
+    assert float(trainer.callback_metrics["train_loss"]) == pytest.approx(float(out.loss))
+    nll_ppl = math.exp(float(out.nll_sum) / 7)
+    assert float(trainer.callback_metrics["train_ppl"]) == pytest.approx(nll_ppl, rel=1e-5)
+
+
+def test_accumulated_inexact_head_logs_loss_but_no_train_ppl(dm, tmp_path) -> None:
+    model = _Inexact(dm.vocab_size, dm.counts)
+    trainer = _trainer(tmp_path, max_steps=2, accumulate_grad_batches=3)
+    trainer.fit(model, dm.train_dataloader())
+    assert "train_loss" in trainer.callback_metrics
+    assert "train_ppl" not in trainer.callback_metrics
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_repeats_of_a_distributed_sampler_are_counted_once(tmp_path, rank) -> None:
+    """7 samples on 2 ranks: the sampler gives rank 1 samples 1, 3, 5 and a repeat of sample 0."""
+    from torch.utils.data import DistributedSampler
+
+    torch.manual_seed(9)
+    model = _Plain().eval()
+    inputs, targets = torch.randint(0, 12, (7, 5)), torch.randint(0, 12, (7, 5))
+    targets[0, 1:] = -100  # sample 0 is unlike the others: counting it twice would show
+    data = TensorDataset(inputs, targets)
+    sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False)
+    loader = DataLoader(data, batch_size=2, sampler=sampler)
+    logged = _trainer(tmp_path).validate(model, loader, verbose=False)[0]["val_ppl"]
+    own = list(range(rank, 7, 2))
+    with torch.no_grad():
+        log_p = model.head.target_log_prob(model.embed(inputs[own]), targets[own]).double()
+    exact = math.exp(-float(log_p.sum()) / int((targets[own] != -100).sum()))
+    assert logged == pytest.approx(exact, rel=1e-6)
+
+
+# --- The README's Hugging Face-style example, verbatim -----------------------------------------
+class CausalLM(LMHeadMixin, L.LightningModule):
+    def __init__(self, vocab_size: int, counts: torch.Tensor, dim: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.rnn = nn.LSTM(dim, dim, batch_first=True)  # any causal backbone: [B, T] -> [B, T, d]
+        self.configure_head("adaptive", in_features=dim, vocab_size=vocab_size, counts=counts)
+
+    def shifted(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.rnn(self.embed(batch["input_ids"]))[0]
+        return hidden[:, :-1], batch["labels"][:, 1:]  # hidden at t, the token at t + 1
+
+    def training_step(self, batch, batch_idx):
+        return self.head_training_step(*self.shifted(batch))
+
+    def validation_step(self, batch, batch_idx):
+        self.head_evaluation_step(*self.shifted(batch), stage="val")
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+
+# -----------------------------------------------------------------------------------------------
+
+
+def _dict_batches(vocab_size: int) -> list[dict[str, torch.Tensor]]:
+    """Padded-to-longest batches as a Hugging Face collator makes them (labels -100 at padding)."""
+    batches = []
+    for lengths in ([9, 4, 7], [5, 5], [3, 8, 6, 2]):
+        ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, length in enumerate(lengths):
+            ids[row, :length] = torch.randint(0, vocab_size, (length,))
+            mask[row, :length] = 1
+        batches.append(
+            {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+        )
+    return batches
+
+
+def test_readme_dict_batch_example_trains_and_scores_next_tokens(tmp_path) -> None:
+    torch.manual_seed(10)
+    vocab_size = 40
+    counts = torch.randint(1, 50, (vocab_size,))
+    counts[::7] = 0  # ids that never occur in training
+    model = CausalLM(vocab_size, counts)
+    batches = _dict_batches(vocab_size)
+    loader = DataLoader(batches, batch_size=None)  # each item is already a batch
+    trainer = _trainer(tmp_path, max_steps=3)
+    trainer.fit(model, loader)
+    assert math.isfinite(float(trainer.callback_metrics["train_ppl"]))
+    logged = trainer.validate(model, loader, verbose=False)[0]["val_ppl"]
+    nll, tokens = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:  # by hand: row r, position t scores input_ids[r, t + 1]
+            hidden = model.rnn(model.embed(batch["input_ids"]))[0]
+            for row, length in enumerate(batch["attention_mask"].sum(1).tolist()):
+                for t in range(length - 1):
+                    log_p = model.head.log_prob(hidden[row, t])[batch["input_ids"][row, t + 1]]
+                    nll -= float(log_p)
+                    tokens += 1
+    assert tokens == sum(int(b["attention_mask"].sum()) - len(b["input_ids"]) for b in batches)
+    assert logged == pytest.approx(math.exp(nll / tokens), rel=1e-5)
+
+
+def test_readme_adaptive_input_example_builds_tied_and_trains(dm, tmp_path) -> None:
+    from lm_heads import AdaptiveInput
+
+    class AdaptiveLM(LMHeadMixin, L.LightningModule):
+        def __init__(self, vocab_size: int, counts: torch.Tensor, dim: int = 64) -> None:
+            super().__init__()
+            self.save_hyperparameters(ignore=["counts"])
+            self.configure_head("adaptive", in_features=dim, vocab_size=vocab_size, counts=counts)
+            self.embed = AdaptiveInput.from_head(self.head, tie_weights=True)
+            self.rnn = nn.LSTM(dim, dim, batch_first=True)
+
+        def training_step(self, batch, batch_idx):
+            inputs, targets = batch
+            return self.head_training_step(self.rnn(self.embed(inputs))[0], targets)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+    model = AdaptiveLM(dm.vocab_size, dm.counts)
+    shared = {id(p) for p in model.head.parameters()} & {id(p) for p in model.embed.parameters()}
+    assert shared  # tied: one Parameter in both
+    trainer = _trainer(tmp_path, max_steps=2)
+    trainer.fit(model, dm.train_dataloader())
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    restored = AdaptiveLM.load_from_checkpoint(tmp_path / "a.ckpt", counts=dm.counts)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[key], value, msg=key)

@@ -6,12 +6,22 @@ dm.prepare_data(); dm.setup("fit")
 print(dm.description, dm.vocab_size)
 """
 
+try:  # the data tools are an extra: say which one when they are missing
+    import numpy  # noqa: F401
+    import tokenizers  # noqa: F401
+except ImportError as _error:
+    raise ImportError(
+        f"lm_heads.data needs {_error.name or 'a package that is missing'}, from the data extra: "
+        "pip install 'lm-heads[data]'"
+    ) from _error
+
 from lm_heads.data.cache import CacheError, TokenCache
 from lm_heads.data.datamodule import IGNORE_INDEX, BatchOrderSampler, LMDataModule, StreamBatches
 from lm_heads.data.sources import (
     DataUnavailableError,
     HubTextSource,
     LocalTextSource,
+    MissingExtraError,
     TextSource,
     find_local,
     hub_reachable,
@@ -29,6 +39,7 @@ __all__ = [
     "HubTextSource",
     "LMDataModule",
     "LocalTextSource",
+    "MissingExtraError",
     "StreamBatches",
     "SyntheticLanguage",
     "TextSource",

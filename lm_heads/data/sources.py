@@ -6,8 +6,8 @@ token-id cache (:mod:`lm_heads.data.cache`) are built from those lines once.
 Local directories use either WikiText's names (``wiki.train.tokens``, ``wiki.valid.tokens``,
 ``wiki.test.tokens``) or plain ones (``train.txt``, ``valid.txt``/``validation.txt``,
 ``test.txt``; ``.tokens`` works as well). The named corpora are looked up locally first, in
-``$LM_HEADS_DATA/<name>``, ``<repo>/../shared/data/<name>``, ``<cwd>/../shared/data/<name>`` and
-``<cwd>/shared/data/<name>``, then on the Hub:
+``<data_root>/<name>`` for a ``data_root`` passed by the caller and in ``$LM_HEADS_DATA/<name>``,
+then on the Hub (an installed package never looks in folders it was not told about):
 
 ==================  ============================================================================
 ``wikitext-2``      ``Salesforce/wikitext``, config ``wikitext-2-v1`` (splits train/validation/test)
@@ -70,18 +70,19 @@ class DataUnavailableError(RuntimeError):
     """A data source cannot be read (missing files, or the Hub is unreachable)."""
 
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+class MissingExtraError(ImportError, DataUnavailableError):
+    """A package of the ``data`` extra is not installed (also a :class:`DataUnavailableError`, so
+    ``data="auto"`` falls back to the synthetic language without it)."""
 
 
-def local_search_roots() -> list[Path]:
-    """Folders that may hold ``<name>/`` copies of the corpora, in the order they are tried."""
+def local_search_roots(data_root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Folders that may hold ``<name>/`` copies of the corpora, in the order they are tried:
+    ``data_root`` when given, then ``$LM_HEADS_DATA`` when set."""
     roots = []
+    if data_root is not None:
+        roots.append(Path(data_root).expanduser())
     if env := os.environ.get("LM_HEADS_DATA"):
         roots.append(Path(env).expanduser())
-    cwd = Path.cwd()
-    roots += [_repo_root() / ".." / "shared" / "data", cwd / ".." / "shared" / "data"]
-    roots.append(cwd / "shared" / "data")
     unique: list[Path] = []
     for root in roots:
         resolved = root.resolve()
@@ -90,9 +91,9 @@ def local_search_roots() -> list[Path]:
     return unique
 
 
-def find_local(name: str) -> Path | None:
+def find_local(name: str, data_root: str | os.PathLike[str] | None = None) -> Path | None:
     """The first ``<root>/<name>`` among :func:`local_search_roots` whose train file exists."""
-    for root in local_search_roots():
+    for root in local_search_roots(data_root):
         candidate = root / name
         if candidate.is_dir() and _find_split_file(candidate, "train") is not None:
             return candidate
@@ -331,7 +332,12 @@ class HubTextSource(TextSource):
             _go_offline()
         try:
             from datasets import load_dataset
-
+        except ImportError as error:
+            raise MissingExtraError(
+                f"loading {self.spec.repo} from the Hugging Face Hub needs the datasets package: "
+                "pip install 'lm-heads[data]' (or use a local copy: --data /path/to/dir)"
+            ) from error
+        try:
             kwargs = {"revision": self.spec.revision} if self.spec.revision else {}
             dataset = load_dataset(self.spec.repo, self.spec.config, split=hub_split, **kwargs)
         except Exception as error:  # datasets raises ConnectionError, OSError, RuntimeError, ...
@@ -365,9 +371,10 @@ def _iter_text(dataset: Any, batch_size: int = 10_000) -> Iterator[str]:
         yield from batch["text"]
 
 
-def resolve_named(name: str) -> TextSource:
-    """A local copy of ``name`` if one is found, else its Hub source (not yet contacted)."""
-    local = find_local(name)
+def resolve_named(name: str, data_root: str | os.PathLike[str] | None = None) -> TextSource:
+    """A local copy of ``name`` if one is found (:func:`find_local`), else its Hub source (not
+    yet contacted)."""
+    local = find_local(name, data_root)
     if local is not None:
         return LocalTextSource.open(local, name=name)
     return HubTextSource.named(name)

@@ -1,8 +1,18 @@
+import shutil
+import sys
 import time
 
 import pytest
 
-from lm_heads.data import DataUnavailableError, HubTextSource, LocalTextSource, find_local, sources
+from lm_heads.data import (
+    DataUnavailableError,
+    HubTextSource,
+    LMDataModule,
+    LocalTextSource,
+    MissingExtraError,
+    find_local,
+    sources,
+)
 
 
 def test_wikitext_layout(tiny_corpus):
@@ -118,3 +128,32 @@ def test_undecodable_text_names_file_and_line(tiny_corpus):
     assert latin.key != source.key  # a cache built with one encoding is not reused for another
     with pytest.raises(DataUnavailableError, match="unknown text encoding"):
         LocalTextSource.open(tiny_corpus, encoding="klingon")
+
+
+def test_lookup_never_leaves_the_folders_it_is_given(tmp_path, tiny_corpus, monkeypatch):
+    """No guessing from the install or working directory: only data_root and $LM_HEADS_DATA."""
+    monkeypatch.delenv("LM_HEADS_DATA", raising=False)
+    work = tmp_path / "work" / "repo"
+    for shared in (work / "shared" / "data", work.parent / "shared" / "data"):
+        shared.mkdir(parents=True)
+        shutil.copytree(tiny_corpus, shared / "tiny")
+    monkeypatch.chdir(work)
+    assert sources.local_search_roots() == []
+    assert find_local("tiny") is None
+    given = work.parent / "shared" / "data"
+    assert find_local("tiny", data_root=given) == (given / "tiny").resolve()
+    source = sources.resolve_named("wikitext-2", data_root=tiny_corpus.parent)
+    assert isinstance(source, HubTextSource)  # no wikitext-2 folder there
+    monkeypatch.setenv("LM_HEADS_DATA", str(tiny_corpus.parent))
+    roots = sources.local_search_roots(work)
+    assert roots == [work.resolve(), tiny_corpus.parent.resolve()]
+
+
+def test_missing_datasets_names_the_extra_and_auto_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
+    monkeypatch.delenv("LM_HEADS_DATA", raising=False)
+    with pytest.raises(MissingExtraError, match=r"pip install 'lm-heads\[data\]'"):
+        HubTextSource.named("wikitext-2").check()
+    dm = LMDataModule("auto", cache_dir=tmp_path, synthetic_vocab_size=50, synthetic_tokens=2000)
+    assert dm.data_dir is None  # resolved to the synthetic language, with the reason logged
+    assert "synthetic" in dm.description.lower()

@@ -2,6 +2,8 @@
 pytest itself). Marked ``ddp``: run with ``pytest -m ddp tests/distributed``.
 
 - every registered head trains under plain DDP without ``find_unused_parameters``;
+- the mixin's val/test perplexity under ``Trainer(strategy="ddp")`` on an odd-sized set (which
+  Lightning's sampler pads with a repeat) equals the exact one over each sample once;
 - the recipe's 2-rank validation/test perplexity equals the single-process one on the same model;
 - a 2-rank run stopped mid-epoch and resumed from ``last.ckpt`` ends with exactly the weights of an
   uninterrupted run (dropout on: the RNG state is checkpointed too).
@@ -22,6 +24,7 @@ import torch
 pytestmark = pytest.mark.ddp
 
 REPO = Path(__file__).resolve().parents[2]
+SCRIPT = Path(__file__).with_name("ddp_script.py")
 RECIPE = REPO / "recipes" / "lm.py"
 TIMEOUT = 240
 
@@ -68,12 +71,24 @@ def _recipe(tmp_path: Path, out: str, *extra: str) -> dict:
 
 
 def test_every_head_trains_under_plain_ddp(tmp_path) -> None:
-    proc = _run([str(Path(__file__).with_name("ddp_heads_script.py"))], tmp_path)
+    proc = _run([str(SCRIPT), "heads"], tmp_path)
     from lm_heads import HEADS
 
     assert sorted(
         line.split()[1] for line in proc.stdout.splitlines() if line.startswith("ok ")
     ) == sorted(HEADS)
+
+
+def test_mixin_counts_each_sample_once_when_ranks_do_not_divide_the_set(tmp_path) -> None:
+    proc = _run([str(SCRIPT), "mixin_eval"], tmp_path)
+    logged = {
+        line.split()[1]: (float(line.split()[2]), float(line.split()[3]))
+        for line in proc.stdout.splitlines()
+        if line.startswith("ok ")
+    }
+    assert set(logged) == {"val", "test"}, proc.stdout
+    for stage, (value, exact) in logged.items():
+        assert value == pytest.approx(exact, rel=1e-6), stage
 
 
 def test_two_rank_perplexity_equals_single_process(tmp_path) -> None:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.distributed.test_ddp import _run
+from tests.distributed.test_ddp import SCRIPT, _run
 
 pytestmark = pytest.mark.ddp
 
 
 def test_adaptive_input_trains_under_plain_ddp_in_every_tying_mode(tmp_path) -> None:
-    proc = _run([str(Path(__file__).with_name("ddp_adaptive_input_script.py"))], tmp_path)
+    proc = _run([str(SCRIPT), "adaptive_input"], tmp_path)
     counts = {
         line.split()[1]: int(line.split()[2])
         for line in proc.stdout.splitlines()
