@@ -165,16 +165,17 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
         logits = self._logits(hidden)
-        lse = logits.logsumexp(-1)
         target_logit = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
         if not (self.training and self.margin > 0.0):
+            lse = logits.logsumexp(-1)
             return self._regularise(lse - target_logit, lse, logits)
-        # The margin lowers one logit, so the normaliser changes by one term:
-        # log Σ_j e^{z_j − δ[j=t]·sm} = lse + log(1 − p_t·(1 − e^{−sm})), with no [n, V] copy.
+        # The normaliser of the margin logits is a logsumexp over them, one [n, V] copy. Updating
+        # the plain lse by log1p(−p_t·(1 − e^{−sm})) instead cancels to log1p(−1) = −inf in
+        # float32 once the target is confident and s·m ≳ 16.
         shift = self.log_scale.exp().to(logits.dtype) * self.margin
-        p_target = (target_logit - lse).exp()
-        lse = lse + torch.log1p(p_target * torch.expm1(-shift))
-        return self._regularise(lse - target_logit + shift, lse, logits, shift)
+        shifted = target_logit - shift
+        lse = logits.scatter(-1, target.unsqueeze(-1), shifted.unsqueeze(-1)).logsumexp(-1)
+        return self._regularise(lse - shifted, lse, logits, shift)
 
     def output_embeddings(self) -> Tensor:
         return self.weight
