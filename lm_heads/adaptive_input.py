@@ -33,7 +33,9 @@ band and projects; the bands are summed. That is ``n·d·Σ_{i≥1} d_i`` extra 
 Initialisation (untied): ``E_i ~ N(0, 1/d_i)`` and Xavier-uniform ``Q_i`` (as fairseq).
 
 Shape:
-    - input: ``[...]`` int64 word ids; output: ``[..., d]`` in the parameters' dtype
+    - input: ``[...]`` int64 word ids in ``[0, V)`` (no padding id: replace padding by any
+      word, e.g. 0, and mask it downstream, as with ``nn.Embedding`` without ``padding_idx``);
+      output: ``[..., d]`` in the parameters' dtype
     - ``weights.0``: ``[c_1, d]`` (tied: the head's ``[c_1 + J, d]``); ``weights.i``: ``[k_i, d_i]``
     - ``projections.{i-1}``: ``[d_i, d]`` for bands ``i ≥ 1``
     - buffers: ``cutoffs [J]``, ``rank_of_id [V]`` (int64)
@@ -51,6 +53,7 @@ from torch import Tensor, nn
 
 from lm_heads._check import check_float, check_int
 from lm_heads.adaptive import AdaptiveSoftmaxHead, _check_cutoffs, check_saved_cutoffs
+from lm_heads.base import check_ids
 from lm_heads.counts import as_counts, frequency_order
 from lm_heads.cutoffs import default_cutoffs, projection_dims
 
@@ -164,6 +167,9 @@ class AdaptiveInput(nn.Module):
         if not isinstance(tokens, Tensor) or tokens.is_floating_point() or tokens.is_complex():
             raise TypeError(f"tokens must be an integer tensor of word ids, got {tokens!r:.80}")
         flat = tokens.reshape(-1).long()
+        # Indexing would wrap negative ids (-100 would read word V - 100): refuse them, padding
+        # included, as nn.Embedding does.
+        check_ids(flat, self.vocab_size, None, name="token")
         rank = self.rank_of_id[flat]
         band = torch.bucketize(rank, self.cutoffs, right=True)
         out = F.embedding(rank.clamp(max=self.bounds[1] - 1), self.weights[0])

@@ -222,19 +222,22 @@ class Head(nn.Module):
         return hidden.reshape(-1, self.in_features), t
 
 
-def check_ids(target: Tensor, vocab_size: int, ignore_index: int) -> None:
-    """Raise if any id is outside ``[0, vocab_size)`` other than ``ignore_index``."""
-    bad = ((target < 0) | (target >= vocab_size)) & (target != ignore_index)
-    message = (
-        f"target ids must lie in [0, {vocab_size}) (vocab_size) or equal ignore_index="
-        f"{ignore_index}"
-    )
+def check_ids(
+    ids: Tensor, vocab_size: int, ignore_index: int | None, *, name: str = "target"
+) -> None:
+    """Raise if any id is outside ``[0, vocab_size)`` other than ``ignore_index`` (``None``: no
+    id is exempt)."""
+    bad = (ids < 0) | (ids >= vocab_size)
+    message = f"{name} ids must lie in [0, {vocab_size}) (vocab_size)"
+    if ignore_index is not None:
+        bad &= ids != ignore_index
+        message += f" or equal ignore_index={ignore_index}"
     # Eager CPU: a host check costs nothing and can name the bad id. Elsewhere, and under
     # torch.compile (where a Python branch on a tensor breaks the graph), an asynchronous check:
     # no host sync in the training step; it surfaces at the next sync.
-    if target.device.type == "cpu" and not torch.compiler.is_compiling():
+    if ids.device.type == "cpu" and not torch.compiler.is_compiling():
         if bool(bad.any()):
-            first = int(target[bad][0])
+            first = int(ids[bad][0])
             raise ValueError(f"{message}; found {first}. Check the tokenizer and vocab_size.")
     else:
         torch._assert_async(~bad.any(), message)

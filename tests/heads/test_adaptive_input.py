@@ -170,3 +170,14 @@ def test_bad_arguments() -> None:
         AdaptiveInput(V, D, counts=zipf_counts(V), cutoffs=[40, 10])
     with pytest.raises(TypeError, match="integer tensor of word ids"):
         AdaptiveInput(V, D, counts=zipf_counts(V))(torch.zeros(3))
+
+
+@pytest.mark.parametrize("bad", [-100, -1, V])
+def test_ids_outside_the_vocabulary_raise_like_nn_embedding(bad: int) -> None:
+    # Indexing alone would wrap -100 to word V - 100 and return its vector.
+    module = AdaptiveInput(V, D, counts=zipf_counts(V), cutoffs=CUTOFFS)
+    tokens = torch.tensor([[3, bad], [7, 8]])
+    with pytest.raises(ValueError, match=rf"token ids must lie in \[0, {V}\).*found {bad}"):
+        module(tokens)
+    with pytest.raises(IndexError):
+        torch.nn.Embedding(V, D)(tokens)
