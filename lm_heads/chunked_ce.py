@@ -44,7 +44,6 @@ from typing import Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from lm_heads._check import check_float
@@ -142,7 +141,7 @@ def linear_cross_entropy(
 
     Returns:
         :class:`LossSums`: training objective and exact NLL, float32 (float64 for float64).
-        Not twice differentiable.
+        Not twice differentiable: a backward with ``create_graph=True`` raises.
     """
     chunk = resolve_chunk_size(chunk_size, weight.shape[1])
     if token_weight is None:
@@ -405,8 +404,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return loss_sum, nll_sum
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_loss: Tensor, _: Tensor) -> tuple:
+        # Grad mode is on in backward exactly under create_graph=True. The gradients formed in
+        # forward are constants, so a gradient penalty would silently get no second-order terms
+        # (once_differentiable only raises when the incoming gradient itself requires grad).
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "the fused linear cross-entropy (FullSoftmaxHead with chunk_size, "
+                "AdaptiveSoftmaxHead) is not twice differentiable: create_graph=True (e.g. a "
+                "gradient penalty) would drop the second-order terms. Use the naive full head "
+                "(chunk_size=None) or a head without a fused kernel for double backward"
+            )
         hidden, weight, bias, target, token_weight = ctx.saved_tensors
         grads, ctx.grads = ctx.grads, None
         if grads is None:

@@ -83,8 +83,9 @@ class _Gram(torch.autograd.Function):
         return weight.t() @ weight
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Tensor:  # Any: FunctionCtx lacks saved_tensors
+        # Plain tensor ops on the saved weight: under create_graph=True autograd differentiates
+        # this too, so double backward (a gradient penalty) is exact.
         (weight,) = ctx.saved_tensors
         return weight @ (grad + grad.t())
 

@@ -294,3 +294,11 @@ def test_target_log_prob_with_empty_tail_clusters() -> None:
     hidden, target = torch.randn(5, D), torch.arange(5)
     expected = head.log_prob(hidden).gather(1, target[:, None]).squeeze(1)
     torch.testing.assert_close(head.target_log_prob(hidden, target), expected)
+
+
+def test_gradient_penalty_raises_instead_of_dropping_second_order_terms() -> None:
+    head = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), cutoffs=[20, 80])
+    hidden = torch.randn(12, D, requires_grad=True)
+    loss = head(hidden, zipf_targets(zipf_counts(V), (12,))).loss
+    with pytest.raises(RuntimeError, match="not twice differentiable"):
+        torch.autograd.grad(loss, hidden, create_graph=True)

@@ -308,3 +308,13 @@ def test_fused_loss_peak_memory_is_one_weight_gradient() -> None:
         head(hidden, target).loss.backward()
     storages.discard(head.weight.untyped_storage().data_ptr())
     assert storages == {head.weight.grad.untyped_storage().data_ptr()}
+
+
+def test_gradient_penalty_through_the_fused_loss_raises() -> None:
+    # Its gradients are formed in forward as constants: a second-order term would be dropped.
+    head = FullSoftmaxHead(D, V, chunk_size=7)
+    hidden = torch.randn(N, D, requires_grad=True)
+    loss = head(hidden, torch.randint(0, V, (N,))).loss
+    with pytest.raises(RuntimeError, match="not twice differentiable.*chunk_size=None"):
+        torch.autograd.grad(loss, hidden, create_graph=True)
+

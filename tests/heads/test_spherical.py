@@ -184,3 +184,17 @@ def test_gram_path_never_computes_the_logits(cls, monkeypatch) -> None:
     head.target_log_prob(hidden, target)
     with pytest.raises(AssertionError, match="built"):
         head.log_prob(hidden)
+
+
+@heads
+def test_gradient_penalty_through_the_gram_loss_matches_naive(cls) -> None:
+    gram, naive = pair(cls, 6, 30, torch.float64)
+    hidden = torch.randn(10, 6, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 30, (10,))
+
+    def penalty_grad(head) -> torch.Tensor:
+        # A penalty on the weight's gradient differentiates the Gram matrix's backward itself.
+        (grad,) = torch.autograd.grad(head(hidden, target).loss, head.weight, create_graph=True)
+        return torch.autograd.grad(grad.square().sum(), [head.weight, hidden])
+
+    torch.testing.assert_close(penalty_grad(gram), penalty_grad(naive))
