@@ -25,16 +25,17 @@ host sync per step. Use :func:`check_finite` where that is affordable, e.g. when
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+import json
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lm_heads._check import check_int
-
-if TYPE_CHECKING:
-    from lm_heads.registry import HeadSpec
 
 
 class HeadOutput(NamedTuple):
@@ -220,6 +221,94 @@ class Head(nn.Module):
         t = target.reshape(-1).long()
         check_ids(t, self.vocab_size, self.ignore_index)
         return hidden.reshape(-1, self.in_features), t
+
+
+@dataclass
+class HeadSpec:
+    """The arguments of :func:`~lm_heads.registry.build_head` that rebuild a head's structure
+    (tree, clusters, cutoffs, noise table) exactly; the weights come from its state dict."""
+
+    name: str
+    in_features: int
+    vocab_size: int
+    counts: Tensor | None = None
+    """float64 ``[V]`` as :func:`~lm_heads.counts.as_counts` returns them, or ``None``."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The head's keyword options, with the values it chose itself (``Head.resolved_options``)."""
+
+    builder: ClassVar[Callable[..., Head] | None] = None
+    """:func:`~lm_heads.registry.build_head`, set when the registry is imported (``import
+    lm_heads`` does): base.py, below every head, cannot import the table of heads by name."""
+
+    def __post_init__(self) -> None:
+        # numpy and tensor numbers (num_classes=np.int64(7), cutoffs=np.array(...)) become plain
+        # Python data, so that the spec can be stored as JSON.
+        self.in_features = check_int("in_features", self.in_features)
+        self.vocab_size = check_int("vocab_size", self.vocab_size)
+        self.options = {key: plain_data(value) for key, value in self.options.items()}
+
+    def build(self) -> Head:
+        """A fresh head of this structure (freshly initialised weights)."""
+        if HeadSpec.builder is None:
+            raise RuntimeError("import lm_heads.registry before building a head from its spec")
+        return HeadSpec.builder(
+            self.name, self.in_features, self.vocab_size, counts=self.counts, **self.options
+        )
+
+    def to_state(self) -> dict[str, Tensor]:
+        """Tensors only (``spec``: the JSON of name, sizes and options as bytes; ``counts``), so
+        a state dict holding them still loads with ``weights_only=True``. Raises TypeError when
+        an option is not plain data (numbers, strings, lists, dicts)."""
+        meta = {
+            "name": self.name,
+            "in_features": self.in_features,
+            "vocab_size": self.vocab_size,
+            "options": self.options,
+        }
+        try:
+            text = json.dumps(meta, allow_nan=True)
+        except TypeError as error:
+            raise TypeError(
+                f"head {self.name!r} options {self.options} cannot be stored with the weights "
+                f"({error}); use plain values (numbers, strings, lists)"
+            ) from None
+        state = {"spec": torch.tensor(list(text.encode()), dtype=torch.uint8)}
+        if self.counts is not None:
+            state["counts"] = self.counts.detach().to("cpu", torch.float64)
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor]) -> HeadSpec:
+        """Inverse of :meth:`to_state`."""
+        meta = json.loads(bytes(state["spec"].tolist()).decode())
+        counts = state.get("counts")
+        return cls(
+            meta["name"],
+            meta["in_features"],
+            meta["vocab_size"],
+            None if counts is None else counts.detach().to("cpu", torch.float64),
+            meta["options"],
+        )
+
+
+def plain_data(value: Any) -> Any:
+    """``value`` with integral numbers as ``int``, other reals as ``float``, tensors, arrays and
+    tuples as lists, recursively: what JSON stores (anything else is returned as is)."""
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {key: plain_data(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(item) for item in value]
+    if hasattr(value, "tolist") and not isinstance(value, (numbers.Number,)):
+        return plain_data(value.tolist())  # tensors and numpy arrays
+    if type(value).__name__ in ("bool", "bool_"):
+        return bool(value)
+    if isinstance(value, numbers.Integral) or hasattr(value, "__index__"):
+        return check_int("option", value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
 
 
 def check_ids(

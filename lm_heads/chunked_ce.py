@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from lm_heads._check import check_float
+from lm_heads._check import check_float, check_int
 from lm_heads.base import add_gumbel_
 
 AUTO_MIN_ROWS = 256
@@ -81,15 +81,16 @@ def resolve_chunk_size(chunk_size: ChunkSize | None, in_features: int) -> int:
     return int(chunk_size)
 
 
-def check_chunk_size(chunk_size: object) -> None:
-    """Raise ``ValueError`` unless ``chunk_size`` is ``None``, ``"auto"`` or a positive int."""
-    if chunk_size is None or chunk_size == "auto":
-        return
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(
-            f"chunk_size must be None (naive), 'auto' or a positive int (tokens per chunk), "
-            f"got {chunk_size!r}"
-        )
+def check_chunk_size(chunk_size: object) -> ChunkSize | None:
+    """``chunk_size`` as ``None``, ``"auto"`` or a positive ``int`` (numpy and tensor integers
+    too); ``ValueError`` otherwise."""
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, str) and chunk_size == "auto":
+        return "auto"
+    return check_int(
+        "chunk_size", chunk_size, minimum=1, hint="None (naive), 'auto' or tokens per chunk"
+    )
 
 
 def check_loss_options(label_smoothing: object, z_loss: object) -> tuple[float, float]:

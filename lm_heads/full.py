@@ -79,8 +79,7 @@ class FullSoftmaxHead(Head):
         z_loss: float = 0.0,
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
-        check_chunk_size(chunk_size)
-        self.chunk_size = chunk_size
+        self.chunk_size = check_chunk_size(chunk_size)
         self.label_smoothing, self.z_loss = check_loss_options(label_smoothing, z_loss)
         self.weight = nn.Parameter(torch.empty(vocab_size, in_features))
         if bias:

@@ -315,6 +315,5 @@ def test_gradient_penalty_through_the_fused_loss_raises() -> None:
     head = FullSoftmaxHead(D, V, chunk_size=7)
     hidden = torch.randn(N, D, requires_grad=True)
     loss = head(hidden, torch.randint(0, V, (N,))).loss
-    with pytest.raises(RuntimeError, match="not twice differentiable.*chunk_size=None"):
+    with pytest.raises(RuntimeError, match=r"not twice differentiable.*chunk_size=None"):
         torch.autograd.grad(loss, hidden, create_graph=True)
-
