@@ -13,9 +13,16 @@ Subclasses implement on flattened tensors (``hidden [n, d]``, ``target [n]`` alr
     - ``_log_prob(hidden) -> [n, V]``: normalised log-probabilities, float32
 and override ``_target_log_prob``, ``_predict`` and ``_sample`` when they can do better than
 going through ``[n, V]``; ``_loss_sums`` when their training kernel is fused (it gets the padding
-mask) or reports the exact NLL beside a regularised objective (full, adaptive, margin heads);
-``loss_is_exact`` when their training loss is not the NLL; and set ``uses_counts`` when their
-constructor takes corpus ``counts`` (``build_head`` passes them then).
+mask) or reports the exact NLL beside a regularised objective (full, adaptive; the margin heads
+cannot and report ``None``); ``loss_is_exact`` when their training loss is not the NLL; and set
+``uses_counts`` when their constructor takes corpus ``counts`` (``build_head`` passes them then).
+
+Evaluation is exact, and the template owns that: in eval mode ``forward`` calls
+``_exact_loss_sums``, never the training objective. By default it is the training kernel when
+that is exact (``loss_is_exact(True)``), else the sum of ``_token_nll`` (``−_target_log_prob``);
+a head overrides either when it has a better exact kernel (the full and sampled heads' chunked
+one). So ``_token_loss`` and ``_loss_sums`` run only while training, and no head tests
+``self.training`` itself.
 
 Non-finite hidden states: at ``ignore_index`` positions they are masked out before any matmul, so
 they change neither loss nor gradient (padding after fully masked attention is often NaN). At
@@ -91,7 +98,21 @@ class Head(nn.Module):
         ``_token_loss``; a head overrides it to fuse the reduction into its kernel, or to report
         the exact NLL beside a regularised objective (``None`` when it cannot)."""
         loss_sum = torch.where(keep, at_least_float32(self._token_loss(hidden, target)), 0.0).sum()
-        return loss_sum, (loss_sum.detach() if self.is_exact else None)
+        return loss_sum, (loss_sum.detach() if self.loss_is_exact(training=True) else None)
+
+    def _exact_loss_sums(
+        self, hidden: Tensor, target: Tensor, keep: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``(Σ NLL, Σ NLL detached)`` over the tokens where ``keep``: the evaluation loss."""
+        if self.loss_is_exact(training=True):
+            loss_sum, nll_sum = self._loss_sums(hidden, target, keep)
+            return loss_sum, loss_sum.detach() if nll_sum is None else nll_sum
+        nll = torch.where(keep, at_least_float32(self._token_nll(hidden, target)), 0.0).sum()
+        return nll, nll.detach()
+
+    def _token_nll(self, hidden: Tensor, target: Tensor) -> Tensor:
+        """Per-token exact NLL ``[n]`` for evaluation (heads whose training loss is not it)."""
+        return -self._target_log_prob(hidden, target)
 
     def _target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
         return self._log_prob(hidden).gather(-1, target.unsqueeze(-1)).squeeze(-1)
@@ -127,7 +148,10 @@ class Head(nn.Module):
     def forward(self, hidden: Tensor, target: Tensor) -> HeadOutput:
         """Training objective for ``hidden [..., d]`` and ``target [...]``."""
         h, t, keep = self._masked(hidden, target)
-        loss_sum, nll_sum = self._loss_sums(h, t, keep)
+        if self.training:
+            loss_sum, nll_sum = self._loss_sums(h, t, keep)
+        else:
+            loss_sum, nll_sum = self._exact_loss_sums(h, t, keep)
         num_tokens = keep.sum()
         return HeadOutput(loss_sum / num_tokens.clamp_min(1), nll_sum, num_tokens)
 

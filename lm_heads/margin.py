@@ -67,25 +67,26 @@ class LogitSoftmaxHead(Head):
     def _set_loss_options(self, label_smoothing: float, z_loss: float) -> None:
         self.label_smoothing, self.z_loss = check_loss_options(label_smoothing, z_loss)
 
-    def _regularises(self, training: bool) -> bool:
-        """Whether the training cross-entropy has label smoothing or the z-loss in this mode."""
-        return training and bool(self.label_smoothing or self.z_loss)
+    @property
+    def _regularised(self) -> bool:
+        """Whether the training cross-entropy has label smoothing or the z-loss."""
+        return bool(self.label_smoothing or self.z_loss)
 
     def loss_is_exact(self, training: bool) -> bool:
-        return not self._regularises(training)
+        return not (training and self._regularised)
 
     def _regularise(
         self, nll: Tensor, lse: Tensor, logits: Tensor, shift: Tensor | float = 0.0
     ) -> Tensor:
         """The training loss from the NLL of ``logits − shift·onehot`` and its ``lse``."""
-        if not self._regularises(self.training):
+        if not self._regularised:
             return nll
         mean = logits.mean(-1) - shift / self.vocab_size if self.label_smoothing else None
         return regularised_loss(nll, lse, mean, self.label_smoothing, self.z_loss)
 
     def _cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
         """Per-token training cross-entropy of ``logits [n, V]``."""
-        if not self._regularises(self.training):
+        if not self._regularised:
             return F.cross_entropy(logits, target, reduction="none")
         lse = logits.logsumexp(-1)
         nll = lse - logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
@@ -166,7 +167,7 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
         logits = self._logits(hidden)
         target_logit = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        if not (self.training and self.margin > 0.0):
+        if self.margin == 0.0:
             lse = logits.logsumexp(-1)
             return self._regularise(lse - target_logit, lse, logits)
         # The normaliser of the margin logits is a logsumexp over them, one [n, V] copy. Updating
@@ -246,6 +247,9 @@ class RBFSoftmaxHead(LogitSoftmaxHead):
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
         return self._cross_entropy(self._logits(hidden), target)
+
+    def _token_nll(self, hidden: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(self._logits(hidden), target, reduction="none")
 
     def output_embeddings(self) -> Tensor:
         return self.weight

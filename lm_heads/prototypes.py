@@ -214,9 +214,8 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
         return not training
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
-        if not self.training:
-            # Evaluation reports the NLL of the distribution, so perplexity is comparable.
-            return -self._target_log_prob(hidden, target)
+        # Training only: evaluation reports the NLL of the distribution (the template's
+        # -target_log_prob), so perplexity is comparable with the other heads.
         z = self._embed(hidden)
         target_cos = (z * self.prototypes[target].to(z.dtype)).sum(-1)
         proto_loss = (1.0 - target_cos).square()

@@ -266,7 +266,7 @@ def test_bad_loss_options_are_rejected(options, match: str) -> None:
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize(("smoothing", "z_loss"), [(0.0, 0.0), (0.1, 1e-3)])
 def test_non_finite_hidden_at_ignored_positions_changes_nothing(bad, smoothing, z_loss) -> None:
-    # D4: padding after fully masked attention can be NaN; ignored tokens must stay inert.
+    # Padding after fully masked attention can be NaN; ignored tokens must stay inert.
     head = FullSoftmaxHead(D, V, chunk_size=4, label_smoothing=smoothing, z_loss=z_loss)
     hidden = torch.randn(12, D)
     target = torch.randint(V, (12,))
