@@ -247,6 +247,66 @@ class Head(nn.Module):
         return hidden.reshape(-1, self.in_features), t
 
 
+class SavedOptions:
+    """For a head with options that change its distribution without being a parameter or a
+    buffer (RBF's ``gamma``, spherical's ``eps``): put it before the head's base class and name
+    them in ``saved_options``.
+
+    They travel in the state dict as the module's extra state (a float64 tensor, which
+    ``module.to(dtype)`` leaves alone), and loading a state dict saved with other values raises
+    before anything is copied: otherwise the weights would be read under another function, with
+    no warning. A state dict saved before the options were stored loads as it did then."""
+
+    saved_options: ClassVar[tuple[str, ...]] = ()
+
+    def get_extra_state(self) -> Tensor:
+        return torch.tensor(
+            [getattr(self, name) for name in self.saved_options], dtype=torch.float64
+        )
+
+    def set_extra_state(self, state: Any) -> None:
+        self._check_saved_options(state)
+
+    def _check_saved_options(self, state: Any) -> None:
+        values = torch.as_tensor(state, dtype=torch.float64).reshape(-1).tolist()
+        ours = [float(getattr(self, name)) for name in self.saved_options]
+        if len(values) != len(ours):
+            raise ValueError(
+                f"this state dict stores {len(values)} option value(s) for "
+                f"{type(self).__name__}, which has {len(ours)} ({', '.join(self.saved_options)})"
+            )
+        differ = [
+            f"{name}={theirs:g} (this head: {mine:g})"
+            for name, theirs, mine in zip(self.saved_options, values, ours, strict=True)
+            if theirs != mine
+        ]
+        if differ:
+            raise ValueError(
+                f"this state dict was saved by a {type(self).__name__} with {', '.join(differ)}; "
+                "these options change the distribution, so the weights would mean something "
+                "else here. Build the head with the checkpoint's options"
+            )
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        key = prefix + "_extra_state"
+        if key in state_dict:
+            self._check_saved_options(state_dict[key])  # before any weight is copied
+        super()._load_from_state_dict(  # type: ignore[misc]
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if key not in state_dict and key in missing_keys:
+            missing_keys.remove(key)
+
+
 @dataclass
 class HeadSpec:
     """The arguments of :func:`~lm_heads.registry.build_head` that rebuild a head's structure

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lm_heads._check import check_bool, check_float
-from lm_heads.base import Head, at_least_float32
+from lm_heads.base import Head, SavedOptions, at_least_float32
 from lm_heads.chunked_ce import check_loss_options, regularised_loss
 
 __all__ = ["CosineSoftmaxHead", "RBFSoftmaxHead"]
@@ -189,7 +189,7 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
         )
 
 
-class RBFSoftmaxHead(LogitSoftmaxHead):
+class RBFSoftmaxHead(SavedOptions, LogitSoftmaxHead):
     r"""RBF-Softmax: ``z_j = s·exp(−‖h − w_j‖² / γ)`` (Zhang et al. 2020).
 
     Args:
@@ -204,6 +204,8 @@ class RBFSoftmaxHead(LogitSoftmaxHead):
         label_smoothing: ``ε ∈ [0, 1]`` while training, as ``F.cross_entropy``'s.
         z_loss: ``λ ≥ 0``, weight of ``(log Z)²`` while training (PaLM).
     """
+
+    saved_options = ("scale", "gamma")
 
     def __init__(
         self,
