@@ -42,7 +42,7 @@ with a warning.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from torch import Tensor, nn
@@ -269,6 +269,9 @@ class LMHeadMixin(_Base):
         tie = getattr(self, "_head_tie", None)
         if tie is not None:
             tie_weights(tie[0], rebuilt, init=tie[1])
+        if isinstance(current, _PendingHead):
+            for callback in current.when_built:  # e.g. an AdaptiveInput.from_head(self.head)
+                callback(rebuilt)
 
 
 class _PendingHead(Head):
@@ -278,6 +281,8 @@ class _PendingHead(Head):
     def __init__(self, name: str, in_features: int, vocab_size: int, ignore_index: int) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
         self.name = name
+        self.when_built: list[Callable[[Head], None]] = []
+        """Called with the head once a checkpoint builds it (modules made from it wait too)."""
 
     def _message(self) -> str:
         return (
