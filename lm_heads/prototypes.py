@@ -80,10 +80,9 @@ def hyperspherical_prototypes(
 
     See the module docstring for the method. Deterministic for given arguments.
     """
-    if num < 1 or dim < 1:
-        raise ValueError(f"need num ≥ 1 and dim ≥ 1, got num={num}, dim={dim}")
-    if steps < 0:
-        raise ValueError(f"steps must be ≥ 0, got {steps}")
+    num = check_int("num", num, minimum=1)
+    dim = check_int("dim", dim, minimum=1)
+    steps = check_int("steps", steps, minimum=0)
     if num * dim <= _CACHE_MAX_ELEMENTS:
         return _cached_prototypes(num, dim, steps, seed, lr).clone()
     return _place_prototypes(num, dim, steps, seed, lr)
