@@ -1,4 +1,4 @@
-"""The contract every head keeps, and the template (`Head`) that keeps most of it for them.
+"""The contract every head keeps, and the template (``Head``) that keeps most of it for them.
 
 A head maps hidden states to a normalised distribution over a vocabulary of ``V`` words and owns
 its training objective. Heads are plain :class:`torch.nn.Module` s; Lightning never appears here.
