@@ -33,7 +33,9 @@ band and projects; the bands are summed. That is ``n·d·Σ_{i≥1} d_i`` extra 
 Initialisation (untied): ``E_i ~ N(0, 1/d_i)`` and Xavier-uniform ``Q_i`` (as fairseq).
 
 Shape:
-    - input: ``[...]`` int64 word ids; output: ``[..., d]`` in the parameters' dtype
+    - input: ``[...]`` int64 word ids in ``[0, V)`` (no padding id: replace padding by any
+      word, e.g. 0, and mask it downstream, as with ``nn.Embedding`` without ``padding_idx``);
+      output: ``[..., d]`` in the parameters' dtype
     - ``weights.0``: ``[c_1, d]`` (tied: the head's ``[c_1 + J, d]``); ``weights.i``: ``[k_i, d_i]``
     - ``projections.{i-1}``: ``[d_i, d]`` for bands ``i ≥ 1``
     - buffers: ``cutoffs [J]``, ``rank_of_id [V]`` (int64)
@@ -42,7 +44,7 @@ Shape:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -51,6 +53,7 @@ from torch import Tensor, nn
 
 from lm_heads._check import check_float, check_int
 from lm_heads.adaptive import AdaptiveSoftmaxHead, _check_cutoffs, check_saved_cutoffs
+from lm_heads.base import Head, check_ids
 from lm_heads.counts import as_counts, frequency_order
 from lm_heads.cutoffs import default_cutoffs, projection_dims
 
@@ -73,6 +76,8 @@ class AdaptiveInput(nn.Module):
 
     cutoffs: Tensor
     rank_of_id: Tensor
+    _awaiting: str | None = None
+    """Why this input has no structure yet (``None`` once it has: see :meth:`from_head`)."""
 
     def __init__(
         self,
@@ -112,7 +117,7 @@ class AdaptiveInput(nn.Module):
     @classmethod
     def from_head(
         cls,
-        head: AdaptiveSoftmaxHead,
+        head: Head,
         *,
         embedding_dim: int | None = None,
         tie_weights: bool = False,
@@ -120,17 +125,16 @@ class AdaptiveInput(nn.Module):
     ) -> AdaptiveInput:
         """Adaptive input over ``head``'s clusters (same cutoffs, frequency order, div_value).
 
+        ``head`` may also be an adaptive head that ``LMHeadMixin.configure_head`` made without
+        counts, which waits for a checkpoint's structure: the input then waits with it, and
+        is built (and tied) when ``load_state_dict`` / ``load_from_checkpoint`` builds the head.
+
         Args:
             head: the adaptive softmax.
             embedding_dim: ``d`` (``None``: the head's ``in_features``, which tying requires).
             tie_weights: share every band's word vectors with the head (see the module docstring).
             tie_proj: share the tail projections too (needs ``tie_weights``, as in fairseq).
         """
-        if not isinstance(head, AdaptiveSoftmaxHead):
-            raise TypeError(
-                f"adaptive input takes the clusters of an AdaptiveSoftmaxHead, got "
-                f"{type(head).__name__}; build it with counts= and cutoffs= instead"
-            )
         dim = head.in_features if embedding_dim is None else embedding_dim
         if (tie_weights or tie_proj) and dim != head.in_features:
             raise ValueError(
@@ -139,6 +143,14 @@ class AdaptiveInput(nn.Module):
             )
         if tie_proj and not tie_weights:
             raise ValueError("tie_proj=True needs tie_weights=True (fairseq's semantics)")
+        waiting = getattr(head, "when_built", None)
+        if not isinstance(head, AdaptiveSoftmaxHead) and isinstance(waiting, list):
+            return cls._waiting_for(head, waiting, dim, tie_weights, tie_proj)
+        if not isinstance(head, AdaptiveSoftmaxHead):
+            raise TypeError(
+                f"adaptive input takes the clusters of an AdaptiveSoftmaxHead, got "
+                f"{type(head).__name__}; build it with counts= and cutoffs= instead"
+            )
         # Counts that rank words exactly as the head does: rank 0 gets the largest count.
         order = torch.empty(head.vocab_size, dtype=torch.float64)
         order[head.id_of_rank.cpu()] = torch.arange(head.vocab_size, 0, -1, dtype=torch.float64)
@@ -159,11 +171,48 @@ class AdaptiveInput(nn.Module):
                     module.projections[i] = project.weight
         return module
 
+    @classmethod
+    def _waiting_for(
+        cls,
+        head: Head,
+        when_built: list[Callable[[Head], None]],
+        dim: int,
+        tie_weights: bool,
+        tie_proj: bool,
+    ) -> AdaptiveInput:
+        """An input without structure that becomes ``from_head(built head)`` when the head is."""
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module.vocab_size, module.embedding_dim = head.vocab_size, dim
+        module._awaiting = (
+            f"this adaptive input waits for the structure of its {getattr(head, 'name', '')!r} "
+            "head, configured without counts: "
+            "pass them to configure_head, or load a checkpoint saved by LMHeadMixin "
+            "(MyLM.load_from_checkpoint(path), ckpt_path=..., load_state_dict), which builds both"
+        )
+
+        def build(built: Head) -> None:
+            ready = cls.from_head(
+                built, embedding_dim=dim, tie_weights=tie_weights, tie_proj=tie_proj
+            )
+            # The model already holds `module` (and its optimizer may be made later): it takes
+            # on the built input's state in place rather than being replaced.
+            vars(module).update(vars(ready))
+            module._awaiting = None
+
+        when_built.append(build)
+        return module
+
     def forward(self, tokens: Tensor) -> Tensor:
         """``tokens [...]`` (word ids) → embeddings ``[..., d]``."""
+        if self._awaiting is not None:
+            raise RuntimeError(self._awaiting)
         if not isinstance(tokens, Tensor) or tokens.is_floating_point() or tokens.is_complex():
             raise TypeError(f"tokens must be an integer tensor of word ids, got {tokens!r:.80}")
         flat = tokens.reshape(-1).long()
+        # Indexing would wrap negative ids (-100 would read word V - 100): refuse them, padding
+        # included, as nn.Embedding does.
+        check_ids(flat, self.vocab_size, None, name="token")
         rank = self.rank_of_id[flat]
         band = torch.bucketize(rank, self.cutoffs, right=True)
         out = F.embedding(rank.clamp(max=self.bounds[1] - 1), self.weights[0])
@@ -184,6 +233,8 @@ class AdaptiveInput(nn.Module):
         return self(torch.arange(self.vocab_size, device=self.rank_of_id.device))
 
     def extra_repr(self) -> str:
+        if self._awaiting is not None:
+            return f"vocab_size={self.vocab_size}, embedding_dim={self.embedding_dim}, awaiting"
         return (
             f"vocab_size={self.vocab_size}, embedding_dim={self.embedding_dim}, "
             f"cutoffs={self.bounds[1:-1]}, div_value={self.div_value}"
@@ -192,5 +243,9 @@ class AdaptiveInput(nn.Module):
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
+        if self._awaiting is not None:
+            raise RuntimeError(
+                f"{self._awaiting}. This state dict has no head structure to build it from"
+            )
         check_saved_cutoffs(state_dict, prefix, self.bounds[1:-1], "adaptive input")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,4 +1,4 @@
-"""The contract every head keeps (see ``shared/design/heads.md``).
+"""The contract every head keeps, and the template (``Head``) that keeps most of it for them.
 
 A head maps hidden states to a normalised distribution over a vocabulary of ``V`` words and owns
 its training objective. Heads are plain :class:`torch.nn.Module` s; Lightning never appears here.
@@ -13,9 +13,16 @@ Subclasses implement on flattened tensors (``hidden [n, d]``, ``target [n]`` alr
     - ``_log_prob(hidden) -> [n, V]``: normalised log-probabilities, float32
 and override ``_target_log_prob``, ``_predict`` and ``_sample`` when they can do better than
 going through ``[n, V]``; ``_loss_sums`` when their training kernel is fused (it gets the padding
-mask) or reports the exact NLL beside a regularised objective (full, adaptive, margin heads);
-``loss_is_exact`` when their training loss is not the NLL; and set ``uses_counts`` when their
-constructor takes corpus ``counts`` (``build_head`` passes them then).
+mask) or reports the exact NLL beside a regularised objective (full, adaptive; the margin heads
+cannot and report ``None``); ``loss_is_exact`` when their training loss is not the NLL; and set
+``uses_counts`` when their constructor takes corpus ``counts`` (``build_head`` passes them then).
+
+Evaluation is exact, and the template owns that: in eval mode ``forward`` calls
+``_exact_loss_sums``, never the training objective. By default it is the training kernel when
+that is exact (``loss_is_exact(True)``), else the sum of ``_token_nll`` (``−_target_log_prob``);
+a head overrides either when it has a better exact kernel (the full and sampled heads' chunked
+one). So ``_token_loss`` and ``_loss_sums`` run only while training, and no head tests
+``self.training`` itself.
 
 Non-finite hidden states: at ``ignore_index`` positions they are masked out before any matmul, so
 they change neither loss nor gradient (padding after fully masked attention is often NaN). At
@@ -25,16 +32,17 @@ host sync per step. Use :func:`check_finite` where that is affordable, e.g. when
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+import json
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lm_heads._check import check_int
-
-if TYPE_CHECKING:
-    from lm_heads.registry import HeadSpec
 
 
 class HeadOutput(NamedTuple):
@@ -90,7 +98,21 @@ class Head(nn.Module):
         ``_token_loss``; a head overrides it to fuse the reduction into its kernel, or to report
         the exact NLL beside a regularised objective (``None`` when it cannot)."""
         loss_sum = torch.where(keep, at_least_float32(self._token_loss(hidden, target)), 0.0).sum()
-        return loss_sum, (loss_sum.detach() if self.is_exact else None)
+        return loss_sum, (loss_sum.detach() if self.loss_is_exact(training=True) else None)
+
+    def _exact_loss_sums(
+        self, hidden: Tensor, target: Tensor, keep: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``(Σ NLL, Σ NLL detached)`` over the tokens where ``keep``: the evaluation loss."""
+        if self.loss_is_exact(training=True):
+            loss_sum, nll_sum = self._loss_sums(hidden, target, keep)
+            return loss_sum, loss_sum.detach() if nll_sum is None else nll_sum
+        nll = torch.where(keep, at_least_float32(self._token_nll(hidden, target)), 0.0).sum()
+        return nll, nll.detach()
+
+    def _token_nll(self, hidden: Tensor, target: Tensor) -> Tensor:
+        """Per-token exact NLL ``[n]`` for evaluation (heads whose training loss is not it)."""
+        return -self._target_log_prob(hidden, target)
 
     def _target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
         return self._log_prob(hidden).gather(-1, target.unsqueeze(-1)).squeeze(-1)
@@ -126,7 +148,10 @@ class Head(nn.Module):
     def forward(self, hidden: Tensor, target: Tensor) -> HeadOutput:
         """Training objective for ``hidden [..., d]`` and ``target [...]``."""
         h, t, keep = self._masked(hidden, target)
-        loss_sum, nll_sum = self._loss_sums(h, t, keep)
+        if self.training:
+            loss_sum, nll_sum = self._loss_sums(h, t, keep)
+        else:
+            loss_sum, nll_sum = self._exact_loss_sums(h, t, keep)
         num_tokens = keep.sum()
         return HeadOutput(loss_sum / num_tokens.clamp_min(1), nll_sum, num_tokens)
 
@@ -222,19 +247,170 @@ class Head(nn.Module):
         return hidden.reshape(-1, self.in_features), t
 
 
-def check_ids(target: Tensor, vocab_size: int, ignore_index: int) -> None:
-    """Raise if any id is outside ``[0, vocab_size)`` other than ``ignore_index``."""
-    bad = ((target < 0) | (target >= vocab_size)) & (target != ignore_index)
-    message = (
-        f"target ids must lie in [0, {vocab_size}) (vocab_size) or equal ignore_index="
-        f"{ignore_index}"
-    )
+class SavedOptions:
+    """For a head with options that change its distribution without being a parameter or a
+    buffer (RBF's ``gamma``, spherical's ``eps``): put it before the head's base class and name
+    them in ``saved_options``.
+
+    They travel in the state dict as the module's extra state (a float64 tensor, which
+    ``module.to(dtype)`` leaves alone), and loading a state dict saved with other values raises
+    before anything is copied: otherwise the weights would be read under another function, with
+    no warning. A state dict saved before the options were stored loads as it did then."""
+
+    saved_options: ClassVar[tuple[str, ...]] = ()
+
+    def get_extra_state(self) -> Tensor:
+        return torch.tensor(
+            [getattr(self, name) for name in self.saved_options], dtype=torch.float64
+        )
+
+    def set_extra_state(self, state: Any) -> None:
+        self._check_saved_options(state)
+
+    def _check_saved_options(self, state: Any) -> None:
+        values = torch.as_tensor(state, dtype=torch.float64).reshape(-1).tolist()
+        ours = [float(getattr(self, name)) for name in self.saved_options]
+        if len(values) != len(ours):
+            raise ValueError(
+                f"this state dict stores {len(values)} option value(s) for "
+                f"{type(self).__name__}, which has {len(ours)} ({', '.join(self.saved_options)})"
+            )
+        differ = [
+            f"{name}={theirs:g} (this head: {mine:g})"
+            for name, theirs, mine in zip(self.saved_options, values, ours, strict=True)
+            if theirs != mine
+        ]
+        if differ:
+            raise ValueError(
+                f"this state dict was saved by a {type(self).__name__} with {', '.join(differ)}; "
+                "these options change the distribution, so the weights would mean something "
+                "else here. Build the head with the checkpoint's options"
+            )
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        key = prefix + "_extra_state"
+        if key in state_dict:
+            self._check_saved_options(state_dict[key])  # before any weight is copied
+        super()._load_from_state_dict(  # type: ignore[misc]
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if key not in state_dict and key in missing_keys:
+            missing_keys.remove(key)
+
+
+@dataclass
+class HeadSpec:
+    """The arguments of :func:`~lm_heads.registry.build_head` that rebuild a head's structure
+    (tree, clusters, cutoffs, noise table) exactly; the weights come from its state dict."""
+
+    name: str
+    in_features: int
+    vocab_size: int
+    counts: Tensor | None = None
+    """float64 ``[V]`` as :func:`~lm_heads.counts.as_counts` returns them, or ``None``."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The head's keyword options, with the values it chose itself (``Head.resolved_options``)."""
+
+    builder: ClassVar[Callable[..., Head] | None] = None
+    """:func:`~lm_heads.registry.build_head`, set when the registry is imported (``import
+    lm_heads`` does): base.py, below every head, cannot import the table of heads by name."""
+
+    def __post_init__(self) -> None:
+        # numpy and tensor numbers (num_classes=np.int64(7), cutoffs=np.array(...)) become plain
+        # Python data, so that the spec can be stored as JSON.
+        self.in_features = check_int("in_features", self.in_features)
+        self.vocab_size = check_int("vocab_size", self.vocab_size)
+        self.options = {key: plain_data(value) for key, value in self.options.items()}
+
+    def build(self) -> Head:
+        """A fresh head of this structure (freshly initialised weights)."""
+        if HeadSpec.builder is None:
+            raise RuntimeError("import lm_heads.registry before building a head from its spec")
+        return HeadSpec.builder(
+            self.name, self.in_features, self.vocab_size, counts=self.counts, **self.options
+        )
+
+    def to_state(self) -> dict[str, Tensor]:
+        """Tensors only (``spec``: the JSON of name, sizes and options as bytes; ``counts``), so
+        a state dict holding them still loads with ``weights_only=True``. Raises TypeError when
+        an option is not plain data (numbers, strings, lists, dicts)."""
+        meta = {
+            "name": self.name,
+            "in_features": self.in_features,
+            "vocab_size": self.vocab_size,
+            "options": self.options,
+        }
+        try:
+            text = json.dumps(meta, allow_nan=True)
+        except TypeError as error:
+            raise TypeError(
+                f"head {self.name!r} options {self.options} cannot be stored with the weights "
+                f"({error}); use plain values (numbers, strings, lists)"
+            ) from None
+        state = {"spec": torch.tensor(list(text.encode()), dtype=torch.uint8)}
+        if self.counts is not None:
+            state["counts"] = self.counts.detach().to("cpu", torch.float64)
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor]) -> HeadSpec:
+        """Inverse of :meth:`to_state`."""
+        meta = json.loads(bytes(state["spec"].tolist()).decode())
+        counts = state.get("counts")
+        return cls(
+            meta["name"],
+            meta["in_features"],
+            meta["vocab_size"],
+            None if counts is None else counts.detach().to("cpu", torch.float64),
+            meta["options"],
+        )
+
+
+def plain_data(value: Any) -> Any:
+    """``value`` with integral numbers as ``int``, other reals as ``float``, tensors, arrays and
+    tuples as lists, recursively: what JSON stores (anything else is returned as is)."""
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {key: plain_data(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(item) for item in value]
+    if hasattr(value, "tolist") and not isinstance(value, (numbers.Number,)):
+        return plain_data(value.tolist())  # tensors and numpy arrays
+    if type(value).__name__ in ("bool", "bool_"):
+        return bool(value)
+    if isinstance(value, numbers.Integral) or hasattr(value, "__index__"):
+        return check_int("option", value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
+def check_ids(
+    ids: Tensor, vocab_size: int, ignore_index: int | None, *, name: str = "target"
+) -> None:
+    """Raise if any id is outside ``[0, vocab_size)`` other than ``ignore_index`` (``None``: no
+    id is exempt)."""
+    bad = (ids < 0) | (ids >= vocab_size)
+    message = f"{name} ids must lie in [0, {vocab_size}) (vocab_size)"
+    if ignore_index is not None:
+        bad &= ids != ignore_index
+        message += f" or equal ignore_index={ignore_index}"
     # Eager CPU: a host check costs nothing and can name the bad id. Elsewhere, and under
     # torch.compile (where a Python branch on a tensor breaks the graph), an asynchronous check:
     # no host sync in the training step; it surfaces at the next sync.
-    if target.device.type == "cpu" and not torch.compiler.is_compiling():
+    if ids.device.type == "cpu" and not torch.compiler.is_compiling():
         if bool(bad.any()):
-            first = int(target[bad][0])
+            first = int(ids[bad][0])
             raise ValueError(f"{message}; found {first}. Check the tokenizer and vocab_size.")
     else:
         torch._assert_async(~bad.any(), message)

@@ -44,10 +44,9 @@ from typing import Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
-from lm_heads._check import check_float
+from lm_heads._check import check_float, check_int
 from lm_heads.base import add_gumbel_
 
 AUTO_MIN_ROWS = 256
@@ -82,15 +81,16 @@ def resolve_chunk_size(chunk_size: ChunkSize | None, in_features: int) -> int:
     return int(chunk_size)
 
 
-def check_chunk_size(chunk_size: object) -> None:
-    """Raise ``ValueError`` unless ``chunk_size`` is ``None``, ``"auto"`` or a positive int."""
-    if chunk_size is None or chunk_size == "auto":
-        return
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(
-            f"chunk_size must be None (naive), 'auto' or a positive int (tokens per chunk), "
-            f"got {chunk_size!r}"
-        )
+def check_chunk_size(chunk_size: object) -> ChunkSize | None:
+    """``chunk_size`` as ``None``, ``"auto"`` or a positive ``int`` (numpy and tensor integers
+    too); ``ValueError`` otherwise."""
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, str) and chunk_size == "auto":
+        return "auto"
+    return check_int(
+        "chunk_size", chunk_size, minimum=1, hint="None (naive), 'auto' or tokens per chunk"
+    )
 
 
 def check_loss_options(label_smoothing: object, z_loss: object) -> tuple[float, float]:
@@ -142,7 +142,7 @@ def linear_cross_entropy(
 
     Returns:
         :class:`LossSums`: training objective and exact NLL, float32 (float64 for float64).
-        Not twice differentiable.
+        Not twice differentiable: a backward with ``create_graph=True`` raises.
     """
     chunk = resolve_chunk_size(chunk_size, weight.shape[1])
     if token_weight is None:
@@ -405,8 +405,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return loss_sum, nll_sum
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_loss: Tensor, _: Tensor) -> tuple:
+        # Grad mode is on in backward exactly under create_graph=True. The gradients formed in
+        # forward are constants, so a gradient penalty would silently get no second-order terms
+        # (once_differentiable only raises when the incoming gradient itself requires grad).
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "the fused linear cross-entropy (FullSoftmaxHead with chunk_size, "
+                "AdaptiveSoftmaxHead) is not twice differentiable: create_graph=True (e.g. a "
+                "gradient penalty) would drop the second-order terms. Use the naive full head "
+                "(chunk_size=None) or a head without a fused kernel for double backward"
+            )
         hidden, weight, bias, target, token_weight = ctx.saved_tensors
         grads, ctx.grads = ctx.grads, None
         if grads is None:

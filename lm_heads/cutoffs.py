@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from lm_heads._check import check_int
 from lm_heads.chunked_ce import linear_cross_entropy
 from lm_heads.counts import as_counts
 
@@ -67,8 +68,7 @@ def default_cutoffs(vocab_size: int, in_features: int, div_value: float = 4.0) -
     its projection keeps 4 dims or more (at least 1 for the first). ``V = 50`` gives ``[10]``;
     ``V = 267,735`` gives ``[4000, 20000, 100000]``.
     """
-    if vocab_size < 2:
-        raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
+    vocab_size = check_int("vocab_size", vocab_size, minimum=2)
     dims = projection_dims(in_features, 8, div_value)
     if dims[0] < 1:
         return []
@@ -247,10 +247,8 @@ def choose_cutoffs(
     """
     vocab_size = int(torch.as_tensor(counts).numel())
     counts_t = as_counts(counts, vocab_size, "adaptive")
-    if max_clusters < 0:
-        raise ValueError(f"max_clusters must be >= 0, got {max_clusters}")
-    if batch_tokens < 1:
-        raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens}")
+    max_clusters = check_int("max_clusters", max_clusters, minimum=0)
+    batch_tokens = check_int("batch_tokens", batch_tokens, minimum=1, hint="tokens per step")
     if cost_model is None:
         cost_model = measure_matmul_cost(in_features, batch_tokens, device, div_value=div_value)
     grid = _candidate_grid(vocab_size, candidates, num_candidates)

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lm_heads._check import check_bool, check_float
-from lm_heads.base import Head, at_least_float32
+from lm_heads.base import Head, SavedOptions, at_least_float32
 from lm_heads.chunked_ce import check_loss_options, regularised_loss
 
 __all__ = ["CosineSoftmaxHead", "RBFSoftmaxHead"]
@@ -67,25 +67,26 @@ class LogitSoftmaxHead(Head):
     def _set_loss_options(self, label_smoothing: float, z_loss: float) -> None:
         self.label_smoothing, self.z_loss = check_loss_options(label_smoothing, z_loss)
 
-    def _regularises(self, training: bool) -> bool:
-        """Whether the training cross-entropy has label smoothing or the z-loss in this mode."""
-        return training and bool(self.label_smoothing or self.z_loss)
+    @property
+    def _regularised(self) -> bool:
+        """Whether the training cross-entropy has label smoothing or the z-loss."""
+        return bool(self.label_smoothing or self.z_loss)
 
     def loss_is_exact(self, training: bool) -> bool:
-        return not self._regularises(training)
+        return not (training and self._regularised)
 
     def _regularise(
         self, nll: Tensor, lse: Tensor, logits: Tensor, shift: Tensor | float = 0.0
     ) -> Tensor:
         """The training loss from the NLL of ``logits − shift·onehot`` and its ``lse``."""
-        if not self._regularises(self.training):
+        if not self._regularised:
             return nll
         mean = logits.mean(-1) - shift / self.vocab_size if self.label_smoothing else None
         return regularised_loss(nll, lse, mean, self.label_smoothing, self.z_loss)
 
     def _cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
         """Per-token training cross-entropy of ``logits [n, V]``."""
-        if not self._regularises(self.training):
+        if not self._regularised:
             return F.cross_entropy(logits, target, reduction="none")
         lse = logits.logsumexp(-1)
         nll = lse - logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
@@ -165,16 +166,17 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
         logits = self._logits(hidden)
-        lse = logits.logsumexp(-1)
         target_logit = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        if not (self.training and self.margin > 0.0):
+        if self.margin == 0.0:
+            lse = logits.logsumexp(-1)
             return self._regularise(lse - target_logit, lse, logits)
-        # The margin lowers one logit, so the normaliser changes by one term:
-        # log Σ_j e^{z_j − δ[j=t]·sm} = lse + log(1 − p_t·(1 − e^{−sm})), with no [n, V] copy.
+        # The normaliser of the margin logits is a logsumexp over them, one [n, V] copy. Updating
+        # the plain lse by log1p(−p_t·(1 − e^{−sm})) instead cancels to log1p(−1) = −inf in
+        # float32 once the target is confident and s·m ≳ 16.
         shift = self.log_scale.exp().to(logits.dtype) * self.margin
-        p_target = (target_logit - lse).exp()
-        lse = lse + torch.log1p(p_target * torch.expm1(-shift))
-        return self._regularise(lse - target_logit + shift, lse, logits, shift)
+        shifted = target_logit - shift
+        lse = logits.scatter(-1, target.unsqueeze(-1), shifted.unsqueeze(-1)).logsumexp(-1)
+        return self._regularise(lse - shifted, lse, logits, shift)
 
     def output_embeddings(self) -> Tensor:
         return self.weight
@@ -187,7 +189,7 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
         )
 
 
-class RBFSoftmaxHead(LogitSoftmaxHead):
+class RBFSoftmaxHead(SavedOptions, LogitSoftmaxHead):
     r"""RBF-Softmax: ``z_j = s·exp(−‖h − w_j‖² / γ)`` (Zhang et al. 2020).
 
     Args:
@@ -202,6 +204,8 @@ class RBFSoftmaxHead(LogitSoftmaxHead):
         label_smoothing: ``ε ∈ [0, 1]`` while training, as ``F.cross_entropy``'s.
         z_loss: ``λ ≥ 0``, weight of ``(log Z)²`` while training (PaLM).
     """
+
+    saved_options = ("scale", "gamma")
 
     def __init__(
         self,
@@ -245,6 +249,9 @@ class RBFSoftmaxHead(LogitSoftmaxHead):
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
         return self._cross_entropy(self._logits(hidden), target)
+
+    def _token_nll(self, hidden: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(self._logits(hidden), target, reduction="none")
 
     def output_embeddings(self) -> Tensor:
         return self.weight

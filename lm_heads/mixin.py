@@ -44,7 +44,7 @@ with a warning.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -457,6 +457,9 @@ class LMHeadMixin(_Base):
         tie = getattr(self, "_head_tie", None)
         if tie is not None:
             tie_weights(tie[0], rebuilt, init=tie[1])
+        if isinstance(current, _PendingHead):
+            for callback in current.when_built:  # e.g. an AdaptiveInput.from_head(self.head)
+                callback(rebuilt)
 
 
 class _PendingHead(Head):
@@ -466,6 +469,8 @@ class _PendingHead(Head):
     def __init__(self, name: str, in_features: int, vocab_size: int, ignore_index: int) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
         self.name = name
+        self.when_built: list[Callable[[Head], None]] = []
+        """Called with the head once a checkpoint builds it (modules made from it wait too)."""
 
     def _message(self) -> str:
         return (

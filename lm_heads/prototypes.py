@@ -80,10 +80,9 @@ def hyperspherical_prototypes(
 
     See the module docstring for the method. Deterministic for given arguments.
     """
-    if num < 1 or dim < 1:
-        raise ValueError(f"need num ≥ 1 and dim ≥ 1, got num={num}, dim={dim}")
-    if steps < 0:
-        raise ValueError(f"steps must be ≥ 0, got {steps}")
+    num = check_int("num", num, minimum=1)
+    dim = check_int("dim", dim, minimum=1)
+    steps = check_int("steps", steps, minimum=0)
     if num * dim <= _CACHE_MAX_ELEMENTS:
         return _cached_prototypes(num, dim, steps, seed, lr).clone()
     return _place_prototypes(num, dim, steps, seed, lr)
@@ -214,9 +213,8 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
         return not training
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
-        if not self.training:
-            # Evaluation reports the NLL of the distribution, so perplexity is comparable.
-            return -self._target_log_prob(hidden, target)
+        # Training only: evaluation reports the NLL of the distribution (the template's
+        # -target_log_prob), so perplexity is comparable with the other heads.
         z = self._embed(hidden)
         target_cos = (z * self.prototypes[target].to(z.dtype)).sum(-1)
         proto_loss = (1.0 - target_cos).square()

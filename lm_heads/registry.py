@@ -10,16 +10,13 @@ state dict (``LMHeadMixin`` does this in every checkpoint).
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from lm_heads.adaptive import AdaptiveSoftmaxHead
-from lm_heads.base import Head
+from lm_heads.base import Head, HeadSpec
 from lm_heads.class_based import ClassBasedSoftmaxHead
 from lm_heads.counts import as_counts
 from lm_heads.full import FullSoftmaxHead
@@ -81,59 +78,8 @@ def build_head(
     return head
 
 
-@dataclass
-class HeadSpec:
-    """The arguments of :func:`build_head` that rebuild a head's structure (tree, clusters,
-    cutoffs, noise table) exactly; the weights come from its state dict."""
-
-    name: str
-    in_features: int
-    vocab_size: int
-    counts: Tensor | None = None
-    """float64 ``[V]`` as :func:`~lm_heads.counts.as_counts` returns them, or ``None``."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """The head's keyword options, with the values it chose itself (``Head.resolved_options``)."""
-
-    def build(self) -> Head:
-        """A fresh head of this structure (freshly initialised weights)."""
-        return build_head(
-            self.name, self.in_features, self.vocab_size, counts=self.counts, **self.options
-        )
-
-    def to_state(self) -> dict[str, Tensor]:
-        """Tensors only (``spec``: the JSON of name, sizes and options as bytes; ``counts``), so
-        a state dict holding them still loads with ``weights_only=True``. Raises TypeError when
-        an option is not plain data (numbers, strings, lists, dicts)."""
-        meta = {
-            "name": self.name,
-            "in_features": self.in_features,
-            "vocab_size": self.vocab_size,
-            "options": self.options,
-        }
-        try:
-            text = json.dumps(meta, allow_nan=True)
-        except TypeError as error:
-            raise TypeError(
-                f"head {self.name!r} options {self.options} cannot be stored with the weights "
-                f"({error}); use plain values (numbers, strings, lists)"
-            ) from None
-        state = {"spec": torch.tensor(list(text.encode()), dtype=torch.uint8)}
-        if self.counts is not None:
-            state["counts"] = self.counts.detach().to("cpu", torch.float64)
-        return state
-
-    @classmethod
-    def from_state(cls, state: dict[str, Tensor]) -> HeadSpec:
-        """Inverse of :meth:`to_state`."""
-        meta = json.loads(bytes(state["spec"].tolist()).decode())
-        counts = state.get("counts")
-        return cls(
-            meta["name"],
-            meta["in_features"],
-            meta["vocab_size"],
-            None if counts is None else counts.detach().to("cpu", torch.float64),
-            meta["options"],
-        )
+# The spec lives beside the template in base.py, which cannot import the heads by name.
+HeadSpec.builder = build_head
 
 
 def head_options(name: str) -> dict[str, Any]:

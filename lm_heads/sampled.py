@@ -54,14 +54,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lm_heads._check import check_bool, check_float, check_int
-from lm_heads.base import Head, at_least_float32, linear_f32
+from lm_heads.base import at_least_float32, linear_f32
 from lm_heads.chunked_ce import ChunkSize
-from lm_heads.full import FullSoftmaxHead
+from lm_heads.linear import LinearVocabularyHead
 from lm_heads.samplers import PROPOSALS, CategoricalSampler, proposal_probs
 
 
-class _SampledHead(FullSoftmaxHead):
-    """Full-softmax parameters and evaluation, sampled training loss (see the module docstring)."""
+class _SampledHead(LinearVocabularyHead):
+    """The full softmax's parameters and evaluation, a sampled training loss (see the module
+    docstring)."""
 
     uses_counts = True
     registered_name = "sampled"
@@ -104,17 +105,7 @@ class _SampledHead(FullSoftmaxHead):
     def loss_is_exact(self, training: bool) -> bool:
         return not training
 
-    def _loss_sums(
-        self, hidden: Tensor, target: Tensor, keep: Tensor
-    ) -> tuple[Tensor, Tensor | None]:
-        if self.training:
-            # The sampled objective, summed by the template rather than the full head's kernels.
-            return Head._loss_sums(self, hidden, target, keep)
-        return super()._loss_sums(hidden, target, keep)
-
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
-        if not self.training:
-            return super()._token_loss(hidden, target)
         noise = self.proposal.sample(self.num_samples, self.noise_generator())
         return self._sampled_token_loss(hidden, target, noise)
 
@@ -182,7 +173,7 @@ class ImportanceSamplingHead(_SampledHead):
             ``sampled_softmax_loss`` does (see the module docstring).
         seed: base seed of the noise generator (plus the global rank under DDP).
         bias: learn a per-word bias.
-        chunk_size: evaluation mode of the full softmax (see :class:`FullSoftmaxHead`).
+        chunk_size: evaluation mode of the exact softmax (see :mod:`lm_heads.linear`).
     """
 
     registered_name = "importance"
@@ -248,7 +239,7 @@ class NCEHead(_SampledHead):
         remove_accidental_hits: drop noise words equal to the token's target from its loss.
         seed: base seed of the noise generator (plus the global rank under DDP).
         bias: learn a per-word bias (initialised to ``−log V`` so that ``Z ≈ 1`` at the start).
-        chunk_size: evaluation mode of the full softmax (see :class:`FullSoftmaxHead`).
+        chunk_size: evaluation mode of the exact softmax (see :mod:`lm_heads.linear`).
     """
 
     registered_name = "nce"

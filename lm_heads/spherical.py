@@ -69,7 +69,7 @@ import torch
 from torch import Tensor, nn
 
 from lm_heads._check import check_bool, check_float
-from lm_heads.base import Head, linear_f32
+from lm_heads.base import Head, SavedOptions, linear_f32
 
 __all__ = ["SphericalSoftmaxHead", "TaylorSoftmaxHead"]
 
@@ -83,8 +83,9 @@ class _Gram(torch.autograd.Function):
         return weight.t() @ weight
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Tensor:  # Any: FunctionCtx lacks saved_tensors
+        # Plain tensor ops on the saved weight: under create_graph=True autograd differentiates
+        # this too, so double backward (a gradient penalty) is exact.
         (weight,) = ctx.saved_tensors
         return weight @ (grad + grad.t())
 
@@ -174,7 +175,7 @@ class _SphericalFamilyHead(Head):
         return f"{super().extra_repr()}, gram={self.gram}"
 
 
-class SphericalSoftmaxHead(_SphericalFamilyHead):
+class SphericalSoftmaxHead(SavedOptions, _SphericalFamilyHead):
     r"""Spherical softmax, ``p_i ∝ o_i² + ε`` (Vincent et al. 2015; de Brébisson & Vincent 2016).
 
     Args:
@@ -187,6 +188,8 @@ class SphericalSoftmaxHead(_SphericalFamilyHead):
             gradient of ``log(o² + ε)`` by ``1/√ε`` at ``o = ±√ε``; 0.01 keeps that at 10 while
             staying small next to logits of order 1 (the model can always scale ``W`` up).
     """
+
+    saved_options = ("eps",)
 
     def __init__(
         self,

@@ -3,6 +3,7 @@ weights, plus what torch does not do: gradients for every parameter, any id orde
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -338,3 +339,38 @@ def test_unigram_bias_init_with_zero_weights_is_the_smoothed_unigram() -> None:
 def test_unknown_bias_init_is_refused() -> None:
     with pytest.raises(ValueError, match="bias_init must be"):
         AdaptiveSoftmaxHead(8, 60, counts=_ranked_counts(60), bias_init="normal")
+
+
+def test_gradient_penalty_raises_instead_of_dropping_second_order_terms() -> None:
+    head = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), cutoffs=[20, 80])
+    hidden = torch.randn(12, D, requires_grad=True)
+    loss = head(hidden, zipf_targets(zipf_counts(V), (12,))).loss
+    with pytest.raises(RuntimeError, match="not twice differentiable"):
+        torch.autograd.grad(loss, hidden, create_graph=True)
+
+
+def test_log_prob_target_log_prob_and_sampling_in_float64() -> None:
+    head = build_head("adaptive", 16, 100, counts=torch.ones(100), cutoffs=[10, 50]).double()
+    hidden = torch.randn(4, 16, dtype=torch.float64)
+    log_prob = head.log_prob(hidden)
+    assert log_prob.dtype == torch.float64
+    torch.testing.assert_close(log_prob.logsumexp(-1), torch.zeros(4, dtype=torch.float64))
+    target = torch.tensor([0, 20, 60, 99])
+    expected = log_prob.gather(1, target[:, None]).squeeze(1)
+    torch.testing.assert_close(head.target_log_prob(hidden, target), expected)
+    assert head.sample(hidden).shape == (4,) and head.predict(hidden).shape == (4,)
+
+
+def test_from_a_float64_torch_module() -> None:
+    module = torch.nn.AdaptiveLogSoftmaxWithLoss(16, 100, [10, 50]).double()
+    head = AdaptiveSoftmaxHead.from_torch(module)
+    hidden = torch.randn(5, 16, dtype=torch.float64)
+    torch.testing.assert_close(head.log_prob(hidden), module.log_prob(hidden))
+
+
+@pytest.mark.parametrize(
+    "cutoffs", [np.array([10, 50]), [np.int64(10), np.int32(50)], torch.tensor([10, 50])]
+)
+def test_cutoffs_of_any_integer_type(cutoffs) -> None:
+    head = build_head("adaptive", 16, 100, counts=torch.ones(100), cutoffs=cutoffs)
+    assert head.cutoffs.tolist() == [10, 50]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from lm_heads import AdaptiveInput, build_head
 from lm_heads.adaptive import AdaptiveSoftmaxHead
+from lm_heads.mixin import LMHeadMixin
 from tests.heads.utils import zipf_counts
 
 V, D, CUTOFFS = 120, 32, [10, 40, 90]
@@ -170,3 +173,59 @@ def test_bad_arguments() -> None:
         AdaptiveInput(V, D, counts=zipf_counts(V), cutoffs=[40, 10])
     with pytest.raises(TypeError, match="integer tensor of word ids"):
         AdaptiveInput(V, D, counts=zipf_counts(V))(torch.zeros(3))
+
+
+@pytest.mark.parametrize("bad", [-100, -1, V])
+def test_ids_outside_the_vocabulary_raise_like_nn_embedding(bad: int) -> None:
+    # Indexing alone would wrap -100 to word V - 100 and return its vector.
+    module = AdaptiveInput(V, D, counts=zipf_counts(V), cutoffs=CUTOFFS)
+    tokens = torch.tensor([[3, bad], [7, 8]])
+    with pytest.raises(ValueError, match=rf"token ids must lie in \[0, {V}\).*found {bad}"):
+        module(tokens)
+    with pytest.raises(IndexError):
+        torch.nn.Embedding(V, D)(tokens)
+
+
+class _TiedLM(LMHeadMixin, L.LightningModule):
+    """A user's model: adaptive input tied to the adaptive head, both made in ``__init__``."""
+
+    def __init__(self, counts: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["counts"])
+        self.configure_head("adaptive", D, V, counts=counts, cutoffs=CUTOFFS)
+        self.embed = AdaptiveInput.from_head(self.head, tie_weights=True, tie_proj=True)
+
+    def training_step(self, batch, batch_idx):
+        return self.head_training_step(self.embed(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+def test_a_tied_model_loads_from_its_checkpoint_without_counts(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = _TiedLM(zipf_counts(V))
+    tokens = torch.randint(0, V, (8, 2, 6), generator=torch.Generator().manual_seed(1))
+    data = DataLoader(TensorDataset(tokens[:, 0], tokens[:, 1]), batch_size=4)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, data)
+    trainer.save_checkpoint(tmp_path / "tied.ckpt")
+
+    waiting = _TiedLM()
+    with pytest.raises(RuntimeError, match=r"waits for the structure of its 'adaptive' head"):
+        waiting.embed(tokens[0])
+    restored = _TiedLM.load_from_checkpoint(tmp_path / "tied.ckpt")  # strict
+    embed, head = restored.embed, restored.head
+    assert isinstance(head, AdaptiveSoftmaxHead)
+    assert embed.weights[0] is head.head.weight
+    for i, (project, out) in enumerate(head.clusters()):
+        assert embed.weights[i + 1] is out.weight and embed.projections[i] is project.weight
+    model.eval(), restored.eval()
+    with torch.no_grad():
+        expected = model.head.log_prob(model.embed(tokens[0]))
+        torch.testing.assert_close(head.log_prob(embed(tokens[0])), expected, rtol=0, atol=0)
+    # One set of parameters: an optimizer over the restored model sees each tied tensor once.
+    assert len(list(restored.parameters())) == len(list(model.parameters()))

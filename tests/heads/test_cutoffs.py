@@ -6,12 +6,14 @@ from __future__ import annotations
 import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from lm_heads.cutoffs import (
     MatmulCost,
     choose_cutoffs,
+    default_cutoffs,
     measure_matmul_cost,
     projection_dims,
 )
@@ -108,3 +110,13 @@ def test_measured_cost_model_is_cached_and_serialisable() -> None:
     cuts = choose_cutoffs(zipf_counts(2000), 16, 64, "cpu", cost_model=model)
     assert cuts == sorted(set(cuts)) and all(0 < c < 2000 for c in cuts)
     assert json.loads(json.dumps(cuts)) == cuts
+
+
+def test_size_arguments_go_through_the_shared_integer_check() -> None:
+    assert default_cutoffs(np.int64(50), 16) == default_cutoffs(50, 16)
+    with pytest.raises(ValueError, match="vocab_size must be an int ≥ 2, got True"):
+        default_cutoffs(True, 16)
+    counts = zipf_counts(100)
+    for option in ("batch_tokens", "max_clusters"):
+        with pytest.raises(ValueError, match=rf"{option} must be an int ≥ [01].*got 2.5"):
+            choose_cutoffs(counts, 16, cost_model=lambda *shape: 1.0, **{option: 2.5})

@@ -266,7 +266,7 @@ def test_bad_loss_options_are_rejected(options, match: str) -> None:
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize(("smoothing", "z_loss"), [(0.0, 0.0), (0.1, 1e-3)])
 def test_non_finite_hidden_at_ignored_positions_changes_nothing(bad, smoothing, z_loss) -> None:
-    # D4: padding after fully masked attention can be NaN; ignored tokens must stay inert.
+    # Padding after fully masked attention can be NaN; ignored tokens must stay inert.
     head = FullSoftmaxHead(D, V, chunk_size=4, label_smoothing=smoothing, z_loss=z_loss)
     hidden = torch.randn(12, D)
     target = torch.randint(V, (12,))
@@ -308,3 +308,12 @@ def test_fused_loss_peak_memory_is_one_weight_gradient() -> None:
         head(hidden, target).loss.backward()
     storages.discard(head.weight.untyped_storage().data_ptr())
     assert storages == {head.weight.grad.untyped_storage().data_ptr()}
+
+
+def test_gradient_penalty_through_the_fused_loss_raises() -> None:
+    # Its gradients are formed in forward as constants: a second-order term would be dropped.
+    head = FullSoftmaxHead(D, V, chunk_size=7)
+    hidden = torch.randn(N, D, requires_grad=True)
+    loss = head(hidden, torch.randint(0, V, (N,))).loss
+    with pytest.raises(RuntimeError, match=r"not twice differentiable.*chunk_size=None"):
+        torch.autograd.grad(loss, hidden, create_graph=True)

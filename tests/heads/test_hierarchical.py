@@ -159,3 +159,16 @@ def test_tree_head_accepts_any_tree() -> None:
 def test_bad_options(options, match) -> None:
     with pytest.raises(ValueError, match=match):
         build_head("hierarchical", D, V, counts=zipf_counts(V), **options)
+
+
+def test_loading_a_deeper_tree_fails_clearly_and_changes_nothing() -> None:
+    deep = build_head("hierarchical", 8, 400, counts=torch.arange(1, 401) ** 3, tree="huffman")
+    shallow = build_head("hierarchical", 8, 400, counts=torch.ones(400), tree="huffman")
+    before = {k: v.clone() for k, v in shallow.state_dict().items()}
+    hidden = torch.randn(3, 8)
+    log_prob = shallow.log_prob(hidden)
+    with pytest.raises(ValueError, match=r"another tree.*path_nodes \(400, 29\) vs \(400, 9\)"):
+        shallow.load_state_dict(deep.state_dict())
+    for key, value in shallow.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} changed"
+    torch.testing.assert_close(shallow.log_prob(hidden), log_prob)

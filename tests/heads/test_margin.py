@@ -168,3 +168,27 @@ def test_bad_options() -> None:
         RBFSoftmaxHead(4, 10, gamma=-1.0)
     with pytest.raises(ValueError, match="scale must be a positive finite number"):
         RBFSoftmaxHead(4, 10, scale=float("inf"))
+
+
+@pytest.mark.parametrize(
+    ("scale", "margin"),
+    [(16.0, 0.9), (40.0, 0.4), (64.0, 0.1), (64.0, 0.35), (64.0, 0.625), (100.0, 0.4)],
+)
+def test_cosine_margin_loss_is_accurate_for_confident_targets(scale, margin) -> None:
+    # s·m from 6.4 to 40 with every hidden state on its target's row (cos = 1): the float32
+    # loss and gradient must follow float64 cross-entropy of the margin logits.
+    torch.manual_seed(0)
+    vocab, d = 50, 16
+    head = CosineSoftmaxHead(d, vocab, scale=scale, margin=margin).train()
+    target = torch.arange(0, vocab, 5)
+    hidden = (head.weight.detach()[target] * 3.0).requires_grad_()
+    loss = head(hidden, target).loss
+    loss.backward()
+    h64 = hidden.detach().double().requires_grad_()
+    logits = explicit_cosine_logits(h64, head.weight.detach().double(), scale)
+    expected = F.cross_entropy(logits - scale * margin * F.one_hot(target, vocab), target)
+    expected.backward()
+    assert expected > 0
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-5)
+    assert h64.grad is not None and hidden.grad is not None
+    torch.testing.assert_close(hidden.grad.double(), h64.grad, rtol=1e-4, atol=1e-6)

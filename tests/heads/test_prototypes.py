@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,3 +145,11 @@ def test_bad_options() -> None:
         HypersphericalPrototypeHead(4, 10, scale=-1.0)
     with pytest.raises(ValueError, match="proto_steps must be an int ≥ 0"):
         HypersphericalPrototypeHead(4, 10, proto_steps=-1)
+
+
+def test_prototype_sizes_go_through_the_shared_integer_check() -> None:
+    assert hyperspherical_prototypes(np.int64(5), np.int64(3), steps=np.int64(2)).shape == (5, 3)
+    with pytest.raises(ValueError, match=r"steps must be an int ≥ 0, got 2\.5"):
+        hyperspherical_prototypes(5, 3, steps=2.5)
+    with pytest.raises(ValueError, match="dim must be an int ≥ 1, got 0"):
+        hyperspherical_prototypes(5, 0)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from lm_heads import build_head
 from lm_heads.spherical import SphericalSoftmaxHead, TaylorSoftmaxHead, gram_matrix
 
 HEADS = [SphericalSoftmaxHead, TaylorSoftmaxHead]
@@ -184,3 +185,42 @@ def test_gram_path_never_computes_the_logits(cls, monkeypatch) -> None:
     head.target_log_prob(hidden, target)
     with pytest.raises(AssertionError, match="built"):
         head.log_prob(hidden)
+
+
+@heads
+def test_gradient_penalty_through_the_gram_loss_matches_naive(cls) -> None:
+    gram, naive = pair(cls, 6, 30, torch.float64)
+    hidden = torch.randn(10, 6, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 30, (10,))
+
+    def penalty_grad(head) -> torch.Tensor:
+        # A penalty on the weight's gradient differentiates the Gram matrix's backward itself.
+        (grad,) = torch.autograd.grad(head(hidden, target).loss, head.weight, create_graph=True)
+        return torch.autograd.grad(grad.square().sum(), [head.weight, hidden])
+
+    torch.testing.assert_close(penalty_grad(gram), penalty_grad(naive))
+
+
+def _gram_error(bias_from: str) -> float:
+    torch.manual_seed(0)
+    vocab, d = 2000, 16
+    head = build_head("spherical", d, vocab)
+    h0 = torch.randn(d)
+    h0 = 100.0 * h0 / h0.norm()
+    with torch.no_grad():
+        head.weight.normal_()
+        if bias_from == "rank_deficient":
+            head.bias.copy_(-head.weight @ h0)  # [W, b] = W [I, -h0]: rank d, not d + 1
+        else:
+            head.bias.normal_()
+    hidden = (h0 + torch.randn(64, d)) if bias_from == "rank_deficient" else torch.randn(64, d)
+    target = torch.randint(0, vocab, (64,))
+    gram = head.target_log_prob(hidden, target).double()
+    exact = head.double().log_prob(hidden.double()).gather(1, target[:, None]).squeeze(1)
+    return float((gram - exact).abs().max().detach())
+
+
+def test_gram_accuracy_needs_full_rank() -> None:
+    assert _gram_error("full_rank") < 1e-5
+    # The documented exception: h̃ nearly orthogonal to the null space's complement loses digits.
+    assert _gram_error("rank_deficient") > 1e-4
