@@ -47,7 +47,6 @@ Shape:
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -55,11 +54,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lm_heads._check import check_float, check_int
+from lm_heads._check import check_float
 from lm_heads.base import Head, at_least_float32, linear_f32, sample_categorical
 from lm_heads.chunked_ce import linear_cross_entropy, linear_nll
 from lm_heads.counts import as_counts, frequency_order
-from lm_heads.cutoffs import CostModel, choose_cutoffs, default_cutoffs, projection_dims
+from lm_heads.cutoffs import (
+    CostModel,
+    check_cutoffs,
+    check_saved_cutoffs,
+    choose_cutoffs,
+    default_cutoffs,
+    projection_dims,
+)
 
 __all__ = ["AdaptiveSoftmaxHead"]
 
@@ -122,7 +128,7 @@ class AdaptiveSoftmaxHead(Head):
             )
         elif cutoffs is None:
             cutoffs = default_cutoffs(vocab_size, in_features, div_value)
-        cuts = _check_cutoffs(cutoffs, vocab_size, in_features, div_value)
+        cuts = check_cutoffs(cutoffs, vocab_size, in_features, div_value)
         if bias_init not in ("zeros", "unigram"):
             raise ValueError(f"bias_init must be 'zeros' or 'unigram', got {bias_init!r}")
         self.div_value = float(div_value)
@@ -352,51 +358,3 @@ class AdaptiveSoftmaxHead(Head):
     ) -> None:
         check_saved_cutoffs(state_dict, prefix, self.bounds[1:-1], "head")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-
-def _check_cutoffs(
-    cutoffs: Sequence[int] | Tensor, vocab_size: int, in_features: int, div_value: float
-) -> list[int]:
-    if isinstance(cutoffs, Tensor):
-        cutoffs = cutoffs.tolist()
-    try:
-        cuts = list(cutoffs)
-    except TypeError:
-        raise ValueError(
-            f"cutoffs must be a list of ints, None or 'auto', got {cutoffs!r}"
-        ) from None
-    try:
-        cuts = [check_int("cutoff", c) for c in cuts]  # numpy and tensor ints too
-    except ValueError:
-        raise ValueError(f"cutoffs must be ints (word ranks), got {cuts}") from None
-    if any(b <= a for a, b in itertools.pairwise(cuts)):
-        raise ValueError(f"cutoffs must be strictly increasing, got {cuts}")
-    if cuts and (cuts[0] <= 0 or cuts[-1] >= vocab_size):
-        raise ValueError(
-            f"cutoffs must lie in [1, {vocab_size - 1}] (ranks below vocab_size={vocab_size}), "
-            f"got {cuts}"
-        )
-    dims = projection_dims(in_features, len(cuts), div_value)
-    if dims and dims[-1] < 1:
-        # torch allows it too: the cluster's logits are all zero, a uniform distribution inside it.
-        warnings.warn(
-            f"with in_features={in_features} and div_value={div_value}, tail cluster "
-            f"{len(cuts)} projects to 0 dims (d // div_value**{len(cuts)}), so its words are "
-            "equiprobable within it; use fewer cutoffs or a smaller div_value to learn them",
-            stacklevel=3,
-        )
-    return cuts
-
-
-def check_saved_cutoffs(
-    state_dict: dict[str, Any], prefix: str, cutoffs: list[int], module: str
-) -> None:
-    """Refuse a checkpoint whose ``cutoffs`` buffer differs from this module's, before any copy
-    (the parameters' shapes follow from the cutoffs, so torch's own message would be a size
-    mismatch that does not say why)."""
-    stored = state_dict.get(prefix + "cutoffs")
-    if stored is not None and stored.tolist() != cutoffs:
-        raise ValueError(
-            f"this checkpoint was saved with cutoffs={stored.tolist()} but this {module} has "
-            f"cutoffs={cutoffs}: build the {module} with cutoffs={stored.tolist()}"
-        )

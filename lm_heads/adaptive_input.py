@@ -52,10 +52,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lm_heads._check import check_float, check_int
-from lm_heads.adaptive import AdaptiveSoftmaxHead, _check_cutoffs, check_saved_cutoffs
+from lm_heads.adaptive import AdaptiveSoftmaxHead
 from lm_heads.base import Head, check_ids
 from lm_heads.counts import as_counts, frequency_order
-from lm_heads.cutoffs import default_cutoffs, projection_dims
+from lm_heads.cutoffs import check_cutoffs, check_saved_cutoffs, default_cutoffs, projection_dims
 
 __all__ = ["AdaptiveInput"]
 
@@ -95,7 +95,7 @@ class AdaptiveInput(nn.Module):
         counts_t = as_counts(counts, vocab_size, "adaptive input")
         if cutoffs is None:
             cutoffs = default_cutoffs(vocab_size, embedding_dim, self.div_value)
-        cuts = _check_cutoffs(cutoffs, vocab_size, embedding_dim, self.div_value)
+        cuts = check_cutoffs(cutoffs, vocab_size, embedding_dim, self.div_value)
         self.bounds = [0, *cuts, vocab_size]
         """Rank ranges: band ``i`` holds ranks ``[bounds[i], bounds[i + 1])``."""
         _, rank_of_id = frequency_order(counts_t)

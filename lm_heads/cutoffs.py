@@ -22,10 +22,13 @@ tensors ``rows`` and ``out_dim`` (``in_dim`` is an int); tests inject synthetic 
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -319,3 +322,53 @@ def _candidate_grid(vocab_size: int, candidates: Sequence[int] | None, num: int)
     # Multiples of 8 keep large clusters aligned to matmul tiles.
     snapped = {int(round(p / 8) * 8) if p > 64 else round(p) for p in points}
     return sorted(c for c in snapped if 1 <= c < vocab_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks shared by the adaptive head and the adaptive input.
+def check_cutoffs(
+    cutoffs: Sequence[int] | Tensor, vocab_size: int, in_features: int, div_value: float
+) -> list[int]:
+    if isinstance(cutoffs, Tensor):
+        cutoffs = cutoffs.tolist()
+    try:
+        cuts = list(cutoffs)
+    except TypeError:
+        raise ValueError(
+            f"cutoffs must be a list of ints, None or 'auto', got {cutoffs!r}"
+        ) from None
+    try:
+        cuts = [check_int("cutoff", c) for c in cuts]  # numpy and tensor ints too
+    except ValueError:
+        raise ValueError(f"cutoffs must be ints (word ranks), got {cuts}") from None
+    if any(b <= a for a, b in itertools.pairwise(cuts)):
+        raise ValueError(f"cutoffs must be strictly increasing, got {cuts}")
+    if cuts and (cuts[0] <= 0 or cuts[-1] >= vocab_size):
+        raise ValueError(
+            f"cutoffs must lie in [1, {vocab_size - 1}] (ranks below vocab_size={vocab_size}), "
+            f"got {cuts}"
+        )
+    dims = projection_dims(in_features, len(cuts), div_value)
+    if dims and dims[-1] < 1:
+        # torch allows it too: the cluster's logits are all zero, a uniform distribution inside it.
+        warnings.warn(
+            f"with in_features={in_features} and div_value={div_value}, tail cluster "
+            f"{len(cuts)} projects to 0 dims (d // div_value**{len(cuts)}), so its words are "
+            "equiprobable within it; use fewer cutoffs or a smaller div_value to learn them",
+            stacklevel=3,
+        )
+    return cuts
+
+
+def check_saved_cutoffs(
+    state_dict: dict[str, Any], prefix: str, cutoffs: list[int], module: str
+) -> None:
+    """Refuse a checkpoint whose ``cutoffs`` buffer differs from this module's, before any copy
+    (the parameters' shapes follow from the cutoffs, so torch's own message would be a size
+    mismatch that does not say why)."""
+    stored = state_dict.get(prefix + "cutoffs")
+    if stored is not None and stored.tolist() != cutoffs:
+        raise ValueError(
+            f"this checkpoint was saved with cutoffs={stored.tolist()} but this {module} has "
+            f"cutoffs={cutoffs}: build the {module} with cutoffs={stored.tolist()}"
+        )
