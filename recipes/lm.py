@@ -44,6 +44,10 @@ _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:  # run as a script from a checkout without installing the package
     sys.path.insert(0, str(_REPO))
 
+from recipes.threads import apply_threads, prefer_passive_wait  # noqa: E402
+
+prefer_passive_wait()  # before torch loads OpenMP, which reads it once (recipes/threads.py)
+
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
@@ -101,8 +105,13 @@ def run(args: Any) -> dict[str, Any] | None:
     resume = resolve_resume(args, out_dir)
     ckpt = read_checkpoint(resume) if resume is not None else None
     ranks_here = args.devices if isinstance(args.devices, int) else 1
-    if args.accelerator in ("cpu", "auto") and not torch.cuda.is_available():
-        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // ranks_here))
+    if args.accelerator == "cpu" or (args.accelerator == "auto" and not torch.cuda.is_available()):
+        try:
+            threads = apply_threads(args.threads, ranks_here)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        if rank == 0:
+            print(threads.describe(), flush=True)
     L.seed_everything(args.seed, workers=True, verbose=False)
 
     trainer, ours = build_trainer(args, out_dir, resuming=resume is not None, rank=rank)

@@ -20,13 +20,14 @@ import lightning as L
 import torch
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lm_heads.data import LMDataModule
 from lm_heads.similarity import find_simlex, load_pairs, pairs_name, word_similarity
 from recipes.checkpoint import CheckpointExtras, FitTimer
 from recipes.cli import UsageError, recorded_args
 from recipes.language_model import FinalCheckpoint, LanguageModel, TrainClock
+from recipes.progress import LineProgress, RecipeProgressBar
 
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
@@ -109,21 +110,6 @@ def _installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-class LineProgress(Callback):
-    """One line per ``every`` training steps: a log-friendly progress report without ``\\r``."""
-
-    def __init__(self, every: int) -> None:
-        self.every = every
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        step = trainer.global_step
-        if trainer.is_global_zero and step % self.every == 0:
-            total = trainer.max_steps if trainer.max_steps > 0 else "?"
-            loss = trainer.callback_metrics.get("train_loss")
-            text = f"  loss {float(loss):.4f}" if loss is not None else ""
-            print(f"step {step}/{total}  epoch {trainer.current_epoch}{text}", flush=True)
-
-
 def _strategy(args: Namespace) -> Any:
     from lightning.pytorch.strategies import DDPStrategy
 
@@ -165,8 +151,10 @@ def build_trainer(
         checkpoint,
         FinalCheckpoint(out_dir / "checkpoints" / "last.ckpt", args.checkpoint_every),
     ]
-    if not progress:
-        callbacks.append(LineProgress(args.log_every))
+    if progress:
+        callbacks.append(RecipeProgressBar(ours["clock"]))
+    else:
+        callbacks.append(LineProgress(args.log_every, ours["clock"]))
     limits = {f"limit_{k}_batches": args[f"limit_{k}_batches"] for k in ("train", "val", "test")}
     try:
         trainer = L.Trainer(
