@@ -55,6 +55,7 @@ from lm_heads.data import CacheError, DataUnavailableError  # noqa: E402
 from recipes.checkpoint import check_resume, read_checkpoint  # noqa: E402
 from recipes.cli import UsageError, parse_args, recorded_args, usage_exit  # noqa: E402
 from recipes.language_model import LanguageModel, time_to_target  # noqa: E402
+from recipes.memory import check_memory, describe_memory  # noqa: E402
 from recipes.preflight import (  # noqa: E402
     build_data,
     build_model,
@@ -120,6 +121,12 @@ def run(args: Any) -> dict[str, Any] | None:
     if rank == 0:
         print(f"{dm.description} [--data {args.data}]", flush=True)
     model = build_model(args, dm)
+    try:
+        memory, free = check_memory(model, args, trainer.strategy.root_device)
+    except MemoryError as error:
+        raise UsageError(str(error)) from None
+    if rank == 0:
+        print(describe_memory(memory, free), flush=True)
     if ckpt is not None:
         check_resume(ckpt, resume, model, dm.vocab)
     data = dm
