@@ -147,7 +147,10 @@ def run(args: Any) -> dict[str, Any] | None:
         train_loss = _last_train_loss(trainer)  # read before validate() clears callback_metrics
     if args.final_val_batches is not None:
         trainer.limit_val_batches = args.final_val_batches
+    fit_peak = _peak_memory_mib(trainer.strategy.root_device)[0]
+    val_start = time.perf_counter()
     val = trainer.validate(model, datamodule=data, verbose=False)
+    ours["final_val"] = {"seconds": time.perf_counter() - val_start, "peak_mib_before": fit_peak}
     test = trainer.test(model, datamodule=data, verbose=False)
     if not trainer.is_global_zero:
         return None
@@ -192,6 +195,9 @@ def _results(
         "peak_memory_mib": peak,
         "peak_memory_kind": peak_what,
         "wall_seconds": time.perf_counter() - _START,
+        # The final validation's time, and the peak memory before it (peak_memory_mib includes it).
+        "final_val_seconds": ours["final_val"]["seconds"],
+        "peak_memory_mib_before_final_val": ours["final_val"]["peak_mib_before"],
         "checkpoint_last": str(Path(args.output_dir) / "checkpoints" / "last.ckpt"),
         "args": recorded_args(args),
     }
