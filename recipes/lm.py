@@ -44,6 +44,10 @@ _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:  # run as a script from a checkout without installing the package
     sys.path.insert(0, str(_REPO))
 
+from recipes.threads import apply_threads, prefer_passive_wait  # noqa: E402
+
+prefer_passive_wait()  # before torch loads OpenMP, which reads it once (recipes/threads.py)
+
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
@@ -51,6 +55,7 @@ from lm_heads.data import CacheError, DataUnavailableError  # noqa: E402
 from recipes.checkpoint import check_resume, read_checkpoint  # noqa: E402
 from recipes.cli import UsageError, parse_args, recorded_args, usage_exit  # noqa: E402
 from recipes.language_model import LanguageModel, time_to_target  # noqa: E402
+from recipes.memory import check_memory, describe_memory  # noqa: E402
 from recipes.preflight import (  # noqa: E402
     build_data,
     build_model,
@@ -101,8 +106,13 @@ def run(args: Any) -> dict[str, Any] | None:
     resume = resolve_resume(args, out_dir)
     ckpt = read_checkpoint(resume) if resume is not None else None
     ranks_here = args.devices if isinstance(args.devices, int) else 1
-    if args.accelerator in ("cpu", "auto") and not torch.cuda.is_available():
-        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // ranks_here))
+    if args.accelerator == "cpu" or (args.accelerator == "auto" and not torch.cuda.is_available()):
+        try:
+            threads = apply_threads(args.threads, ranks_here)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        if rank == 0:
+            print(threads.describe(), flush=True)
     L.seed_everything(args.seed, workers=True, verbose=False)
 
     trainer, ours = build_trainer(args, out_dir, resuming=resume is not None, rank=rank)
@@ -111,6 +121,12 @@ def run(args: Any) -> dict[str, Any] | None:
     if rank == 0:
         print(f"{dm.description} [--data {args.data}]", flush=True)
     model = build_model(args, dm)
+    try:
+        memory, free = check_memory(model, args, trainer.strategy.root_device)
+    except MemoryError as error:
+        raise UsageError(str(error)) from None
+    if rank == 0:
+        print(describe_memory(memory, free), flush=True)
     if ckpt is not None:
         check_resume(ckpt, resume, model, dm.vocab)
     ours["clock"].probe = lambda: _similarity_point(model, dm, similarity)
@@ -131,10 +147,14 @@ def run(args: Any) -> dict[str, Any] | None:
     val_ppl = (
         _epoch_end_val_ppl(ours["clock"].curve, trainer) if args.final_val_batches is None else None
     )
+    fit_peak = _peak_memory_mib(trainer.strategy.root_device)[0]
+    ours["final_val"] = {"seconds": None, "peak_mib_before": fit_peak}  # None: epoch end's reused
     if val_ppl is None:
         if args.final_val_batches is not None:
             trainer.limit_val_batches = args.final_val_batches
+        val_start = time.perf_counter()
         val_ppl = float(trainer.validate(model, datamodule=dm, verbose=False)[0]["val_ppl"])
+        ours["final_val"]["seconds"] = time.perf_counter() - val_start
     test = trainer.test(model, datamodule=dm, verbose=False)
     if not trainer.is_global_zero:
         return None
@@ -179,6 +199,9 @@ def _results(
         "peak_memory_mib": peak,
         "peak_memory_kind": peak_what,
         "wall_seconds": time.perf_counter() - _START,
+        # The final validation's time, and the peak memory before it (peak_memory_mib includes it).
+        "final_val_seconds": ours["final_val"]["seconds"],
+        "peak_memory_mib_before_final_val": ours["final_val"]["peak_mib_before"],
         "checkpoint_last": str(Path(args.output_dir) / "checkpoints" / "last.ckpt"),
         "args": recorded_args(args),
     }

@@ -20,13 +20,14 @@ import lightning as L
 import torch
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lm_heads.data import LMDataModule
 from lm_heads.similarity import find_simlex, load_pairs, pairs_name, word_similarity
 from recipes.checkpoint import CheckpointExtras, FitTimer
 from recipes.cli import UsageError, recorded_args
 from recipes.language_model import FinalCheckpoint, LanguageModel, SubsetValidation, TrainClock
+from recipes.progress import LineProgress, RecipeProgressBar
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 """Where the recipes find the named corpora (``--data auto``) unless ``$LM_HEADS_DATA`` says."""
@@ -111,21 +112,6 @@ def _installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-class LineProgress(Callback):
-    """One line per ``every`` training steps: a log-friendly progress report without ``\\r``."""
-
-    def __init__(self, every: int) -> None:
-        self.every = every
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        step = trainer.global_step
-        if trainer.is_global_zero and step % self.every == 0:
-            total = trainer.max_steps if trainer.max_steps > 0 else "?"
-            loss = trainer.callback_metrics.get("train_loss")
-            text = f"  loss {float(loss):.4f}" if loss is not None else ""
-            print(f"step {step}/{total}  epoch {trainer.current_epoch}{text}", flush=True)
-
-
 def _strategy(args: Namespace) -> Any:
     from lightning.pytorch.strategies import DDPStrategy
 
@@ -169,8 +155,10 @@ def build_trainer(
     ]
     if args.curve_every is not None:
         callbacks.append(SubsetValidation(args.curve_every, args.curve_batches, ours["clock"]))
-    if not progress:
-        callbacks.append(LineProgress(args.log_every))
+    if progress:
+        callbacks.append(RecipeProgressBar(ours["clock"]))
+    else:
+        callbacks.append(LineProgress(args.log_every, ours["clock"]))
     limits = {f"limit_{k}_batches": args[f"limit_{k}_batches"] for k in ("train", "val", "test")}
     try:
         trainer = L.Trainer(

@@ -16,7 +16,9 @@ from recipes.models import LSTMLM, TransformerLM, tie_head_weights
 def test_recipe_trains_evaluates_and_reports(lm, tiny_args, tmp_path, capsys) -> None:
     results = lm.main([*tiny_args, "--head", "adaptive", "--max-steps", "3"])
     out = capsys.readouterr().out
-    assert out.splitlines()[0].startswith("data: synthetic language")
+    lines = out.splitlines()
+    assert lines[0].startswith("threads: 1 per rank (from --threads 1")  # before anything slow
+    assert lines[1].startswith("data: synthetic language")
     gap = math.log(results["test_ppl"] / results["entropy_floor_ppl"])
     assert f"{gap:.3f} nats/token above it" in out  # the distance to the floor is reported
 

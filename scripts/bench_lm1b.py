@@ -1,0 +1,179 @@
+#!/usr/bin/env python
+"""Heads at One-Billion-Word scale (V ≈ 793k) on a fixed time budget: tokens/s, peak RSS,
+final-evaluation time and memory, perplexity against the entropy floor.
+
+    python scripts/bench_lm1b.py --max-time 600                          # every head, V=793,471
+    python scripts/bench_lm1b.py --data DIR --entropy-floor 123.4        # a 1B-Word-shaped folder
+    python scripts/bench_lm1b.py --vocab 2000 --tokens 200000 --max-time 20 --heads adaptive-lm1b
+
+Without ``--data`` it writes (once) a corpus to ``--corpus-dir``: every one of ``--vocab`` types
+three times (so all are in the vocabulary) plus ``--tokens`` words drawn i.i.d. from Zipf(1.1)
+over the types; validation and test are pure Zipf draws, so the entropy floor is the Zipf
+distribution's perplexity ``exp(H)``. Each head runs ``recipes/lm.py`` (configs/lm1b.yaml with
+an LSTM of d=512 in float32, ``--max-time`` seconds of training) in its own process; a head that
+cannot fit stops before training with the recipe's memory error, which the table shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+LM1B_VOCAB = 793_471
+HEADS: dict[str, list[str]] = {
+    "full-chunked": ["--head", "full", "--head-options", "{chunk_size: auto}"],
+    "adaptive-lm1b": ["--head", "adaptive"],  # the config's cutoffs [4000, 40000, 200000]
+    "adaptive-auto": ["--head", "adaptive", "--head-options", "{cutoffs: auto, div_value: 4.0}"],
+    "class": ["--head", "class", "--head-options", "{}"],
+    "hierarchical": ["--head", "hierarchical", "--head-options", "{}"],
+    "importance-8192": ["--head", "importance", "--head-options", "{num_samples: 8192}"],
+    "nce-8192": ["--head", "nce", "--head-options", "{num_samples: 8192}"],
+    "spherical": ["--head", "spherical", "--head-options", "{}"],
+    "taylor": ["--head", "taylor", "--head-options", "{}"],
+}
+
+
+def zipf_probs(vocab: int, s: float = 1.1) -> np.ndarray:
+    p = np.arange(1, vocab + 1, dtype=np.float64) ** -s
+    return p / p.sum()
+
+
+def write_corpus(root: Path, vocab: int, tokens: int, seed: int = 0) -> float:
+    """Write train/valid/test.txt (20 words a line) unless present; returns the floor ``exp(H)``."""
+    probs = zipf_probs(vocab)
+    floor = math.exp(float(-(probs * np.log(probs)).sum()))
+    if all((root / f"{s}.txt").is_file() for s in ("train", "valid", "test")):
+        return floor
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    cdf = np.cumsum(probs)
+    words = np.array([f"w{i}" for i in range(vocab)], dtype=object)
+
+    def draw(n: int) -> np.ndarray:
+        return np.minimum(np.searchsorted(cdf, rng.random(n)), vocab - 1)
+
+    train = np.concatenate([np.repeat(np.arange(vocab), 3), draw(tokens)])
+    rng.shuffle(train)
+    for split, ids in (
+        ("train", train),
+        ("valid", draw(tokens // 50)),
+        ("test", draw(tokens // 50)),
+    ):
+        cut = len(ids) - len(ids) % 20
+        lines = words[ids[:cut]].reshape(-1, 20)
+        text = "\n".join(" ".join(row) for row in lines)
+        (root / f"{split}.txt").write_text(text + "\n", encoding="utf-8")
+    return floor
+
+
+def run_head(name: str, args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
+    out_dir = work / name
+    command = [
+        sys.executable, str(REPO / "recipes" / "lm.py"),
+        "--config", str(REPO / "recipes" / "configs" / "lm1b.yaml"),
+        "--data", str(data), "--min-count", "1", "--cache-dir", str(work / "cache"),
+        "--embed-dim", "512", "--d-model", "512", "--num-layers", str(args.num_layers),
+        "--precision", "32-true", "--accelerator", "cpu",
+        "--batch-size", str(args.batch_size), "--bptt", "20", "--eval-batch-size", "10",
+        "--max-time", str(args.max_time), "--max-steps", "-1", "--max-epochs", "null",
+        "--val-check-interval", "null", "--final-val-batches", str(args.val_batches),
+        "--limit-test-batches", str(args.val_batches), "--warmup-steps", "0",
+        # cosine needs a step total; a --max-time budget alone has none
+        "--lr-schedule", "constant",
+        "--no-progress-bar", "--log-every", "20", "--logger", "csv",
+        "--output-dir", str(out_dir), "--overwrite", *HEADS[name], *args.recipe_args,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    row: dict[str, Any] = {"head": name, "wall_s": round(time.perf_counter() - start, 1)}
+    (work / f"{name}.log").write_text(done.stdout + "\n" + done.stderr)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        row["error"] = lines[-1] if lines else f"exit status {done.returncode}"
+        return row
+    r = json.loads((out_dir / "results.json").read_text())
+    row.update(
+        vocab=r["vocab_size"],
+        steps=r["global_step"],
+        tokens_per_s=r["train_tokens_per_s"],
+        peak_rss_mib=r["peak_memory_mib"],
+        peak_rss_before_eval_mib=r.get("peak_memory_mib_before_final_val"),
+        eval_s=r.get("final_val_seconds"),
+        val_ppl=r["val_ppl"],
+        test_ppl=r["test_ppl"],
+        structure=r["head_structure"],
+    )
+    return row
+
+
+def table(rows: list[dict[str, Any]], floor: float | None) -> str:
+    head = f"{'head':16s}{'tokens/s':>10s}{'steps':>7s}{'peak RSS':>11s}{'eval s':>8s}"
+    head += f"{'eval RSS+':>11s}{'val ppl':>10s}{'x floor':>9s}"
+    lines = [head]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['head']:16s}  failed: {r['error'][:160]}")
+            continue
+        grew = r["peak_rss_mib"] - (r["peak_rss_before_eval_mib"] or r["peak_rss_mib"])
+        ratio = f"{r['val_ppl'] / floor:9.2f}" if floor else f"{'n/a':>9s}"
+        lines.append(
+            f"{r['head']:16s}{r['tokens_per_s'] or 0:10,.0f}{r['steps']:7d}"
+            f"{r['peak_rss_mib']:9,.0f}Mi{r['eval_s']:8.1f}{grew:9,.0f}Mi{r['val_ppl']:10.1f}{ratio}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=None, help="a 1B-Word-shaped folder (else Zipf)")
+    p.add_argument("--entropy-floor", type=float, default=None, help="floor ppl of --data")
+    p.add_argument("--corpus-dir", type=Path, default=Path("/work/tmp_scale/zipf"))
+    p.add_argument("--vocab", type=int, default=LM1B_VOCAB, help="Zipf corpus: word types")
+    p.add_argument("--tokens", type=int, default=5_000_000, help="Zipf corpus: extra train words")
+    p.add_argument(
+        "--heads", default=",".join(HEADS), help="comma-separated, of: " + ", ".join(HEADS)
+    )
+    p.add_argument("--max-time", type=float, default=600.0, help="training seconds per head")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--val-batches", type=int, default=20, help="final validation/test batches")
+    p.add_argument("--work-dir", type=Path, default=Path("/work/tmp_scale/runs"))
+    p.add_argument("--out", type=Path, default=Path("bench_lm1b.json"))
+    p.add_argument("recipe_args", nargs="*", help="more recipe options, after --")
+    args = p.parse_args(argv)
+    heads = [h for h in args.heads.split(",") if h]
+    unknown = sorted(set(heads) - set(HEADS))
+    if unknown:
+        p.error(f"unknown head(s) {unknown}; choose from {', '.join(HEADS)}")
+    if args.data is None:
+        corpus = args.corpus_dir / f"v{args.vocab}-t{args.tokens}"
+        floor: float | None = write_corpus(corpus, args.vocab, args.tokens)
+        data = corpus
+    else:
+        data, floor = args.data, args.entropy_floor
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in heads:
+        row = run_head(name, args, data, args.work_dir)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print(table(rows, floor))
+    meta = {"data": str(data), "entropy_floor_ppl": floor, "max_time": args.max_time,
+            "batch_size": args.batch_size, "num_layers": args.num_layers}  # fmt: skip
+    args.out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
