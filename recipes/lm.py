@@ -32,6 +32,8 @@ import json
 import math
 import os
 import resource
+import shlex
+import signal
 import sys
 import time
 import warnings
@@ -43,6 +45,13 @@ _START = time.perf_counter()
 _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:  # run as a script from a checkout without installing the package
     sys.path.insert(0, str(_REPO))
+
+_PARSED: Any = None
+if __name__ == "__main__":
+    # Parsed before torch and lightning load (seconds): a typo or --help answers at once.
+    from recipes.cli import parse_args
+
+    _PARSED = parse_args()
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
@@ -59,6 +68,7 @@ from recipes.preflight import (  # noqa: E402
     prepare_output_dir,
     resolve_resume,
     similarity_scores,
+    warn_oversubscribed,
 )
 
 
@@ -85,24 +95,26 @@ def _similarity_point(model: LanguageModel, dm: Any, given: Any) -> dict[str, An
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Run the recipe; returns the results dict on global rank 0 (``None`` on other ranks)."""
-    args = parse_args(argv)
+    args = _PARSED if argv is None and _PARSED is not None else parse_args(argv)
     try:
-        return run(args)
+        return run(args, sys.argv[1:] if argv is None else argv)
     except (UsageError, DataUnavailableError, CacheError) as error:
         usage_exit(error)
     return None
 
 
-def run(args: Any) -> dict[str, Any] | None:
+def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Check everything, train, evaluate, report; user mistakes raise before ``fit``."""
     rank, out_dir = _launch_rank(), Path(args.output_dir)
     prepare_output_dir(out_dir, args, rank)
     similarity = load_similarity(args.similarity)
     resume = resolve_resume(args, out_dir)
-    ckpt = read_checkpoint(resume) if resume is not None else None
+    ckpt = read_checkpoint(resume, "--resume") if resume is not None else None
     ranks_here = args.devices if isinstance(args.devices, int) else 1
     if args.accelerator in ("cpu", "auto") and not torch.cuda.is_available():
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // ranks_here))
+    if rank == 0:
+        warn_oversubscribed(args, torch.get_num_threads())
     L.seed_everything(args.seed, workers=True, verbose=False)
 
     trainer, ours = build_trainer(args, out_dir, resuming=resume is not None, rank=rank)
@@ -126,7 +138,9 @@ def run(args: Any) -> dict[str, Any] | None:
             # state_dict; ours needs none: the data module's sampler skips the batches that the
             # checkpoint's progress counters say were trained (tests/distributed: bit-exact).
             warnings.filterwarnings("ignore", message=".*dataloader is\\s+not resumable")
-            trainer.fit(model, datamodule=dm, ckpt_path=resume)
+            trainer.fit(model, datamodule=dm, ckpt_path=resume, weights_only=True)
+        if ours["stop"].stopped_by is not None:
+            _interrupted(ours["stop"].stopped_by, trainer, out_dir, argv)
         train_loss = _last_train_loss(trainer)  # read before validate() clears callback_metrics
     val_ppl = (
         _epoch_end_val_ppl(ours["clock"].curve, trainer) if args.final_val_batches is None else None
@@ -145,6 +159,23 @@ def run(args: Any) -> dict[str, Any] | None:
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     _print_summary(results, out_dir / "results.json")
     return results
+
+
+def _interrupted(signum: int, trainer: L.Trainer, out_dir: Path, argv: Sequence[str] | None) -> None:
+    """Training stopped for SIGINT/SIGTERM after saving last.ckpt: say how to continue, and exit
+    as a process killed by that signal would (128 + its number), without the final evaluation."""
+    if trainer.is_global_zero:
+        again = [a for a in (argv or []) if a not in ("--overwrite", "--no-overwrite")]
+        if "--resume" in again:  # a checkpoint it started from: continue from the new one
+            del again[again.index("--resume") : again.index("--resume") + 2]
+        command = shlex.join(["python", "recipes/lm.py", *again, "--resume", "last"])
+        print(
+            f"{signal.Signals(signum).name}: training stopped at step {trainer.global_step}; "
+            f"saved {out_dir / 'checkpoints' / 'last.ckpt'}. Continue with:\n  {command}",
+            file=sys.stderr,
+            flush=True,
+        )
+    raise SystemExit(128 + signum)
 
 
 def _results(

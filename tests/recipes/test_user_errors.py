@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from recipe_helpers import write_corpus
+from recipe_helpers import load_recipe, write_corpus
 
 from lm_heads.data import LMDataModule
 
@@ -95,8 +95,21 @@ def test_corrupt_checkpoint(lm, tiny_args, tmp_path, capsys, trained) -> None:
     cut.write_bytes(trained.read_bytes()[:5000])  # as after a kill or a full disk
     _fails(lm, [*tiny_args, "--resume", str(cut)], capsys, "cannot read checkpoint", "damaged")
     (tmp_path / "text.ckpt").write_text("hello")
-    _fails(lm, [*tiny_args, "--resume", str(tmp_path / "text.ckpt")], capsys, "cannot read")
+    _fails(lm, [*tiny_args, "--resume", str(tmp_path / "text.ckpt")], capsys, "is a text file")
     _not_trained(tmp_path / "run")
+
+
+def test_results_json_given_as_a_checkpoint(lm, tiny_args, tmp_path, capsys, trained) -> None:
+    # It was called "damaged (e.g. cut short by a full disk)".
+    results = trained.parent.parent / "results.json"
+    line = _fails(lm, [*tiny_args, "--resume", str(results)], capsys, "is a JSON file",
+                  "results.json", "checkpoints/")  # fmt: skip
+    assert "damaged" not in line
+    generate = load_recipe("generate")
+    with pytest.raises(SystemExit):
+        generate.main(["--checkpoint", str(results)])
+    err = capsys.readouterr().err
+    assert "is a JSON file" in err and "--resume" not in err  # generate.py has no --resume
 
 
 def test_other_heads_checkpoint(lm, tiny_args, capsys, trained) -> None:
