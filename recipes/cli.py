@@ -133,8 +133,8 @@ def build_parser() -> ArgumentParser:
     _add_fields(head, options.HeadOptions)
     _head_option(head.add_argument)
     _data(p.add_argument_group("data").add_argument)
-    for title, group in (("model", options.BackboneOptions), ("optimizer", options.OptimizerOptions)):
-        _add_fields(p.add_argument_group(title), group)
+    _add_fields(p.add_argument_group("model"), options.BackboneOptions)
+    _add_fields(p.add_argument_group("optimizer"), options.OptimizerOptions)
     _optimisation(p.add_argument_group("optimisation").add_argument)
     _hardware_and_run(p.add_argument_group("hardware and run").add_argument)
     return p
@@ -346,7 +346,8 @@ def _check_head(head: str, given: dict[str, Any]) -> None:
     from lm_heads import HEADS, head_options
 
     if head not in HEADS:
-        raise UsageError(f"--head {head!r} is not a head; the heads are: {', '.join(sorted(HEADS))}")
+        heads = ", ".join(sorted(HEADS))
+        raise UsageError(f"--head {head!r} is not a head; the heads are: {heads}")
     known = head_options(head)
     unknown = sorted(set(given) - set(known))
     if unknown:

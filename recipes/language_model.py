@@ -67,7 +67,8 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
         if hp["lr_schedule"] == "plateau" and hp["warmup_steps"]:
             raise ValueError("lr_schedule='plateau' takes no warmup_steps (use 'constant')")
         if hp["lr_schedule"] == "plateau" and not hp["lr_decay"] > 1.0:
-            raise ValueError(f"lr_decay must be > 1 (the lr is divided by it), got {hp['lr_decay']}")
+            decay = hp["lr_decay"]
+            raise ValueError(f"lr_decay must be > 1 (the lr is divided by it), got {decay}")
         head, head_options, input_layer = hp["head"], hp["head_options"], hp["input_layer"]
         embed_dim, d_model, tie_weights = hp["embed_dim"], hp["d_model"], hp["tie_weights"]
         out_features = embed_dim if tie_weights else None

@@ -161,7 +161,9 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     return results
 
 
-def _interrupted(signum: int, trainer: L.Trainer, out_dir: Path, argv: Sequence[str] | None) -> None:
+def _interrupted(
+    signum: int, trainer: L.Trainer, out_dir: Path, argv: Sequence[str] | None
+) -> None:
     """Training stopped for SIGINT/SIGTERM after saving last.ckpt: say how to continue, and exit
     as a process killed by that signal would (128 + its number), without the final evaluation."""
     if trainer.is_global_zero:

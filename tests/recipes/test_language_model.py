@@ -91,8 +91,9 @@ def test_optimizer_and_lr_follow_the_backbone_unless_given() -> None:
     language_model = load_recipe("language_model")
 
     def optimizer(**options):
-        model = language_model.LanguageModel(vocab_size=VOCAB, embed_dim=8, d_model=8,
-                                             num_heads=2, lr_schedule="constant", **options)  # fmt: skip
+        model = language_model.LanguageModel(
+            vocab_size=VOCAB, embed_dim=8, d_model=8, num_heads=2, lr_schedule="constant", **options
+        )
         opt = model.configure_optimizers()
         return type(opt).__name__, opt.param_groups[0]["lr"], model.hparams.optimizer
 
@@ -113,7 +114,8 @@ def test_one_set_of_defaults() -> None:
     model = language_model.LanguageModel(vocab_size=VOCAB)
     given = language_model.LanguageModel(vocab_size=VOCAB, **{k: args[k] for k in option_names()})
     assert dict(model.hparams) == dict(given.hparams)
-    assert (model.hparams.embed_dim, model.hparams.d_model, model.hparams.num_layers) == (200, 200, 2)
+    hp = model.hparams
+    assert (hp.embed_dim, hp.d_model, hp.num_layers) == (200, 200, 2)
     with pytest.raises(TypeError, match=r"unknown model option\(s\) \['embed_size'\]"):
         language_model.LanguageModel(vocab_size=VOCAB, embed_size=8)
 
