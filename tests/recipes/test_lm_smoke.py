@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -191,3 +192,13 @@ def test_tie_weights_refuses_clearly() -> None:
         tie_head_weights(embedding, build_head("adaptive", 8, 40, counts=counts, cutoffs=[10]))
     with pytest.raises(ValueError, match="must project"):
         tie_head_weights(embedding, build_head("full", 12, 40))
+
+
+def test_no_weights_only_notice(lm, tiny_args, caplog, capsys) -> None:
+    # Every run printed "`weights_only` was not set, defaulting to `False`" (Lightning, when the
+    # final last.ckpt was saved without saying), against the README's weights_only=True loading.
+    caplog.set_level(logging.INFO)
+    lm.main([*tiny_args, "--max-steps", "3"])
+    lm.main([*tiny_args, "--max-steps", "4", "--resume", "last"])
+    captured = capsys.readouterr()
+    assert "was not set, defaulting" not in caplog.text + captured.out + captured.err
