@@ -84,7 +84,7 @@ def test_old_option_names_keep_working(cli) -> None:
     assert args.devices == "auto"
     assert cli.parse_args(["--logger", "csv"]).logger == ["csv"]
     assert cli.parse_args(["--logger", "[csv, mlflow]"]).logger == ["csv", "mlflow"]
-    # The lead's options: accepted with these names and defaults.
+    # Options added since: accepted with these names and defaults.
     new = cli.parse_args(["--no-carry-state", "--lr-schedule", "cosine", "--lr-decay", "2",
                           "--lr-patience", "1", "--eval-batch-size", "5", "--input", "adaptive",
                           "--compile"])  # fmt: skip
@@ -98,8 +98,8 @@ def test_old_option_names_keep_working(cli) -> None:
         False,
         10,
     )
-    # The default run is pytorch/examples' WikiText-2 configuration for 2 epochs (issue 10); the
-    # optimizer and lr are the LSTM's when not given (issue 16: they depend on the backbone).
+    # The default run is pytorch/examples' WikiText-2 configuration for 2 epochs; the optimizer
+    # and lr are the LSTM's when not given (they depend on the backbone).
     model = resolve({name: default[name] for name in option_names()})
     reference = (default.embed_dim, default.d_model, default.num_layers, model["optimizer"],
                  model["lr"], default.lr_schedule, default.grad_clip, default.batch_size,

@@ -1,4 +1,4 @@
-"""Issue 8 §2: every user mistake exits with status 2 and one paragraph, before training starts;
+"""Every user mistake exits with status 2 and one paragraph, before training starts;
 no work is lost (one last.ckpt, no silent overwrite, whole-run time, exact resume, clean cache)."""
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def test_output_dir_rules_on_every_rank(tmp_path) -> None:
     assert not (out / "results.json").exists() and not (out / "checkpoints").exists()
 
 
-# 11. Mistakes that used to surface as a traceback after the data had loaded (issue 16 §13).
+# 11. Mistakes that used to surface as a traceback after the data had loaded.
 def test_negative_weight_decay(lm, tiny_args, tmp_path, capsys) -> None:
     _fails(lm, [*tiny_args, "--weight-decay", "-1"], capsys, "weight_decay")
     _not_trained(tmp_path / "run")
