@@ -295,7 +295,23 @@ def test_more_ranks_times_threads_than_cpus_is_warned_about(capsys, monkeypatch)
     assert capsys.readouterr().err == ""
 
 
-def test_bf16_mixed_lstm_run_on_cpu(lm, tiny_args) -> None:
-    # It crashed after startup in _VF.lstm (no oneDNN bfloat16 LSTM primitive).
+def test_bf16_mixed_lstm_run_on_cpu(lm, tiny_args, monkeypatch) -> None:
+    # It crashed after startup in _VF.lstm on CPUs whose oneDNN has no bfloat16 LSTM primitive;
+    # this one has it, so the LSTM kernel is made to fail as it does there.
+    from torch.nn.modules import rnn
+
+    real = rnn._VF
+
+    class NoBfloat16Lstm:
+        def __getattr__(self, name: str):
+            return getattr(real, name)
+
+        def lstm(self, inputs, *args, **kwargs):
+            if inputs.dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu"):
+                raise RuntimeError("could not create a primitive descriptor for the LSTM forward "
+                                   "propagation primitive")  # fmt: skip
+            return real.lstm(inputs, *args, **kwargs)
+
+    monkeypatch.setattr(rnn, "_VF", NoBfloat16Lstm())
     results = lm.main([*tiny_args, "--precision", "bf16-mixed", "--max-steps", "2"])
     assert math.isfinite(results["val_ppl"]) and math.isfinite(results["test_ppl"])
