@@ -87,7 +87,7 @@ def test_evaluate_counts_unknown_words(evaluate, trained, tmp_path) -> None:
     [
         (["--text", "nowhere.txt"], "does not exist"),
         (["--text", "."], "without any"),
-        (["--text", "t.txt", "--checkpoint", "t.txt"], "t.txt is a text file, not a checkpoint; give --checkpoint"),
+        (["--text", "t.txt", "--checkpoint", "t.txt"], "is a text file, not a checkpoint"),
         (["--text", "t.txt", "--accelerator", "nope"], "--accelerator nope"),
     ],
 )
