@@ -13,8 +13,8 @@ checkpoints every ``--checkpoint-every`` steps in ``<output-dir>/checkpoints`` (
 included; each carries the vocabulary), exact resume with ``--resume PATH|last``. At the end it
 evaluates the final weights on the validation and test splits, prints a summary and writes
 ``<output-dir>/results.json`` (whose ``args`` ``--config`` accepts back). The options are in
-``recipes/cli.py``; ``generate.py``, ``evaluate.py`` and ``export_embeddings.py`` use the
-checkpoints.
+``recipes/cli.py`` (the model's in ``recipes/options.py``); ``generate.py``, ``evaluate.py``
+and ``export_embeddings.py`` use the checkpoints.
 
 Every mistake in the options or the files they name (data, similarity file, checkpoint, output
 directory, hardware) is found before training starts and reported in one paragraph, exit status 2.
