@@ -9,7 +9,6 @@ differs (head, vocabulary, sizes) instead of failing inside ``load_state_dict``.
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from lm_heads.data import Vocabulary
 from recipes.cli import UsageError
 from recipes.language_model import LanguageModel
+from recipes.options import option_names
 
 
 class CheckpointExtras(Callback):
@@ -59,24 +59,50 @@ class FitTimer(Callback):
         self.before = float(state.get("seconds", 0.0))
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint at ``path`` (tensors memory-mapped); :class:`UsageError` if unreadable."""
+def read_checkpoint(path: Path, option: str = "--checkpoint") -> dict[str, Any]:
+    """The checkpoint at ``path`` (tensors memory-mapped); :class:`UsageError` if unreadable.
+
+    ``option`` is the command-line option that named ``path``, for the advice in the error.
+    """
+    advice = (
+        "pick another checkpoint, or start afresh without --resume"
+        if option == "--resume"
+        else f"give {option} a .ckpt file that recipes/lm.py wrote (in <output-dir>/checkpoints)"
+    )
     if not path.is_file():
-        raise UsageError(f"checkpoint {path} does not exist (or is not a file)")
+        raise UsageError(f"{option} {path}: no such file; {advice}")
+    text = _text_kind(path)
+    if text is not None:
+        raise UsageError(f"{option} {path} is {text}, not a checkpoint; {advice}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
         raise UsageError(
             f"cannot read checkpoint {path}: it is damaged (e.g. cut short by a full disk or a "
-            f"kill) or not a PyTorch checkpoint ({type(error).__name__}: {error}); pick another "
-            "checkpoint, or start afresh without --resume"
+            f"kill) or not a PyTorch checkpoint ({type(error).__name__}: {error}); {advice}"
         ) from None
     if not isinstance(ckpt, dict) or not {"state_dict", "hyper_parameters"} <= set(ckpt):
         raise UsageError(
             f"{path} is a PyTorch file but not a checkpoint of recipes/lm.py (it lacks "
-            "'state_dict' or 'hyper_parameters')"
+            f"'state_dict' or 'hyper_parameters'); {advice}"
         )
     return ckpt
+
+
+def _text_kind(path: Path) -> str | None:
+    """What a text file given as a checkpoint is (``None``: not text; checkpoints are zip files)."""
+    with path.open("rb") as handle:
+        head = handle.read(4096)
+    if not head or head.startswith(b"PK") or b"\0" in head:
+        return None
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if head.lstrip()[:1] in (b"{", b"["):
+        results = " (a run's results.json: its checkpoints are in checkpoints/ beside it)"
+        return "a JSON file" + (results if b'"val_ppl"' in head or b'"args"' in head else "")
+    return "a text file"
 
 
 def _vocab_difference(words: list[str], vocab: Vocabulary) -> str | None:
@@ -169,8 +195,8 @@ def load_model(
         if value == "auto" and isinstance(state.get(f"head.{key}"), torch.Tensor):
             options[key] = state[f"head.{key}"].tolist()
     hp["head_options"] = options
-    accepted = inspect.signature(LanguageModel.__init__).parameters
-    kwargs = {k: v for k, v in hp.items() if k in accepted and k != "counts"}
+    accepted = {"vocab_size", "max_len", *option_names()}
+    kwargs = {k: v for k, v in hp.items() if k in accepted}
     if kwargs.get("vocab_size") != len(vocab):
         raise UsageError(
             f"vocabulary has {len(vocab):,} words but checkpoint {path} was trained with "

@@ -17,7 +17,8 @@ import json
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, Literal
+from dataclasses import MISSING, fields
+from typing import Any, Literal, get_type_hints
 
 import yaml
 from jsonargparse import (
@@ -35,9 +36,9 @@ from jsonargparse.typing import (
     restricted_number_type,
 )
 
-from lm_heads import HEADS, head_options
+from recipes import options
 
-Fraction = restricted_number_type("Fraction", float, [(">=", 0.0), ("<", 1.0)])
+# Nothing here imports torch or lightning: a mistake on the command line is reported at once.
 # Lightning's limit/interval convention: an int counts batches, a float is a fraction of them.
 Limit = PositiveInt | restricted_number_type("UnitFraction", float, [(">", 0.0), ("<=", 1.0)])
 LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
@@ -128,17 +129,18 @@ def build_parser() -> ArgumentParser:
         exit_on_error=True,
     )
     p.add_argument("--config", action=ActionConfigFile, help="YAML options file (CLI wins)")
-    _head_and_data(p.add_argument_group("head and data").add_argument)
-    _model(p.add_argument_group("model").add_argument)
+    head = p.add_argument_group("head")
+    _add_fields(head, options.HeadOptions)
+    _head_option(head.add_argument)
+    _data(p.add_argument_group("data").add_argument)
+    _add_fields(p.add_argument_group("model"), options.BackboneOptions)
+    _add_fields(p.add_argument_group("optimizer"), options.OptimizerOptions)
     _optimisation(p.add_argument_group("optimisation").add_argument)
     _hardware_and_run(p.add_argument_group("hardware and run").add_argument)
     return p
 
 
-def _head_and_data(add: Any) -> None:
-    """The head, its options, the data and the word-similarity file."""
-    add("--head", type=Literal[tuple(sorted(HEADS))], default="adaptive", help="output layer")
-    add("--head-options", type=dict[str, Any], default={}, help="head keyword arguments")
+def _head_option(add: Any) -> None:
     add(
         "--head-option",
         action=HeadOption,
@@ -148,6 +150,9 @@ def _head_and_data(add: Any) -> None:
         "(default: none; adds to --head-options)",
     )
 
+
+def _data(add: Any) -> None:
+    """The data and the word-similarity file."""
     add(
         "--data",
         type=str,
@@ -171,55 +176,22 @@ def _head_and_data(add: Any) -> None:
     )
 
 
-def _model(add: Any) -> None:
-    """The backbone."""
-    add("--model", type=Literal["lstm", "transformer"], default="lstm", help="backbone")
-    add(
-        "--input",
-        dest="input_layer",
-        type=Literal["embedding", "adaptive"],
-        default="embedding",
-        help="input layer: a plain embedding or an adaptive input",
-    )
-    add("--embed-dim", type=PositiveInt, default=200, help="input word vector size")
-    add("--d-model", type=PositiveInt, default=200, help="hidden size")
-    add("--num-layers", type=PositiveInt, default=2, help="LSTM layers / Transformer blocks")
-    add("--num-heads", type=PositiveInt, default=4, help="attention heads (transformer only)")
-    add(
-        "--positions",
-        type=Literal["learned", "sinusoidal"],
-        default="learned",
-        help="transformer position encoding",
-    )
-    add("--dropout", type=Fraction, default=0.2, help="dropout probability in [0, 1)")
-    add(
-        "--tie-weights",
-        action=ActionYesNo(no_prefix="no-"),
-        default=False,
-        help="share input embedding and head output rows",
-    )
-    add(
-        "--carry-state",
-        action=ActionYesNo(no_prefix="no-"),
-        default=True,
-        help="LSTM: carry the recurrent state from one BPTT window to the next",
-    )
+def _add_fields(group: Any, cls: type) -> None:
+    """One option per field of the dataclass ``cls`` (``recipes/options.py``): its type, its
+    default, and the docstring under it as the help."""
+    hints, docs = get_type_hints(cls), options.attribute_docs(cls)
+    for f in fields(cls):
+        names = (f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ()))
+        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+        if hints[f.name] is bool:
+            kind: dict[str, Any] = {"action": ActionYesNo(no_prefix="no-")}
+        else:
+            kind = {"type": hints[f.name]}
+        group.add_argument(*names, dest=f.name, default=default, help=docs[f.name], **kind)
 
 
 def _optimisation(add: Any) -> None:
-    """Optimizer, schedule, batches and the training length."""
-    add("--optimizer", type=Literal["adam", "adamw", "sgd"], default="sgd", help="optimizer")
-    add("--lr", type=PositiveFloat, default=20.0, help="learning rate")
-    add("--weight-decay", type=float, default=0.0, help="weight decay")
-    add(
-        "--lr-schedule",
-        type=Literal["constant", "cosine", "plateau"],
-        default="plateau",
-        help="plateau: divide the LR by --lr-decay when validation stops improving",
-    )
-    add("--lr-decay", type=PositiveFloat, default=4.0, help="plateau schedule: LR divisor")
-    add("--lr-patience", type=NonNegativeInt, default=0, help="plateau schedule: validations")
-    add("--warmup-steps", type=NonNegativeInt, default=0, help="linear LR warm-up steps")
+    """Batches, gradient clipping and the training length."""
     add("--grad-clip", type=float, default=0.25, help="max gradient norm (0: off)")
     add("--batch-size", type=PositiveInt, default=20, help="windows per step per rank")
     add(
@@ -248,12 +220,6 @@ def _hardware_and_run(add: Any) -> None:
     add("--strategy", type=str, default="auto", help="auto (ddp when devices > 1) | ddp | ...")
     add("--precision", type=str, default="32-true", help=" | ".join(PRECISIONS[:6]) + " | ...")
     add("--threads", type=PositiveInt | None, default=None, help="CPU threads per rank")
-    add(
-        "--compile",
-        action=ActionYesNo(no_prefix="no-"),
-        default=False,
-        help="torch.compile the model",
-    )
 
     add("--seed", type=int, default=1234, help="random seed")
     add("--output-dir", type=str, default="runs/lm", help="checkpoints, logs, results.json")
@@ -328,7 +294,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Namespace:
     Exits with status 2 and one paragraph on a mistake.
     """
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args([_dashed(a) for a in argv])
     for key, value in args.items():
         if key != "config":  # jsonargparse's int/float subclasses would not load weights_only
             args[key] = json.loads(json.dumps(value))
@@ -341,15 +308,17 @@ def parse_args(argv: Sequence[str] | None = None) -> Namespace:
     return args
 
 
+def _dashed(arg: str) -> str:
+    """``--max_steps`` as ``--max-steps``: both spellings work, as in generate.py and evaluate.py
+    (jsonargparse's own ``--print_config`` keeps its underscore)."""
+    if not arg.startswith("--") or arg.startswith("--print_config"):
+        return arg
+    name, sep, value = arg.partition("=")
+    return name.replace("_", "-") + sep + value
+
+
 def check_args(args: Namespace) -> None:
     """Raise :class:`UsageError` for options that are fine alone but not together."""
-    known = head_options(args.head)
-    unknown = sorted(set(args.head_options) - set(known))
-    if unknown:
-        raise UsageError(
-            f"head {args.head!r} has no option(s) {unknown}; its options are: "
-            + ", ".join(f"{k}={v!r}" for k, v in known.items())
-        )
     if args.precision not in PRECISIONS:
         raise UsageError(f"--precision {args.precision!r} is not one of {', '.join(PRECISIONS)}")
     if args.max_epochs is not None and args.max_epochs < 1:
@@ -369,6 +338,23 @@ def check_args(args: Namespace) -> None:
         raise UsageError("--overwrite starts afresh and --resume continues: give only one")
     if args.grad_clip < 0:
         raise UsageError(f"--grad-clip must be >= 0 (0: off), got {args.grad_clip}")
+    _check_head(args.head, args.head_options)
+
+
+def _check_head(head: str, given: dict[str, Any]) -> None:
+    """The head's name and option names (checked last: this imports torch)."""
+    from lm_heads import HEADS, head_options
+
+    if head not in HEADS:
+        heads = ", ".join(sorted(HEADS))
+        raise UsageError(f"--head {head!r} is not a head; the heads are: {heads}")
+    known = head_options(head)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise UsageError(
+            f"head {head!r} has no option(s) {unknown}; its options are: "
+            + ", ".join(f"{k}={v!r}" for k, v in known.items())
+        )
 
 
 def recorded_args(args: Namespace) -> dict[str, Any]:

@@ -18,6 +18,9 @@ Two kinds of validation, kept apart on purpose (as pytorch/examples does):
 from __future__ import annotations
 
 import math
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,8 +33,8 @@ from lightning.pytorch.callbacks import Callback
 from lm_heads import build_head
 from lm_heads.mixin import LMHeadMixin
 from recipes.models import LSTMLM, TransformerLM, adaptive_input
+from recipes.options import resolve as resolve_options
 
-DEFAULT_HEAD = "adaptive"
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -52,36 +55,23 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
         *,
         vocab_size: int,
         counts: torch.Tensor | None = None,
-        head: str = DEFAULT_HEAD,
-        head_options: dict[str, Any] | None = None,
-        model: str = "lstm",
-        embed_dim: int = 128,
-        d_model: int = 256,
-        num_layers: int = 1,
-        num_heads: int = 4,
-        positions: str = "learned",
-        dropout: float = 0.2,
         max_len: int = 512,
-        tie_weights: bool = False,
-        input_layer: str = "embedding",
-        optimizer: str = "adam",
-        lr: float = 2e-3,
-        weight_decay: float = 0.0,
-        lr_schedule: str = "constant",
-        warmup_steps: int = 0,
-        lr_decay: float = 4.0,
-        lr_patience: int = 0,
-        carry_state: bool = True,
-        compile: bool = False,
+        **options: Any,
     ) -> None:
+        """``vocab_size`` words, unigram ``counts`` for the heads that need them, Transformer
+        positions up to ``max_len``; ``options`` are the fields of ``recipes/options.py`` (their
+        defaults there, the optimizer and lr by backbone when not given)."""
+        hp = resolve_options(options)
         super().__init__()
-        self.save_hyperparameters(ignore=["counts"])
-        if lr_schedule == "plateau" and warmup_steps:
+        self.save_hyperparameters({"vocab_size": vocab_size, "max_len": max_len, **hp})
+        if hp["lr_schedule"] == "plateau" and hp["warmup_steps"]:
             raise ValueError("lr_schedule='plateau' takes no warmup_steps (use 'constant')")
-        if lr_schedule == "plateau" and not lr_decay > 1.0:
-            raise ValueError(f"lr_decay must be > 1 (the lr is divided by it), got {lr_decay}")
+        if hp["lr_schedule"] == "plateau" and not hp["lr_decay"] > 1.0:
+            decay = hp["lr_decay"]
+            raise ValueError(f"lr_decay must be > 1 (the lr is divided by it), got {decay}")
+        head, head_options, input_layer = hp["head"], hp["head_options"], hp["input_layer"]
+        embed_dim, d_model, tie_weights = hp["embed_dim"], hp["d_model"], hp["tie_weights"]
         out_features = embed_dim if tie_weights else None
-        head_options = head_options or {}
         built_head, embedding = None, None
         if input_layer == "adaptive":
             # Adaptive input shares the adaptive head's clusters: build the head first.
@@ -143,9 +133,11 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
             self._carried["train"], self._train_batches_in_epoch = None, 0
 
     def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()  # the mixin resets the stage's metrics
         self._carried["val"] = None
 
     def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
         self._carried["test"] = None
 
     def configure_optimizers(self) -> Any:
@@ -408,6 +400,59 @@ def time_to_target(curve: Sequence[dict[str, Any]], target: float) -> dict[str, 
             "tokens": None, metric: None}  # fmt: skip
 
 
+class StopOnSignal(Callback):
+    """Ctrl-C (SIGINT) or SIGTERM during training: finish the step, stop, and let
+    :class:`FinalCheckpoint` save ``last.ckpt`` at that step, so ``--resume last`` continues.
+
+    Lightning's own handling exits at once without a checkpoint. A second Ctrl-C stops at once
+    (nothing saved). Under DDP the ranks agree on the step to stop at (one all-reduce per step).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None  # the signal that asked to stop (on this rank)
+        self.stopped_by: int | None = None  # set once training stopped for it
+        self._previous: dict[int, Any] = {}
+
+    def request(self, signum: int, frame: Any = None) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.received = signum
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after this step and saving last.ckpt "
+            "(Ctrl-C again to stop at once, without saving)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+        # Here, after Lightning installed its SIGTERM handler (which would exit unsaved).
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self.request) for s in self.SIGNALS}
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: Any, out: Any, batch: Any, idx: int
+    ) -> None:
+        asked = self.received is not None
+        if trainer.world_size > 1:
+            asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
+        if asked:
+            self.stopped_by = self.received or signal.SIGTERM  # another rank's signal
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, module: Any, exception: BaseException) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
 class FinalCheckpoint(Callback):
     """Write ``last.ckpt`` when training stops between two periodic checkpoints.
 
@@ -430,7 +475,7 @@ class FinalCheckpoint(Callback):
             and idx + 1 >= trainer.num_training_batches
         )
         if (last_step or last_batch or trainer.should_stop) and step % self.every != 0:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # all of it, for --resume
 
 
 def _backbone(hp: Any, out_features: int | None, embedding: torch.nn.Module | None) -> Any:

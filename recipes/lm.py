@@ -13,8 +13,8 @@ checkpoints every ``--checkpoint-every`` steps in ``<output-dir>/checkpoints`` (
 included; each carries the vocabulary), exact resume with ``--resume PATH|last``. At the end it
 evaluates the final weights on the validation and test splits, prints a summary and writes
 ``<output-dir>/results.json`` (whose ``args`` ``--config`` accepts back). The options are in
-``recipes/cli.py``; ``generate.py``, ``evaluate.py`` and ``export_embeddings.py`` use the
-checkpoints.
+``recipes/cli.py`` (the model's in ``recipes/options.py``); ``generate.py``, ``evaluate.py``
+and ``export_embeddings.py`` use the checkpoints.
 
 Every mistake in the options or the files they name (data, similarity file, checkpoint, output
 directory, hardware) is found before training starts and reported in one paragraph, exit status 2.
@@ -32,6 +32,8 @@ import json
 import math
 import os
 import resource
+import shlex
+import signal
 import sys
 import time
 import warnings
@@ -47,6 +49,13 @@ if str(_REPO) not in sys.path:  # run as a script from a checkout without instal
 from recipes.threads import apply_threads, prefer_passive_wait  # noqa: E402
 
 prefer_passive_wait()  # before torch loads OpenMP, which reads it once (recipes/threads.py)
+
+_PARSED: Any = None
+if __name__ == "__main__":
+    # Parsed before torch and lightning load (seconds): a typo or --help answers at once.
+    from recipes.cli import parse_args
+
+    _PARSED = parse_args()
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
@@ -64,6 +73,7 @@ from recipes.preflight import (  # noqa: E402
     prepare_output_dir,
     resolve_resume,
     similarity_scores,
+    warn_oversubscribed,
 )
 
 
@@ -90,21 +100,21 @@ def _similarity_point(model: LanguageModel, dm: Any, given: Any) -> dict[str, An
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Run the recipe; returns the results dict on global rank 0 (``None`` on other ranks)."""
-    args = parse_args(argv)
+    args = _PARSED if argv is None and _PARSED is not None else parse_args(argv)
     try:
-        return run(args)
+        return run(args, sys.argv[1:] if argv is None else argv)
     except (UsageError, DataUnavailableError, CacheError) as error:
         usage_exit(error)
     return None
 
 
-def run(args: Any) -> dict[str, Any] | None:
+def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Check everything, train, evaluate, report; user mistakes raise before ``fit``."""
     rank, out_dir = _launch_rank(), Path(args.output_dir)
     prepare_output_dir(out_dir, args, rank)
     similarity = load_similarity(args.similarity)
     resume = resolve_resume(args, out_dir)
-    ckpt = read_checkpoint(resume) if resume is not None else None
+    ckpt = read_checkpoint(resume, "--resume") if resume is not None else None
     ranks_here = args.devices if isinstance(args.devices, int) else 1
     if args.accelerator == "cpu" or (args.accelerator == "auto" and not torch.cuda.is_available()):
         try:
@@ -113,6 +123,8 @@ def run(args: Any) -> dict[str, Any] | None:
             raise UsageError(str(error)) from None
         if rank == 0:
             print(threads.describe(), flush=True)
+    if rank == 0:
+        warn_oversubscribed(args, torch.get_num_threads())
     L.seed_everything(args.seed, workers=True, verbose=False)
 
     trainer, ours = build_trainer(args, out_dir, resuming=resume is not None, rank=rank)
@@ -142,7 +154,9 @@ def run(args: Any) -> dict[str, Any] | None:
             # state_dict; ours needs none: the data module's sampler skips the batches that the
             # checkpoint's progress counters say were trained (tests/distributed: bit-exact).
             warnings.filterwarnings("ignore", message=".*dataloader is\\s+not resumable")
-            trainer.fit(model, datamodule=dm, ckpt_path=resume)
+            trainer.fit(model, datamodule=dm, ckpt_path=resume, weights_only=True)
+        if ours["stop"].stopped_by is not None:
+            _interrupted(ours["stop"].stopped_by, trainer, out_dir, argv)
         train_loss = _last_train_loss(trainer)  # read before validate() clears callback_metrics
     val_ppl = (
         _epoch_end_val_ppl(ours["clock"].curve, trainer) if args.final_val_batches is None else None
@@ -165,6 +179,25 @@ def run(args: Any) -> dict[str, Any] | None:
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     _print_summary(results, out_dir / "results.json")
     return results
+
+
+def _interrupted(
+    signum: int, trainer: L.Trainer, out_dir: Path, argv: Sequence[str] | None
+) -> None:
+    """Training stopped for SIGINT/SIGTERM after saving last.ckpt: say how to continue, and exit
+    as a process killed by that signal would (128 + its number), without the final evaluation."""
+    if trainer.is_global_zero:
+        again = [a for a in (argv or []) if a not in ("--overwrite", "--no-overwrite")]
+        if "--resume" in again:  # a checkpoint it started from: continue from the new one
+            del again[again.index("--resume") : again.index("--resume") + 2]
+        command = shlex.join(["python", "recipes/lm.py", *again, "--resume", "last"])
+        print(
+            f"{signal.Signals(signum).name}: training stopped at step {trainer.global_step}; "
+            f"saved {out_dir / 'checkpoints' / 'last.ckpt'}. Continue with:\n  {command}",
+            file=sys.stderr,
+            flush=True,
+        )
+    raise SystemExit(128 + signum)
 
 
 def _results(

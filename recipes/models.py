@@ -28,9 +28,8 @@ from lm_heads._check import check_int
 from lm_heads.adaptive import AdaptiveSoftmaxHead
 from lm_heads.adaptive_input import AdaptiveInput
 from lm_heads.base import Head
-from lm_heads.tying import tie_weights as tie_head_weights
 
-__all__ = ["LSTMLM", "TransformerLM", "adaptive_input", "tie_head_weights"]
+__all__ = ["LSTMLM", "TransformerLM", "adaptive_input"]
 
 LSTMState = tuple[Tensor, Tensor]
 """``(h, c)``, each ``[num_layers, B, d_model]``, as ``nn.LSTM`` takes and returns it."""
@@ -38,6 +37,9 @@ LSTMState = tuple[Tensor, Tensor]
 
 class LSTMLM(nn.Module):
     """Embedding → dropout → LSTM → dropout (→ linear ``d → out_features``).
+
+    Under CPU autocast (``--precision bf16-mixed``) the LSTM itself runs in float32: oneDNN has
+    no bfloat16 LSTM primitive, and the recurrence is a small share of the work.
 
     Args:
         vocab_size: ``V``.
@@ -55,19 +57,15 @@ class LSTMLM(nn.Module):
         self,
         vocab_size: int,
         *,
-        embed_dim: int = 256,
-        d_model: int = 256,
-        num_layers: int = 1,
-        dropout: float = 0.2,
+        embed_dim: int,
+        d_model: int,
+        num_layers: int,
+        dropout: float,
         out_features: int | None = None,
         embedding: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        _check_sizes(vocab_size=vocab_size, embed_dim=embed_dim, d_model=d_model)
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        _check_backbone(vocab_size, embed_dim, d_model, num_layers, dropout)
         self.embedding = _input_layer(embedding, vocab_size, embed_dim)
         self.drop = nn.Dropout(dropout)
         self.rnn = nn.LSTM(
@@ -84,7 +82,12 @@ class LSTMLM(nn.Module):
 
     def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
         """``tokens [B, T]`` (and the previous window's state) → hidden ``[B, T, out]``, state."""
-        hidden, state = self.rnn(self.drop(self.embedding(tokens)), state)
+        inputs = self.drop(self.embedding(tokens))
+        if inputs.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                hidden, state = self.rnn(inputs.float(), _float(state))
+        else:
+            hidden, state = self.rnn(inputs, state)
         hidden = self.drop(hidden)
         return (self.proj(hidden) if self.proj is not None else hidden), state
 
@@ -109,26 +112,22 @@ class TransformerLM(nn.Module):
         self,
         vocab_size: int,
         *,
-        embed_dim: int = 256,
-        d_model: int = 256,
-        num_layers: int = 2,
-        num_heads: int = 4,
-        dropout: float = 0.1,
-        max_len: int = 512,
-        positions: str = "learned",
+        embed_dim: int,
+        d_model: int,
+        num_layers: int,
+        num_heads: int,
+        dropout: float,
+        max_len: int,
+        positions: str,
         out_features: int | None = None,
         embedding: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        _check_sizes(vocab_size=vocab_size, embed_dim=embed_dim, d_model=d_model)
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        _check_backbone(vocab_size, embed_dim, d_model, num_layers, dropout)
         if num_heads < 1 or d_model % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
         if positions not in ("learned", "sinusoidal"):
             raise ValueError(f"positions must be 'learned' or 'sinusoidal', got {positions!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.max_len = max_len
         self.embedding = _input_layer(embedding, vocab_size, embed_dim)
         if embedding is None:
@@ -212,6 +211,16 @@ def _input_layer(embedding: nn.Module | None, vocab_size: int, embed_dim: int) -
     return embedding
 
 
-def _check_sizes(**sizes: int) -> None:
-    for name, value in sizes.items():
+def _check_backbone(
+    vocab_size: int, embed_dim: int, d_model: int, num_layers: int, dropout: float
+) -> None:
+    """The arguments both backbones take."""
+    for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim),
+                        ("d_model", d_model), ("num_layers", num_layers)):  # fmt: skip
         check_int(name, value, minimum=1)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+
+
+def _float(state: LSTMState | None) -> LSTMState | None:
+    return None if state is None else (state[0].float(), state[1].float())

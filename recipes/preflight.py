@@ -26,7 +26,14 @@ from lm_heads.data import LMDataModule
 from lm_heads.similarity import find_simlex, load_pairs, pairs_name, word_similarity
 from recipes.checkpoint import CheckpointExtras, FitTimer
 from recipes.cli import UsageError, recorded_args
-from recipes.language_model import FinalCheckpoint, LanguageModel, SubsetValidation, TrainClock
+from recipes.language_model import (
+    FinalCheckpoint,
+    LanguageModel,
+    StopOnSignal,
+    SubsetValidation,
+    TrainClock,
+)
+from recipes.options import option_names
 from recipes.progress import LineProgress, RecipeProgressBar
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -43,6 +50,7 @@ def prepare_output_dir(out_dir: Path, args: Namespace, rank: int) -> None:
             f"--output-dir {out_dir} is a file; give a directory (it will hold checkpoints/, "
             "logs/ and results.json)"
         )
+    _check_writable(out_dir)
     earlier = [p for p in (out_dir / "checkpoints", out_dir / "results.json") if p.exists()]
     # Lightning itself resumes a SLURM-requeued job from its hpc_ckpt_*.ckpt (scripts/slurm_lm.sh).
     requeued = any(out_dir.glob("hpc_ckpt_*.ckpt"))
@@ -58,6 +66,22 @@ def prepare_output_dir(out_dir: Path, args: Namespace, rank: int) -> None:
     if rank == 0:
         for path in earlier:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _check_writable(out_dir: Path) -> None:
+    """The run must be able to create ``out_dir`` (or write in it): checked now, not at the first
+    checkpoint after the data has loaded."""
+    existing = out_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--output-dir {out_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "it" if existing == out_dir.absolute() else f"its parent {existing}"
+        raise UsageError(
+            f"--output-dir {out_dir}: {where} is not writable by this user; choose an "
+            "--output-dir in a folder you can write to (or fix its permissions)"
+        )
 
 
 def resolve_resume(args: Namespace, out_dir: Path) -> Path | None:
@@ -112,6 +136,25 @@ def _installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
+def warn_oversubscribed(args: Namespace, threads_per_rank: int) -> None:
+    """Warn when this machine's ranks run more threads than the CPUs this process may use:
+    they then take turns on the cores and each step gets slower, with no error."""
+    if args.accelerator not in ("cpu", "auto") or torch.cuda.is_available():
+        return
+    ranks = args.devices if isinstance(args.devices, int) else 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
+    if ranks * threads_per_rank > cpus:
+        print(
+            f"recipes/lm.py: warning: {ranks} rank(s) x {threads_per_rank} thread(s) need "
+            f"{ranks * threads_per_rank} CPUs, but this process may use {cpus} "
+            "(os.sched_getaffinity): the ranks will slow each other down; use --devices "
+            f"{max(1, cpus // threads_per_rank)} or fewer (or fewer --threads)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _strategy(args: Namespace) -> Any:
     from lightning.pytorch.strategies import DDPStrategy
 
@@ -136,6 +179,7 @@ def build_trainer(
         "clock": TrainClock(args.max_time),
         "timer": FitTimer(),
         "extras": CheckpointExtras(recorded_args(args)),
+        "stop": StopOnSignal(),
     }
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
@@ -151,6 +195,7 @@ def build_trainer(
         ours["timer"],
         ours["extras"],
         checkpoint,
+        ours["stop"],  # before FinalCheckpoint, which saves last.ckpt when it stops training
         FinalCheckpoint(out_dir / "checkpoints" / "last.ckpt", args.checkpoint_every),
     ]
     if args.curve_every is not None:
@@ -160,6 +205,7 @@ def build_trainer(
     else:
         callbacks.append(LineProgress(args.log_every, ours["clock"]))
     limits = {f"limit_{k}_batches": args[f"limit_{k}_batches"] for k in ("train", "val", "test")}
+    loggers = build_loggers(args.logger, out_dir)  # its UsageError is not a hardware problem
     try:
         trainer = L.Trainer(
             accelerator=args.accelerator,
@@ -173,7 +219,7 @@ def build_trainer(
             val_check_interval=1.0,
             check_val_every_n_epoch=1,
             gradient_clip_val=args.grad_clip or None,
-            logger=build_loggers(args.logger, out_dir),
+            logger=loggers,
             callbacks=callbacks,
             default_root_dir=out_dir,
             log_every_n_steps=args.log_every,
@@ -221,7 +267,32 @@ def build_data(args: Namespace, world_size: int) -> LMDataModule:
                 f"so add a {split} file (e.g. {split}.txt) to the data directory"
             )
     check_lengths(dm, world_size)
+    check_vocabulary(dm, args.min_count)
     return dm
+
+
+def check_vocabulary(dm: LMDataModule, min_count: int) -> None:
+    """Refuse a vocabulary of nothing but ``<unk>`` and ``<eos>`` (its perplexity of ~1.3 means
+    nothing), and warn when most of the text became ``<unk>``."""
+    vocab = dm.vocab
+    words = len(vocab) - 2
+    counts = torch.as_tensor(vocab.counts, dtype=torch.float64)
+    unk_share = float(counts[vocab.unk_id] / counts.sum().clamp_min(1))
+    advice = f"lower --min-count (now {min_count})" if min_count > 1 else "check the data"
+    if words < 1:
+        raise UsageError(
+            f"the vocabulary of {dm.description} holds no word besides <unk> and <eos> "
+            f"(--min-count {min_count}): every word became <unk>, and a perplexity over two "
+            f"symbols says nothing; {advice}"
+        )
+    if unk_share > 0.25:
+        print(
+            f"recipes/lm.py: warning: {unk_share:.0%} of the training tokens are <unk> (the "
+            f"vocabulary keeps {words:,} words at --min-count {min_count}): perplexity is low "
+            f"because <unk> is easy to predict, not because the model is good; {advice}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def check_lengths(dm: LMDataModule, world_size: int) -> None:
@@ -248,31 +319,14 @@ def check_lengths(dm: LMDataModule, world_size: int) -> None:
 
 def build_model(args: Namespace, dm: LMDataModule) -> LanguageModel:
     """The model; a head or backbone that rejects its options is a :class:`UsageError`."""
-    options = {
-        "head": args.head,
-        "head_options": args.head_options,
-        "model": args.model,
-        "embed_dim": args.embed_dim,
-        "d_model": args.d_model,
-        "num_layers": args.num_layers,
-        "num_heads": args.num_heads,
-        "positions": args.positions,
-        "dropout": args.dropout,
-        "max_len": max(512, args.bptt),
-        "tie_weights": args.tie_weights,
-        "optimizer": args.optimizer,
-        "lr": args.lr,
-        "weight_decay": args.weight_decay,
-        "lr_schedule": args.lr_schedule,
-        "warmup_steps": args.warmup_steps,
-        "lr_decay": args.lr_decay,
-        "lr_patience": args.lr_patience,
-        "carry_state": args.carry_state,
-        "input_layer": args.input_layer,
-        "compile": args.compile,
-    }
+    model_options = {name: args[name] for name in option_names()}
     try:
-        return LanguageModel(vocab_size=dm.vocab_size, counts=torch.as_tensor(dm.counts), **options)
+        return LanguageModel(
+            vocab_size=dm.vocab_size,
+            counts=torch.as_tensor(dm.counts),
+            max_len=max(512, args.bptt),
+            **model_options,
+        )
     except (ValueError, TypeError) as error:
         raise UsageError(
             f"cannot build the model: {error} (--head {args.head}, head options "

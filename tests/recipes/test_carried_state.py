@@ -1,18 +1,13 @@
-"""Truncated BPTT with carried state, and the plateau learning-rate annealing (issue 10)."""
+"""Truncated BPTT with carried state, and the plateau learning-rate annealing."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from recipe_helpers import TINY
 
 from recipes.language_model import LanguageModel
 from recipes.models import LSTMLM
-
-TINY = [
-    "--data", "synthetic", "--synthetic-vocab-size", "60", "--synthetic-tokens", "4000",
-    "--batch-size", "4", "--bptt", "8", "--embed-dim", "16", "--d-model", "16",
-    "--no-progress-bar", "--threads", "1", "--accelerator", "cpu", "--head", "adaptive",
-]  # fmt: skip
 
 
 def test_two_windows_with_carried_state_equal_one_window_over_both() -> None:
@@ -78,7 +73,7 @@ def test_plateau_rejects_warmup_and_a_decay_that_does_not_decay() -> None:
 
 
 def _fit(lm, tmp_path, name: str, *extra: str) -> dict:
-    return lm.main([*TINY, "--cache-dir", str(tmp_path / "cache"),
+    return lm.main([*TINY, "--head", "adaptive", "--cache-dir", str(tmp_path / "cache"),
                     "--output-dir", str(tmp_path / name), *extra])  # fmt: skip
 
 

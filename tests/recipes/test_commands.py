@@ -102,7 +102,7 @@ def test_evaluate_decomposes_the_nll_on_the_heads_clusters(evaluate, trained, tm
     [
         (["--text", "nowhere.txt"], "does not exist"),
         (["--text", "."], "without any"),
-        (["--text", "t.txt", "--checkpoint", "t.txt"], "cannot read checkpoint"),
+        (["--text", "t.txt", "--checkpoint", "t.txt"], "is a text file, not a checkpoint"),
         (["--text", "t.txt", "--accelerator", "nope"], "--accelerator nope"),
     ],
 )

@@ -4,12 +4,16 @@ results.json as a config, help text, and clear errors for bad options."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from lm_heads import HEADS, head_options
+from recipes.options import option_names, resolve
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "recipes" / "configs").glob("*.yaml"))
@@ -80,7 +84,7 @@ def test_old_option_names_keep_working(cli) -> None:
     assert args.devices == "auto"
     assert cli.parse_args(["--logger", "csv"]).logger == ["csv"]
     assert cli.parse_args(["--logger", "[csv, mlflow]"]).logger == ["csv", "mlflow"]
-    # The lead's options: accepted with these names and defaults.
+    # Options added since: accepted with these names and defaults.
     new = cli.parse_args(["--no-carry-state", "--lr-schedule", "cosine", "--lr-decay", "2",
                           "--lr-patience", "1", "--eval-batch-size", "5", "--input", "adaptive",
                           "--compile"])  # fmt: skip
@@ -94,11 +98,35 @@ def test_old_option_names_keep_working(cli) -> None:
         False,
         10,
     )
-    # The default run is pytorch/examples' WikiText-2 configuration for 2 epochs (issue 10).
-    reference = (default.embed_dim, default.d_model, default.num_layers, default.optimizer,
-                 default.lr, default.lr_schedule, default.grad_clip, default.batch_size,
+    # The default run is pytorch/examples' WikiText-2 configuration for 2 epochs; the optimizer
+    # and lr are the LSTM's when not given (they depend on the backbone).
+    model = resolve({name: default[name] for name in option_names()})
+    reference = (default.embed_dim, default.d_model, default.num_layers, model["optimizer"],
+                 model["lr"], default.lr_schedule, default.grad_clip, default.batch_size,
                  default.bptt, default.max_steps, default.max_epochs)  # fmt: skip
     assert reference == (200, 200, 2, "sgd", 20.0, "plateau", 0.25, 20, 35, -1, 2)
+
+
+def test_underscore_spelling_is_accepted(cli) -> None:
+    # As generate.py and evaluate.py accept both (jsonargparse names options with underscores).
+    args = cli.parse_args(["--max_steps", "7", "--embed_dim=16", "--head-option", "cutoffs=[5]"])
+    assert (args.max_steps, args.embed_dim) == (7, 16)
+
+
+def test_a_mistake_is_reported_before_torch_loads(repo) -> None:
+    # Every command used to spend ~8 s importing torch and lightning before it read its options.
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['recipes/lm.py', '--bogus']\n"
+        "try:\n"
+        "    runpy.run_path('recipes/lm.py', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    print(exit.code, 'torch' in sys.modules, 'lightning' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(repo)})  # fmt: skip
+    assert done.stdout.split() == ["2", "False", "False"], done.stdout + done.stderr
+    assert "unrecognized arguments: --bogus" in done.stderr
 
 
 def test_print_config_round_trips(cli, tmp_path, capsys) -> None:
@@ -173,7 +201,8 @@ def test_malformed_config_is_a_clear_error(cli, tmp_path, capsys, text: str, mes
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--head", "nope"], 'key "head"'),
+        (["--head", "nope"], "--head 'nope' is not a head; the heads are: adaptive"),
+        (["--weight-decay", "-1"], 'key "weight_decay"'),
         (["--head-option", "cutoffs"], "expected KEY=VALUE"),
         (["--dropout", "1.5"], 'key "dropout"'),
         (["--eval-only"], "--eval-only needs --resume"),
@@ -254,3 +283,69 @@ OLD_OPTIONS = [
 def test_every_earlier_option_name_is_kept(cli) -> None:
     names = {name for action in cli.build_parser()._actions for name in action.option_strings}
     assert set(OLD_OPTIONS) <= names
+
+
+# ------------------------------------------------------------------------------------------------
+# What each shipped config means once the recipe has built it, not only that it parses: the
+# reference config once held `val_check_interval: 1.0`, read as the integer 1 (a validation
+# after every batch), and the Transformer trained with the LSTM's SGD at lr 20 (diverged).
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_means_what_it_says(cli, path: Path, tmp_path) -> None:
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from recipes.language_model import LanguageModel, SubsetValidation
+    from recipes.options import option_names
+    from recipes.preflight import build_trainer
+
+    args = cli.parse_args(["--config", str(path), "--accelerator", "cpu"])
+    given = {**cli.parse_args([]), **yaml.safe_load(path.read_text())}  # what the file says
+    trainer, _ = build_trainer(args, tmp_path, resuming=False, rank=0)
+    # The whole validation split once per epoch end, nothing in between.
+    assert trainer.val_check_interval == 1.0 and isinstance(trainer.val_check_interval, float)
+    assert trainer.check_val_every_n_epoch == 1
+    assert trainer.max_steps == given["max_steps"]
+    if given["max_steps"] > 0:  # steps set the length: the default --max-epochs 2 must not cut it
+        assert trainer.max_epochs == -1
+    else:
+        assert trainer.max_epochs == given["max_epochs"] >= 1
+    assert trainer.gradient_clip_val == (given["grad_clip"] or None)
+    assert trainer.precision == given["precision"]
+    assert trainer.limit_val_batches == (given["limit_val_batches"] or 1.0)
+    saver = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
+    assert saver._every_n_train_steps == given["checkpoint_every"]
+    # Curve points are occasional (never a validation per step), on the configured batches.
+    subset = [c for c in trainer.callbacks if isinstance(c, SubsetValidation)]
+    if given["curve_every"] is not None:
+        assert [(c.every, c.batches) for c in subset] == [
+            (given["curve_every"], given["curve_batches"])]  # fmt: skip
+        assert given["curve_every"] >= 100
+    else:
+        assert subset == []
+
+    # The optimizer and schedule the model builds (sizes shrunk: they do not change either).
+    options = {name: args[name] for name in option_names()}
+    options |= {"embed_dim": 8, "d_model": 8, "num_heads": 2}
+    if options["input_layer"] == "adaptive" or options["head"] == "adaptive":
+        options["head_options"] = {k: v for k, v in options["head_options"].items()
+                                   if k != "cutoffs"} | {"cutoffs": [10]}  # fmt: skip
+    model = LanguageModel(vocab_size=50, counts=torch.arange(50, 0, -1), **options)
+    model.trainer = trainer
+    config = model.configure_optimizers()
+    optimizer = config["optimizer"] if isinstance(config, dict) else config
+    expected = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    assert type(optimizer) is expected[given["optimizer"]]
+    assert optimizer.defaults["lr"] == pytest.approx(given["lr"])  # before any warm-up factor
+    assert optimizer.param_groups[0]["weight_decay"] == given["weight_decay"]
+    if given["model"] == "transformer" or given["optimizer"] != "sgd":
+        assert given["lr"] <= 0.01  # SGD's lr 20 made the Transformer diverge
+    schedule = config.get("lr_scheduler") if isinstance(config, dict) else None
+    if given["lr_schedule"] == "plateau":
+        assert schedule["monitor"] == "val_ppl" and schedule["interval"] == "epoch"
+        assert schedule["scheduler"].factor == pytest.approx(1 / given["lr_decay"])
+    else:  # cosine with warm-up, per step: rises to lr, then decays to 0 at max_steps
+        scheduler, warmup = schedule["scheduler"], given["warmup_steps"]
+        assert schedule["interval"] == "step"
+        factor = scheduler.lr_lambdas[0]
+        assert factor(0) == pytest.approx(1 / warmup) and factor(warmup) == pytest.approx(1.0)
+        assert factor(given["max_steps"]) == pytest.approx(0.0, abs=1e-9)

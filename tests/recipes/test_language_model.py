@@ -7,10 +7,21 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from conftest import load_recipe
+from recipe_helpers import load_recipe
 from torch.utils.data import DataLoader, TensorDataset
 
 VOCAB = 50
+
+
+def _fit(model, tmp_path, tokens: torch.Tensor) -> L.Trainer:
+    """Two optimizer steps on ``tokens [N, 2, T]`` (inputs, targets)."""
+    data = DataLoader(TensorDataset(tokens[:, 0], tokens[:, 1]), batch_size=4)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, data)
+    return trainer
 
 
 @pytest.mark.parametrize(
@@ -23,15 +34,10 @@ def test_load_from_checkpoint_needs_no_counts(head: str, tie: bool, tmp_path) ->
     options = {"num_samples": 8} if head == "importance" else {}
     model = language_model.LanguageModel(
         vocab_size=VOCAB, counts=counts, head=head, head_options=options, embed_dim=8,
-        d_model=12, dropout=0.0, tie_weights=tie,
+        d_model=12, dropout=0.0, tie_weights=tie, lr_schedule="constant",
     )  # fmt: skip
     tokens = torch.randint(0, VOCAB, (8, 2, 6))
-    data = DataLoader(TensorDataset(tokens[:, 0], tokens[:, 1]), batch_size=4)
-    trainer = L.Trainer(
-        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
-    trainer.fit(model, data)
+    trainer = _fit(model, tmp_path, tokens)
     trainer.save_checkpoint(tmp_path / "lm.ckpt")
     restored = language_model.LanguageModel.load_from_checkpoint(tmp_path / "lm.ckpt")
     if tie:
@@ -51,18 +57,75 @@ def test_recipe_model_trains_compiled_and_saves_eager_names(tmp_path) -> None:
     model = language_model.LanguageModel(
         vocab_size=VOCAB, counts=torch.arange(VOCAB, 0, -1), head="adaptive",
         head_options={"cutoffs": [20]}, embed_dim=8, d_model=12, dropout=0.0, compile=True,
+        lr_schedule="constant",
     )  # fmt: skip
     eager_keys = set(model.state_dict())
-    tokens = torch.randint(0, VOCAB, (8, 2, 6))
-    data = DataLoader(TensorDataset(tokens[:, 0], tokens[:, 1]), batch_size=4)
-    trainer = L.Trainer(
-        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(model, data)
+        trainer = _fit(model, tmp_path, torch.randint(0, VOCAB, (8, 2, 6)))
     assert torch.isfinite(trainer.callback_metrics["train_loss"])
     assert model.backbone._compiled_call_impl is not None  # Module.compile() ran at fit start
     assert model.head._compiled_call_impl is not None
     assert set(model.state_dict()) == eager_keys  # compiled in place: checkpoints unchanged
+
+
+@pytest.mark.parametrize(
+    ("stage", "hook"), [("val", "on_validation_epoch_start"), ("test", "on_test_epoch_start")]
+)
+def test_evaluation_epoch_start_resets_the_mixins_metric(stage: str, hook: str) -> None:
+    # The recipe's hooks once overrode the mixin's without super(): an evaluation epoch then
+    # started with the previous pass's sums still in the metric.
+    language_model = load_recipe("language_model")
+    model = language_model.LanguageModel(vocab_size=VOCAB, head="full", embed_dim=8, d_model=8)
+    tokens = torch.randint(0, VOCAB, (2, 6))
+    model.head_evaluation_step(model(tokens)[0], tokens, stage=stage)  # by hand: accumulates
+    metric = getattr(model, f"{stage}_ppl")
+    assert int(metric.num_tokens) == 12
+    getattr(model, hook)()
+    assert int(metric.num_tokens) == 0 and float(metric.nll_sum) == 0.0
+    assert model._carried[stage] is None
+
+
+def test_optimizer_and_lr_follow_the_backbone_unless_given() -> None:
+    # SGD at lr 20 (pytorch/examples' LSTM) made the Transformer diverge: val ppl 4.7e6.
+    language_model = load_recipe("language_model")
+
+    def optimizer(**options):
+        model = language_model.LanguageModel(
+            vocab_size=VOCAB, embed_dim=8, d_model=8, num_heads=2, lr_schedule="constant", **options
+        )
+        opt = model.configure_optimizers()
+        return type(opt).__name__, opt.param_groups[0]["lr"], model.hparams.optimizer
+
+    assert optimizer(model="lstm") == ("SGD", 20.0, "sgd")
+    assert optimizer(model="transformer") == ("AdamW", 1e-3, "adamw")
+    assert optimizer(model="transformer", optimizer="sgd", lr=0.5) == ("SGD", 0.5, "sgd")
+    assert optimizer(model="lstm", optimizer="adam") == ("Adam", 1e-3, "adam")
+
+
+def test_one_set_of_defaults() -> None:
+    # LanguageModel() once defaulted to 128/256/1 layer/Adam 2e-3 while the command line said
+    # 200/200/2 layers/SGD 20: the command line's defaults are now the model's.
+    from recipes.cli import parse_args
+    from recipes.options import option_names
+
+    language_model = load_recipe("language_model")
+    args = parse_args([])
+    model = language_model.LanguageModel(vocab_size=VOCAB)
+    given = language_model.LanguageModel(vocab_size=VOCAB, **{k: args[k] for k in option_names()})
+    assert dict(model.hparams) == dict(given.hparams)
+    hp = model.hparams
+    assert (hp.embed_dim, hp.d_model, hp.num_layers) == (200, 200, 2)
+    with pytest.raises(TypeError, match=r"unknown model option\(s\) \['embed_size'\]"):
+        language_model.LanguageModel(vocab_size=VOCAB, embed_size=8)
+
+
+def test_lstm_recurrence_runs_in_float32_under_cpu_autocast() -> None:
+    from recipes.models import LSTMLM
+
+    model = LSTMLM(30, embed_dim=8, d_model=8, num_layers=2, dropout=0.0)
+    tokens = torch.randint(0, 30, (2, 5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden, state = model(tokens)
+        carried, _ = model(tokens, state)
+    assert hidden.dtype == carried.dtype == state[0].dtype == torch.float32

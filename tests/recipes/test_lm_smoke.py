@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 from recipe_helpers import TINY  # noqa: F401 - other test modules import it from here
 
 from lm_heads import build_head
-from recipes.models import LSTMLM, TransformerLM, tie_head_weights
+from lm_heads.tying import tie_weights as tie_head_weights
+from recipes.models import LSTMLM, TransformerLM
 
 
 def test_recipe_trains_evaluates_and_reports(lm, tiny_args, tmp_path, capsys) -> None:
@@ -170,11 +172,11 @@ def test_lstm_shapes_and_projection() -> None:
     hidden, (h, c) = model(torch.randint(0, 30, (3, 5)))
     assert hidden.shape == (3, 5, 8) and h.shape == c.shape == (2, 3, 12)
     with pytest.raises(ValueError, match="dropout"):
-        LSTMLM(30, dropout=1.0)
+        LSTMLM(30, embed_dim=8, d_model=8, num_layers=1, dropout=1.0)
 
 
 def test_tie_weights_shares_the_parameter() -> None:
-    model = LSTMLM(40, embed_dim=8, d_model=12, dropout=0.0, out_features=8)
+    model = LSTMLM(40, embed_dim=8, d_model=12, num_layers=1, dropout=0.0, out_features=8)
     head = build_head("full", 8, 40)
     name = tie_head_weights(model.embedding, head)
     assert head.get_parameter(name) is model.embedding.weight
@@ -192,3 +194,13 @@ def test_tie_weights_refuses_clearly() -> None:
         tie_head_weights(embedding, build_head("adaptive", 8, 40, counts=counts, cutoffs=[10]))
     with pytest.raises(ValueError, match="must project"):
         tie_head_weights(embedding, build_head("full", 12, 40))
+
+
+def test_no_weights_only_notice(lm, tiny_args, caplog, capsys) -> None:
+    # Every run printed "`weights_only` was not set, defaulting to `False`" (Lightning, when the
+    # final last.ckpt was saved without saying), against the README's weights_only=True loading.
+    caplog.set_level(logging.INFO)
+    lm.main([*tiny_args, "--max-steps", "3"])
+    lm.main([*tiny_args, "--max-steps", "4", "--resume", "last"])
+    captured = capsys.readouterr()
+    assert "was not set, defaulting" not in caplog.text + captured.out + captured.err

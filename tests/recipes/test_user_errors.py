@@ -1,16 +1,17 @@
-"""Issue 8 §2: every user mistake exits with status 2 and one paragraph, before training starts;
+"""Every user mistake exits with status 2 and one paragraph, before training starts;
 no work is lost (one last.ckpt, no silent overwrite, whole-run time, exact resume, clean cache)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from recipe_helpers import write_corpus
+from recipe_helpers import load_recipe, write_corpus
 
 from lm_heads.data import LMDataModule
 
@@ -95,8 +96,21 @@ def test_corrupt_checkpoint(lm, tiny_args, tmp_path, capsys, trained) -> None:
     cut.write_bytes(trained.read_bytes()[:5000])  # as after a kill or a full disk
     _fails(lm, [*tiny_args, "--resume", str(cut)], capsys, "cannot read checkpoint", "damaged")
     (tmp_path / "text.ckpt").write_text("hello")
-    _fails(lm, [*tiny_args, "--resume", str(tmp_path / "text.ckpt")], capsys, "cannot read")
+    _fails(lm, [*tiny_args, "--resume", str(tmp_path / "text.ckpt")], capsys, "is a text file")
     _not_trained(tmp_path / "run")
+
+
+def test_results_json_given_as_a_checkpoint(lm, tiny_args, tmp_path, capsys, trained) -> None:
+    # It was called "damaged (e.g. cut short by a full disk)".
+    results = trained.parent.parent / "results.json"
+    line = _fails(lm, [*tiny_args, "--resume", str(results)], capsys, "is a JSON file",
+                  "results.json", "checkpoints/")  # fmt: skip
+    assert "damaged" not in line
+    generate = load_recipe("generate")
+    with pytest.raises(SystemExit):
+        generate.main(["--checkpoint", str(results)])
+    err = capsys.readouterr().err
+    assert "is a JSON file" in err and "--resume" not in err  # generate.py has no --resume
 
 
 def test_other_heads_checkpoint(lm, tiny_args, capsys, trained) -> None:
@@ -220,3 +234,84 @@ def test_output_dir_rules_on_every_rank(tmp_path) -> None:
     (out / "hpc_ckpt_1.ckpt").unlink()
     prepare_output_dir(out, overwrite, rank=0)
     assert not (out / "results.json").exists() and not (out / "checkpoints").exists()
+
+
+# 11. Mistakes that used to surface as a traceback after the data had loaded.
+def test_negative_weight_decay(lm, tiny_args, tmp_path, capsys) -> None:
+    _fails(lm, [*tiny_args, "--weight-decay", "-1"], capsys, "weight_decay")
+    _not_trained(tmp_path / "run")
+
+
+def test_output_dir_in_a_read_only_folder(lm, tiny_args, tmp_path, capsys, monkeypatch) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere but on a read-only file system: pretend one
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and Path(p) != locked)
+    try:
+        argv = [*tiny_args, "--output-dir", str(locked / "run" / "deeper")]
+        _fails(lm, argv, capsys, f"its parent {locked} is not writable")
+    finally:
+        locked.chmod(0o755)
+    assert not (locked / "run").exists()
+
+
+def test_a_vocabulary_of_only_unk_and_eos_is_refused(lm, tiny_args, tmp_path, capsys) -> None:
+    # --min-count 1000000 left V = 2 and reported "val ppl 1.30" without a word of warning.
+    argv = [*tiny_args, "--data", str(write_corpus(tmp_path / "corpus")), "--max-steps", "1"]
+    _fails(lm, [*argv, "--min-count", "1000000"], capsys, "no word besides <unk> and <eos>",
+           "lower --min-count")  # fmt: skip
+    _not_trained(tmp_path / "run")
+
+
+def test_a_vocabulary_of_mostly_unk_is_warned_about(lm, tiny_args, tmp_path, capsys) -> None:
+    corpus = write_corpus(tmp_path / "corpus")  # 40 words, each about 75 times in train
+    results = lm.main([*tiny_args, "--data", str(corpus), "--min-count", "76", "--max-steps", "1"])
+    err = capsys.readouterr().err
+    assert "warning:" in err and "of the training tokens are <unk>" in err, err
+    assert results["vocab_size"] > 2
+
+
+def test_missing_logger_package_is_not_called_a_hardware_problem(lm, tiny_args, capsys,
+                                                                monkeypatch) -> None:  # fmt: skip
+    from recipes import preflight
+
+    monkeypatch.setattr(preflight, "_installed", lambda package: package != "tensorboard")
+    line = _fails(lm, [*tiny_args, "--logger", "[tensorboard]"], capsys, "needs the package(s)")
+    assert "hardware" not in line
+
+
+def test_more_ranks_times_threads_than_cpus_is_warned_about(capsys, monkeypatch) -> None:
+    from recipes.cli import parse_args
+    from recipes.preflight import warn_oversubscribed
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    warn_oversubscribed(parse_args(["--devices", "3", "--accelerator", "cpu"]), 1)
+    err = capsys.readouterr().err
+    assert "3 rank(s) x 1 thread(s) need 3 CPUs, but this process may use 2" in err
+    assert "--devices 2 or fewer" in err
+    warn_oversubscribed(parse_args(["--devices", "2", "--accelerator", "cpu"]), 1)
+    assert capsys.readouterr().err == ""
+
+
+def test_bf16_mixed_lstm_run_on_cpu(lm, tiny_args, monkeypatch) -> None:
+    # It crashed after startup in _VF.lstm on CPUs whose oneDNN has no bfloat16 LSTM primitive;
+    # this one has it, so the LSTM kernel is made to fail as it does there.
+    from torch.nn.modules import rnn
+
+    real = rnn._VF
+
+    class NoBfloat16Lstm:
+        def __getattr__(self, name: str):
+            return getattr(real, name)
+
+        def lstm(self, inputs, *args, **kwargs):
+            if inputs.dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu"):
+                raise RuntimeError("could not create a primitive descriptor for the LSTM forward "
+                                   "propagation primitive")  # fmt: skip
+            return real.lstm(inputs, *args, **kwargs)
+
+    monkeypatch.setattr(rnn, "_VF", NoBfloat16Lstm())
+    results = lm.main([*tiny_args, "--precision", "bf16-mixed", "--max-steps", "2"])
+    assert math.isfinite(results["val_ppl"]) and math.isfinite(results["test_ppl"])
