@@ -6,7 +6,8 @@ dm.prepare_data(); dm.setup("fit")
 print(dm.description, dm.vocab_size)
 """
 
-from lm_heads.data.cache import CacheError, TokenCache
+from lm_heads.data.cache import CacheError, CacheLockTimeout, TokenCache
+from lm_heads.data.corpus import SentenceCorpus, write_corpus
 from lm_heads.data.datamodule import IGNORE_INDEX, BatchOrderSampler, LMDataModule, StreamBatches
 from lm_heads.data.sources import (
     DataUnavailableError,
@@ -25,10 +26,12 @@ __all__ = [
     "UNK",
     "BatchOrderSampler",
     "CacheError",
+    "CacheLockTimeout",
     "DataUnavailableError",
     "HubTextSource",
     "LMDataModule",
     "LocalTextSource",
+    "SentenceCorpus",
     "StreamBatches",
     "SyntheticLanguage",
     "TextSource",
@@ -36,4 +39,5 @@ __all__ = [
     "Vocabulary",
     "find_local",
     "hub_reachable",
+    "write_corpus",
 ]
