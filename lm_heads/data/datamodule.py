@@ -183,7 +183,8 @@ class LMDataModule(L.LightningDataModule):
     Args:
         data: ``"auto"`` (WikiText-2 if a local copy or the Hub has it, else the synthetic
             language), ``"synthetic"``, ``"wikitext-2"``, ``"wikitext-103"``, ``"lm1b"`` (local
-            copy first, then the Hub), or a path to a folder with train/valid/test text files.
+            copy first, then the Hub), or a path to a folder with train/valid/test text files
+            (a split may be sharded: a ``train/`` folder of files, as One Billion Word).
         batch_size: streams per rank (the global batch is ``batch_size * world_size``).
         bptt: tokens per stream per batch.
         eval_batch_size: validation/test streams in all, split across ranks (default

@@ -117,9 +117,9 @@ def test_build_lock_is_exclusive_and_released(tmp_path):
     with cache.build_lock(timeout=1.0) as mine:
         assert mine and cache.lock_path.is_file()
         waited = []
+        second = cache.build_lock(timeout=0.2, poll=0.05, on_wait=waited.append)
         with pytest.raises(CacheLockTimeout, match=r"waited 0s for the cache entry .* lock file"):
-            with cache.build_lock(timeout=0.2, poll=0.05, on_wait=waited.append):
-                pass
+            second.__enter__()
         assert waited and "to build" in waited[0]
     assert not cache.lock_path.exists()
 
