@@ -15,7 +15,8 @@ except ImportError as _error:
         "pip install 'lm-heads[data]'"
     ) from _error
 
-from lm_heads.data.cache import CacheError, TokenCache
+from lm_heads.data.cache import CacheError, CacheLockTimeout, TokenCache
+from lm_heads.data.corpus import SentenceCorpus, write_corpus
 from lm_heads.data.datamodule import IGNORE_INDEX, BatchOrderSampler, LMDataModule, StreamBatches
 from lm_heads.data.sources import (
     DataUnavailableError,
@@ -35,11 +36,13 @@ __all__ = [
     "UNK",
     "BatchOrderSampler",
     "CacheError",
+    "CacheLockTimeout",
     "DataUnavailableError",
     "HubTextSource",
     "LMDataModule",
     "LocalTextSource",
     "MissingExtraError",
+    "SentenceCorpus",
     "StreamBatches",
     "SyntheticLanguage",
     "TextSource",
@@ -47,4 +50,5 @@ __all__ = [
     "Vocabulary",
     "find_local",
     "hub_reachable",
+    "write_corpus",
 ]

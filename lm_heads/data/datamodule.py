@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lm_heads.data import build
 from lm_heads.data.cache import CacheError, TokenCache
 from lm_heads.data.sources import (
     HUB_DATASETS,
@@ -57,6 +58,12 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 DATA_CHOICES = ("auto", "synthetic", *HUB_DATASETS)
+
+
+def _reported(chunks: Iterator[np.ndarray], progress: build.Progress) -> Iterator[np.ndarray]:
+    for chunk in chunks:
+        progress.update(int(chunk.size))
+        yield chunk
 
 
 class StreamBatches(Dataset):
@@ -176,7 +183,8 @@ class LMDataModule(L.LightningDataModule):
     Args:
         data: ``"auto"`` (WikiText-2 if a local copy or the Hub has it, else the synthetic
             language), ``"synthetic"``, ``"wikitext-2"``, ``"wikitext-103"``, ``"lm1b"`` (local
-            copy first, then the Hub), or a path to a folder with train/valid/test text files.
+            copy first, then the Hub), or a path to a folder with train/valid/test text files
+            (a split may be sharded: a ``train/`` folder of files, as One Billion Word).
         batch_size: streams per rank (the global batch is ``batch_size * world_size``).
         bptt: tokens per stream per batch.
         eval_batch_size: validation/test streams in all, split across ranks (default
@@ -190,6 +198,11 @@ class LMDataModule(L.LightningDataModule):
         shuffle: permute training batches per epoch (breaks recurrent state carry-over).
         num_workers: DataLoader workers (batches are cheap slices of a memmap: 0 is fine).
         encoding: text encoding of local data files (an undecodable line is an error).
+        build_workers: processes that count and encode the files (shards) of a local corpus
+            when the cache is built (default: one per usable core, at most one per file).
+        progress: print the build's progress (tokens/s, ETA) to stderr.
+        lock_timeout: longest wait, in seconds, for another process (rank, node) that is
+            building the same cache entry (default ``$LM_HEADS_CACHE_LOCK_TIMEOUT`` or 4 h).
     """
 
     def __init__(
@@ -209,8 +222,16 @@ class LMDataModule(L.LightningDataModule):
         shuffle: bool = False,
         num_workers: int = 0,
         encoding: str = "utf-8",
+        build_workers: int | None = None,
+        progress: bool = True,
+        lock_timeout: float | None = None,
     ) -> None:
         super().__init__()
+        workers = build_workers
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
+            raise ValueError(f"build_workers must be None or a positive int, got {workers!r}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"build_workers must be None or a positive int, got {build_workers!r}")
         for name, value in (("batch_size", batch_size), ("bptt", bptt)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -232,6 +253,9 @@ class LMDataModule(L.LightningDataModule):
         self.shuffle = shuffle
         self.num_workers = num_workers
         self.encoding = encoding
+        self.build_workers = build_workers
+        self.progress = progress
+        self.lock_timeout = lock_timeout
 
         self.description: str = ""
         self.source: TextSource | None = None
@@ -361,16 +385,49 @@ class LMDataModule(L.LightningDataModule):
         source = self.source
         assert source is not None
         log.info("building vocabulary and token cache for %s in %s", source.description, cache.path)
+        if isinstance(source, LocalTextSource):
+            self._build_local(source, cache)
+            return
+        progress = build.Progress("vocabulary", enabled=self.progress, unit="lines")
         vocab = Vocabulary.build(
-            source.lines("train"), min_count=self.min_count, max_size=self.max_size
+            build.report_lines(source.lines("train"), progress),
+            min_count=self.min_count,
+            max_size=self.max_size,
         )
+        progress.close()
         cache.write_vocab(vocab)
         lengths = {}
+        progress = build.Progress("token cache", enabled=self.progress)
         for split in ("train", "valid", "test"):
             if source.has_split(split):
                 chunks = vocab.encode_chunks(source.lines(split))
-                lengths[split] = cache.write_split(split, chunks, vocab.dtype)
+                lengths[split] = cache.write_split(split, _reported(chunks, progress), vocab.dtype)
+        progress.close()
         cache.finish(lengths, {"description": source.description})
+
+    def _build_local(self, source: LocalTextSource, cache: TokenCache) -> None:
+        """Block-wise reading, shards in parallel (:mod:`lm_heads.data.build`)."""
+        splits = [s for s in ("train", "valid", "test") if source.has_split(s)]
+        files = {split: source.split_files(split) for split in splits}
+        size = {split: sum(f.stat().st_size for f in files[split]) for split in splits}
+        workers = self.build_workers or build.default_workers(len(files["train"]))
+        progress = build.Progress("vocabulary", size["train"], enabled=self.progress)
+        vocab = build.build_vocabulary(
+            files["train"], source.encoding, min_count=self.min_count, max_size=self.max_size,
+            workers=workers, progress=progress,
+        )  # fmt: skip
+        progress.close()
+        cache.write_vocab(vocab)
+        lengths = {}
+        progress = build.Progress("token cache", sum(size.values()), enabled=self.progress)
+        for split in splits:
+            chunks = build.encode_files(
+                vocab, files[split], source.encoding, workers=workers, scratch=cache.path,
+                progress=progress,
+            )  # fmt: skip
+            lengths[split] = cache.write_split(split, chunks, vocab.dtype)
+        progress.close()
+        cache.finish(lengths, {"description": source.description, "build_workers": workers})
 
     def _build_synthetic(self, cache: TokenCache) -> None:
         lang = self.language
@@ -397,24 +454,33 @@ class LMDataModule(L.LightningDataModule):
         }
         cache.finish(lengths, {"description": self.description})
 
+    def _ensure_built(self, cache: TokenCache) -> None:
+        """Build ``cache`` unless complete; one process builds, the others wait for it."""
+        if cache.complete():
+            return
+        with cache.build_lock(self.lock_timeout, on_wait=log.warning) as mine:
+            if mine:
+                self._build(cache)
+
     def _load_or_build(self) -> None:
         cache = self._resolve()
-        if not cache.complete():
-            self._build(cache)
+        self._ensure_built(cache)
         try:
             vocab, splits, _ = cache.load()
         except CacheError as error:
             log.warning("%s; rebuilding it", error)
             cache.clear()
-            self._build(cache)
+            self._ensure_built(cache)
             vocab, splits, _ = cache.load()
         self.vocab, self.splits = vocab, splits
 
     def prepare_data(self) -> None:
-        """Build the vocabulary and token-id cache once (Lightning calls this on local rank 0)."""
-        cache = self._resolve()
-        if not cache.complete():
-            self._build(cache)
+        """Build the vocabulary and token-id cache once.
+
+        Lightning calls this on local rank 0 of each node; concurrent calls for the same entry
+        (ranks, nodes sharing the cache folder, other runs) build it once: the others wait.
+        """
+        self._ensure_built(self._resolve())
 
     def setup(self, stage: str | None = None) -> None:
         """Load (memory-map) the cache; builds it when ``prepare_data`` was not called."""

@@ -17,6 +17,11 @@ then on the Hub (an installed package never looks in folders it was not told abo
                     splits train/test; validation carved from train (``LM1B_VALID_PER_MILLE``)
 ==================  ============================================================================
 
+A local split may also be sharded, as One Billion Word's training data (100 files): a folder
+named after the split (``train/``) whose visible files are read in name order, or files
+``train.<anything>.txt`` / ``train-<anything>.txt`` beside the others
+(``train-00001-of-00100.txt``). A single file wins over shards.
+
 Without network the Hub must fail fast: when ``huggingface.co`` does not answer a TCP connect
 within 2 s, offline mode is switched on (``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE``) so that a copy
 in the Hugging Face cache still loads, and anything else raises :class:`DataUnavailableError`
@@ -101,11 +106,37 @@ def find_local(name: str, data_root: str | os.PathLike[str] | None = None) -> Pa
 
 
 def _find_split_file(root: Path, split: str) -> Path | None:
+    """The split's file, or its first shard (see :func:`find_split_files`)."""
+    files = find_split_files(root, split)
+    return files[0] if files else None
+
+
+def find_split_files(root: Path, split: str) -> list[Path]:
+    """The files of one split in ``root``, in reading order; empty when there are none.
+
+    A single file (:data:`LOCAL_NAMES`) wins; then a folder named after the split (``train/``,
+    its visible files in name order); then shard files ``<split>.*.txt`` or ``<split>-*.txt``.
+    """
     for filename in LOCAL_NAMES[split]:
         path = root / filename
         if path.is_file():
-            return path
-    return None
+            return [path]
+    for filename in LOCAL_NAMES[split]:
+        folder = root / filename
+        if folder.is_dir():
+            shards = sorted(p for p in folder.iterdir() if p.is_file() and _visible(p))
+            if shards:
+                return shards
+    for name in (split, "validation") if split == "valid" else (split,):
+        matches = {*root.glob(f"{name}.*.txt"), *root.glob(f"{name}-*.txt")}
+        if matches:
+            return sorted(p for p in matches if p.is_file())
+    return []
+
+
+def _visible(path: Path) -> bool:
+    # Hidden files are editor or writer temporaries (e.g. a shard being written), never data.
+    return not path.name.startswith(".")
 
 
 @dataclass
@@ -137,6 +168,8 @@ class LocalTextSource(TextSource):
 
     files: dict[str, Path] = field(default_factory=dict)
     encoding: str = "utf-8"
+    shards: dict[str, list[Path]] = field(default_factory=dict)
+    """Every file of each split in reading order (``files`` holds the first)."""
 
     @classmethod
     def open(
@@ -155,13 +188,15 @@ class LocalTextSource(TextSource):
                 f"data path {root} is a file; give the directory holding train/valid/test files"
             )
         files: dict[str, Path] = {}
+        shards: dict[str, list[Path]] = {}
         missing = []
         for split in SPLITS:
-            found = _find_split_file(root, split)
-            if found is not None:
-                files[split] = found
+            found = find_split_files(root, split)
+            if found:
+                files[split], shards[split] = found[0], found
             elif split != "test":
-                missing.append(f"{split} (tried {', '.join(LOCAL_NAMES[split])})")
+                tried = ", ".join(LOCAL_NAMES[split])
+                missing.append(f"{split} (tried {tried}, a {split}/ folder, {split}-*.txt)")
         if missing:
             missing_text = "; ".join(missing)
             raise DataUnavailableError(f"data directory {root} lacks the split {missing_text}")
@@ -169,9 +204,11 @@ class LocalTextSource(TextSource):
         key: dict[str, Any] = {"kind": "local", "files": {}}
         if codecs.lookup(encoding).name != "utf-8":  # utf-8 keeps the cache keys of earlier runs
             key["encoding"] = codecs.lookup(encoding).name
-        for split, file in files.items():
-            stat = file.stat()
-            key["files"][split] = [str(file.resolve()), stat.st_size, stat.st_mtime_ns]
+        for split, found in shards.items():
+            stats = [(str(f.resolve()), f.stat()) for f in found]
+            entries = [[name, stat.st_size, stat.st_mtime_ns] for name, stat in stats]
+            # One file keeps the key format (and so the cache entries) of earlier versions.
+            key["files"][split] = entries[0] if len(entries) == 1 else entries
         label = DISPLAY_NAMES.get(name or "", "local text")
         return cls(
             name=name or "local",
@@ -180,18 +217,24 @@ class LocalTextSource(TextSource):
             data_dir=root,
             files=files,
             encoding=encoding,
+            shards=shards,
         )
 
     def has_split(self, split: str) -> bool:
         return split in self.files
 
-    def lines(self, split: str) -> Iterator[str]:
+    def split_files(self, split: str) -> list[Path]:
+        """The files of ``split`` in reading order (one, or its shards)."""
         if split not in self.files:
             raise DataUnavailableError(
                 f"data directory {self.data_dir} has no {split} file "
-                f"(tried {', '.join(LOCAL_NAMES[split])})"
+                f"(tried {', '.join(LOCAL_NAMES[split])}, a {split}/ folder, {split}-*.txt)"
             )
-        yield from read_lines(self.files[split], self.encoding)
+        return self.shards.get(split) or [self.files[split]]
+
+    def lines(self, split: str) -> Iterator[str]:
+        for path in self.split_files(split):
+            yield from read_lines(path, self.encoding)
 
 
 def read_lines(path: Path, encoding: str = "utf-8") -> Iterator[str]:

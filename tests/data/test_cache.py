@@ -1,8 +1,15 @@
+import json
+import os
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
 from lm_heads.data import CacheError, TokenCache, Vocabulary
-from lm_heads.data.cache import cache_key
+from lm_heads.data import cache as cache_module
+from lm_heads.data.cache import CacheLockTimeout, cache_key
 
 
 def _filled(tmp_path, chunks=((0, 1, 2), (3,), (), (4, 5))):
@@ -97,3 +104,74 @@ def test_stale_temporaries_are_told_from_live_ones(tmp_path):
         os.utime(tmp_path / name, (now - age, now - age))
     removed = {p.name for p in cache_module.remove_stale_temporaries(tmp_path, now=now)}
     assert removed == {names["dead"], names["old other host"]}
+
+
+# ------------------------------------------------------------------------- build lock
+def _holder_lock(cache, host, pid):
+    cache.path.mkdir(parents=True, exist_ok=True)
+    cache.lock_path.write_text(json.dumps({"host": host, "pid": pid, "since": 0}))
+
+
+def test_build_lock_is_exclusive_and_released(tmp_path):
+    cache = TokenCache(tmp_path, "tiny", {"x": 1})
+    with cache.build_lock(timeout=1.0) as mine:
+        assert mine and cache.lock_path.is_file()
+        waited = []
+        second = cache.build_lock(timeout=0.2, poll=0.05, on_wait=waited.append)
+        with pytest.raises(CacheLockTimeout, match=r"waited 0s for the cache entry .* lock file"):
+            second.__enter__()
+        assert waited and "to build" in waited[0]
+    assert not cache.lock_path.exists()
+
+
+def test_build_lock_waits_for_a_completed_entry(tmp_path):
+    cache, _ = _filled(tmp_path)
+    _holder_lock(cache, cache_module._HOST, os.getpid())  # held by a live process (us)
+    with cache.build_lock(timeout=0.1) as mine:
+        assert mine is False, "a complete entry is loaded, not rebuilt"
+
+
+def test_lock_of_a_dead_process_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cache = TokenCache(tmp_path, "tiny", {"x": 1})
+    _holder_lock(cache, cache_module._HOST, dead.pid)
+    with cache.build_lock(timeout=5.0, poll=0.01) as mine:
+        assert mine
+        assert json.loads(cache.lock_path.read_text())["pid"] == os.getpid()
+
+
+def test_lock_of_another_host_is_stale_without_heartbeat(tmp_path):
+    cache = TokenCache(tmp_path, "tiny", {"x": 1})
+    _holder_lock(cache, "elsewhere", 1)
+    start = time.monotonic()
+    with cache.build_lock(timeout=5.0, poll=0.02, stale=0.3) as mine:
+        assert mine and time.monotonic() - start >= 0.3
+
+
+def test_heartbeat_keeps_a_long_build_alive(tmp_path):
+    cache = TokenCache(tmp_path, "tiny", {"x": 1})
+    with cache.build_lock(timeout=1.0, heartbeat=0.05):
+        before = cache.lock_path.stat().st_mtime_ns
+        time.sleep(0.3)
+        assert cache.lock_path.stat().st_mtime_ns > before
+
+
+def test_lock_timeout_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LM_HEADS_CACHE_LOCK_TIMEOUT", "12.5")
+    assert cache_module.default_lock_timeout() == 12.5
+    monkeypatch.setenv("LM_HEADS_CACHE_LOCK_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="not a number of seconds"):
+        cache_module.default_lock_timeout()
+
+
+def test_clear_keeps_a_held_lock(tmp_path):
+    cache, _ = _filled(tmp_path)
+    with cache.build_lock(timeout=1.0) as mine:
+        assert mine is False  # complete: nothing to build
+    with cache.build_lock(timeout=1.0):
+        pass
+    _holder_lock(cache, cache_module._HOST, os.getpid())
+    cache.clear()
+    assert not cache.complete() and cache.lock_path.is_file()
+    assert [p.name for p in cache.path.iterdir()] == [".build.lock"]
