@@ -72,7 +72,14 @@ OTHER_VALUES: dict[str, dict[str, Any]] = {
     "full": {"bias": False, "chunk_size": 8, "label_smoothing": 0.1, "z_loss": 0.1},
     "class": {"num_classes": 5},
     "hierarchical": {"tree": "huffman", "branching": 3},
-    "adaptive": {"cutoffs": [10, 40], "div_value": 2.0, "head_bias": True, "batch_tokens": 64},
+    "adaptive": {
+        "cutoffs": [10, 40],
+        "div_value": 2.0,
+        "head_bias": True,
+        "tail_bias": True,
+        "bias_init": "unigram",
+        "batch_tokens": 64,
+    },
     "importance": {
         "num_samples": 8,
         "proposal": "uniform",
