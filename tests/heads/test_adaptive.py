@@ -70,7 +70,8 @@ def test_parameter_names_and_shapes_follow_torch() -> None:
     ours_shapes = {k: v.shape for k, v in ours.named_parameters()}
     assert ours_shapes == {k: v.shape for k, v in reference.named_parameters()}
     # A torch state dict loads directly (buffers aside), so copying weights is one call.
-    fresh = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), cutoffs=[20, 80], head_bias=True)
+    fresh = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), cutoffs=[20, 80], head_bias=True,
+                                div_value=4.0, tail_bias=False)  # fmt: skip
     missing, unexpected = fresh.load_state_dict(reference.state_dict(), strict=False)
     assert set(missing) == {"cutoffs", "id_of_rank", "rank_of_id"} and not unexpected
     hidden = torch.randn(8, D)
@@ -120,7 +121,7 @@ def test_no_tail_cluster_is_a_plain_softmax() -> None:
     head = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), cutoffs=[])
     assert len(head.tail) == 0 and head.head.out_features == V
     hidden = torch.randn(6, D)
-    expected = F.log_softmax(hidden @ head.head.weight.t(), -1)[:, head.rank_of_id]
+    expected = F.log_softmax(head.head(hidden), -1)[:, head.rank_of_id]
     torch.testing.assert_close(head.log_prob(hidden), expected)
 
 
@@ -209,7 +210,7 @@ def test_counts_are_required() -> None:
 
 def test_vanishing_projection_warns_like_torch_allows() -> None:
     with pytest.warns(UserWarning, match="0 dims"):
-        head = AdaptiveSoftmaxHead(4, V, counts=zipf_counts(V), cutoffs=[10, 30])
+        head = AdaptiveSoftmaxHead(4, V, counts=zipf_counts(V), cutoffs=[10, 30], div_value=4.0)
     torch.testing.assert_close(
         head.log_prob(torch.randn(3, 4)).logsumexp(-1), torch.zeros(3), atol=1e-5, rtol=0
     )
@@ -223,6 +224,14 @@ def test_default_cutoffs_are_valid_for_any_vocabulary(vocab_size: int, d: int) -
     assert all(0 < c < vocab_size for c in cuts)
     lp = head.log_prob(torch.randn(3, d))
     torch.testing.assert_close(lp.logsumexp(-1), torch.zeros(3), atol=1e-5, rtol=0)
+
+
+def test_default_div_value_keeps_narrow_models_tails_wide() -> None:
+    assert AdaptiveSoftmaxHead(200, 300, counts=_ranked_counts(300)).div_value == 2.0
+    assert AdaptiveSoftmaxHead(512, 300, counts=_ranked_counts(300)).div_value == 4.0
+    assert AdaptiveSoftmaxHead(200, 300, counts=_ranked_counts(300), div_value=4).div_value == 4.0
+    head = AdaptiveSoftmaxHead(200, 300, counts=_ranked_counts(300), cutoffs=[50, 150])
+    assert [project.out_features for project, _ in head.clusters()] == [100, 50]
 
 
 def test_default_cutoffs_follow_the_paper_at_scale() -> None:
@@ -317,10 +326,12 @@ def test_tail_bias_enters_the_within_cluster_softmax() -> None:
     assert head.tail[0][1].bias is not None and head.tail[0][1].bias.shape == (20,)
 
 
-def test_tail_bias_starts_at_zero_and_is_absent_by_default() -> None:
-    plain = AdaptiveSoftmaxHead(8, 60, counts=_ranked_counts(60), cutoffs=[10, 30])
-    biased = AdaptiveSoftmaxHead(8, 60, counts=_ranked_counts(60), cutoffs=[10, 30], tail_bias=True)
-    assert all(cluster[1].bias is None for cluster in plain.tail)
+def test_biases_are_there_by_default_the_tails_starting_at_zero() -> None:
+    plain = AdaptiveSoftmaxHead(8, 60, counts=_ranked_counts(60), cutoffs=[10, 30],
+                                head_bias=False, tail_bias=False)  # fmt: skip
+    biased = AdaptiveSoftmaxHead(8, 60, counts=_ranked_counts(60), cutoffs=[10, 30])
+    assert plain.head.bias is None and all(cluster[1].bias is None for cluster in plain.tail)
+    assert biased.head.bias.shape == (10 + 2,)  # initialised as nn.Linear (and torch) do
     assert all(torch.equal(c[1].bias, torch.zeros_like(c[1].bias)) for c in biased.tail)
 
 
