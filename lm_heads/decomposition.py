@@ -58,6 +58,9 @@ class NLLDecomposition:
         self.bounds = [0, *cuts, vocab_size]
         self.id_of_rank, rank_of_id = frequency_order(counts_t)
         self.cluster_of_id = torch.bucketize(rank_of_id, torch.tensor(cuts), right=True)
+        self._cluster_ids = [
+            self.id_of_rank[low:high] for low, high in itertools.pairwise(self.bounds)
+        ]
         smoothed = counts_t + 1.0  # add-one: a word unseen in training keeps a finite cost
         cluster_mass = torch.zeros(len(cuts) + 1, dtype=torch.float64)
         cluster_mass.index_add_(0, self.cluster_of_id, smoothed)
@@ -78,26 +81,28 @@ class NLLDecomposition:
         if target.shape != log_prob.shape[:1]:
             raise ValueError(f"target must be [{log_prob.shape[0]}], got {list(target.shape)}")
         keep = target != self.ignore_index
-        log_prob, target = log_prob[keep].double().cpu(), target[keep].cpu()
-        if target.numel() and not 0 <= int(target.min()) <= int(target.max()) < self.vocab_size:
+        counted = target[keep]
+        if counted.numel() and not 0 <= int(counted.min()) <= int(counted.max()) < self.vocab_size:
             raise ValueError(f"target ids must lie in [0, {self.vocab_size}) or be ignore_index")
-        word = log_prob.gather(1, target[:, None]).squeeze(1)
-        cluster = self.cluster_of_id[target]
-        ranked = log_prob.index_select(1, self.id_of_rank)
-        choice = (
-            torch.stack(
-                [ranked[:, low:high].logsumexp(1) for low, high in itertools.pairwise(self.bounds)],
-                dim=1,
-            )
-            .gather(1, cluster[:, None])
-            .squeeze(1)
+        # [n, V] stays where it is, in its dtype; only [n]-sized results go to float64 on the CPU.
+        device = log_prob.device
+        safe = torch.where(keep, target, 0)
+        cluster_dev = self.cluster_of_id.to(device)[safe]
+        word = log_prob.gather(1, safe[:, None]).squeeze(1)
+        masses = torch.stack(
+            [log_prob.index_select(1, ids.to(device)).logsumexp(1) for ids in self._cluster_ids],
+            dim=1,
         )
-        in_head, in_tail = cluster == 0, cluster > 0
-        self._add(0, in_head, -word, -self._unigram_word[target])
+        choice = masses.gather(1, cluster_dev[:, None]).squeeze(1)
+        keep, safe = keep.cpu(), safe.cpu()
+        word, choice = word.double().cpu(), choice.double().cpu()
+        cluster = self.cluster_of_id[safe]
+        in_head, in_tail = keep & (cluster == 0), keep & (cluster > 0)
+        self._add(0, in_head, -word, -self._unigram_word[safe])
         self._add(1, in_tail, -choice, -self._unigram_choice[cluster])
-        within, unigram_within = -(word - choice), -self._unigram_within[target]
+        within, unigram_within = -(word - choice), -self._unigram_within[safe]
         for k in range(1, len(self.bounds) - 1):
-            self._add(1 + k, cluster == k, within, unigram_within)
+            self._add(1 + k, keep & (cluster == k), within, unigram_within)
 
     @torch.no_grad()
     def update_from_head(self, head: Any, hidden: Tensor, target: Tensor, chunk: int = 0) -> None:
