@@ -370,13 +370,18 @@ def run_command(function: Any, argv: Sequence[str] | None, prog: str) -> Any:
     them, or a :class:`UsageError` it raises, exits with status 2 and one paragraph."""
     from jsonargparse import auto_cli
 
-    from lm_heads.data import CacheError, DataUnavailableError
-
     argv = sys.argv[1:] if argv is None else list(argv)
     # Dashes as in recipes/lm.py (--num-words) or underscores as jsonargparse names them.
     argv = [re.sub(r"^--[a-z][a-z0-9-]*", lambda m: m[0][:2] + m[0][2:].replace("-", "_"), a)
             for a in argv]  # fmt: skip
     try:
         return auto_cli(function, args=argv, parser_class=Parser, as_positional=False, prog=prog)
-    except (UsageError, DataUnavailableError, CacheError) as error:
+    except UsageError as error:
+        usage_exit(error, prog)
+    except Exception as error:
+        # Imported only now: parsing the command line must not wait for torch (seconds).
+        from lm_heads.data import CacheError, DataUnavailableError
+
+        if not isinstance(error, (DataUnavailableError, CacheError)):
+            raise
         usage_exit(error, prog)

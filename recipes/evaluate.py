@@ -29,18 +29,11 @@ _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:  # run as a script from a checkout without installing the package
     sys.path.insert(0, str(_REPO))
 
-import lightning as L  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from lightning.fabric.utilities.exceptions import MisconfigurationException  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from lm_heads.cutoffs import default_cutoffs  # noqa: E402
-from lm_heads.data import StreamBatches, Vocabulary  # noqa: E402
-from lm_heads.data.sources import read_lines  # noqa: E402
-from lm_heads.decomposition import NLLDecomposition  # noqa: E402
-from recipes.checkpoint import load_model  # noqa: E402
 from recipes.cli import UsageError, run_command  # noqa: E402
+
+# torch, Lightning and the model are imported inside the functions, after the command line is
+# read: a typo or --help answers at once. (jsonargparse executes TYPE_CHECKING blocks, so the
+# helpers' tensor arguments are annotated Any.)
 
 
 def text_files(path: Path) -> list[Path]:
@@ -59,8 +52,12 @@ def text_files(path: Path) -> list[Path]:
     return files
 
 
-def encode(files: list[Path], vocab: Vocabulary, encoding: str) -> tuple[np.ndarray, int, int]:
+def encode(files: list[Path], vocab: Any, encoding: str) -> tuple[Any, int, int]:
     """``(ids, words, out-of-vocabulary words)``; ids hold one ``<eos>`` per line."""
+    import numpy as np
+
+    from lm_heads.data.sources import read_lines
+
     get, missing = vocab.stoi.get, itertools.repeat(-1)
     parts, words, oov = [], 0, 0
     for file in files:
@@ -108,6 +105,13 @@ def evaluate(
         cutoffs: rank-space cutoffs of the decomposition (default: the adaptive head's own, else
             the default rule for the vocabulary size).
     """
+    import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from torch.utils.data import DataLoader
+
+    from lm_heads.data import StreamBatches
+    from recipes.checkpoint import load_model
+
     model, vocabulary, trained = load_model(Path(checkpoint), vocab)
     batch_size = batch_size or trained.get("eval_batch_size") or trained.get("batch_size") or 10
     bptt = bptt or trained.get("bptt") or 35
@@ -145,17 +149,23 @@ def evaluate(
     )
     if decompose:
         scores["decomposition"] = decompose_nll(model, loader, vocabulary, cutoffs)
+        from lm_heads.decomposition import NLLDecomposition
+
         print(NLLDecomposition.table(scores["decomposition"]), flush=True)
     if output is not None:
         Path(output).write_text(json.dumps(scores, indent=2) + "\n")
     return scores
 
 
-@torch.no_grad()
 def decompose_nll(
-    model: Any, loader: DataLoader, vocabulary: Vocabulary, cutoffs: list[int] | None
+    model: Any, loader: Any, vocabulary: Any, cutoffs: list[int] | None
 ) -> dict[str, Any]:
-    """The NLL of ``model`` on ``loader``'s windows, cut by :class:`NLLDecomposition`."""
+    """The NLL of ``model`` on ``loader``'s windows, cut by ``lm_heads.decomposition``."""
+    import torch
+
+    from lm_heads.cutoffs import default_cutoffs
+    from lm_heads.decomposition import NLLDecomposition
+
     head = model.head
     if cutoffs is None:
         bounds = getattr(head, "bounds", None)
@@ -166,10 +176,11 @@ def decompose_nll(
         raise UsageError(f"--cutoffs {cutoffs}: {error}") from None
     model.eval()
     carry, state = bool(model.hparams.get("carry_state", False)), None
-    for inputs, targets in loader:
-        inputs, targets = inputs.to(model.device), targets.to(model.device)
-        hidden, state = model(inputs, state if carry else None)
-        parts.update_from_head(head, hidden, targets)
+    with torch.no_grad():
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(model.device), targets.to(model.device)
+            hidden, state = model(inputs, state if carry else None)
+            parts.update_from_head(head, hidden, targets)
     return parts.compute()
 
 

@@ -14,20 +14,23 @@ from __future__ import annotations
 import io
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:  # run as a script from a checkout without installing the package
     sys.path.insert(0, str(_REPO))
 
-import numpy as np  # noqa: E402
-
-from recipes.checkpoint import load_model  # noqa: E402
 from recipes.cli import UsageError, run_command  # noqa: E402
 
+# torch, Lightning and the model are imported inside the functions, after the command line is
+# read: a typo or --help answers at once. (jsonargparse executes TYPE_CHECKING blocks, so the
+# helpers' tensor arguments are annotated Any.)
 
-def write_word2vec(path: Path, words: list[str], vectors: np.ndarray) -> None:
+
+def write_word2vec(path: Path, words: list[str], vectors: Any) -> None:
     """``vectors [V, d]`` with one word per row, as word2vec text."""
+    import numpy as np
+
     body = io.StringIO()
     np.savetxt(body, vectors, fmt="%.6g")
     rows = body.getvalue().splitlines()
@@ -50,6 +53,8 @@ def export(
         which: both, input (backbone embedding) or output (the head's row per word).
         vocab: vocab.json of the token cache, for checkpoints that predate carrying it.
     """
+    from recipes.checkpoint import load_model
+
     model, vocabulary, _ = load_model(Path(checkpoint), vocab)
     tables = {"input": model.backbone.embedding.weight, "output": model.head.output_embeddings()}
     wanted = ["input", "output"] if which == "both" else [which]

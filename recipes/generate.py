@@ -19,20 +19,19 @@ _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:  # run as a script from a checkout without installing the package
     sys.path.insert(0, str(_REPO))
 
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+from typing import Any  # noqa: E402
 
-from lm_heads.base import sample_categorical  # noqa: E402
-from lm_heads.data import EOS  # noqa: E402
-from recipes.checkpoint import load_model  # noqa: E402
 from recipes.cli import UsageError, run_command  # noqa: E402
-from recipes.language_model import LanguageModel  # noqa: E402
+
+# torch, Lightning and the model are imported inside the functions, after the command line is
+# read: a typo or --help answers at once. (jsonargparse executes TYPE_CHECKING blocks, so the
+# helpers' tensor arguments are annotated Any.)
 
 
-def next_word(
-    model: LanguageModel, context: Tensor, temperature: float, generator: torch.Generator
-) -> Tensor:
+def next_word(model: Any, context: Any, temperature: float, generator: Any) -> Any:
     """One draw ``[B]`` of the word after ``context [B, T]``."""
+    from lm_heads.base import sample_categorical
+
     hidden = model(context)[0][:, -1]
     if temperature == 0:
         return model.head.predict(hidden)
@@ -63,6 +62,11 @@ def generate(
         raise UsageError(
             f"need --temperature >= 0 and --num-words >= 1, got {temperature}, {num_words}"
         )
+    import torch
+
+    from lm_heads.data import EOS
+    from recipes.checkpoint import load_model
+
     model, vocabulary, _ = load_model(Path(checkpoint), vocab)
     ids = [vocabulary.eos_id] + [vocabulary.stoi.get(w, vocabulary.unk_id) for w in prompt.split()]
     tokens = torch.tensor([ids])

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +153,18 @@ def test_export_without_output_rows(lm, export, tiny_args, tmp_path, capsys) -> 
     with pytest.raises(SystemExit) as exc:
         export.main(["--checkpoint", ckpt, "--which", "output"])
     assert exc.value.code == 2 and "no output embedding" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["generate.py", "evaluate.py", "export_embeddings.py"])
+def test_a_typo_is_reported_before_torch_loads(repo, command: str) -> None:
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['recipes/{command}', '--bogus']\n"
+        "try:\n"
+        f"    runpy.run_path('recipes/{command}', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    print(exit.code, 'torch' in sys.modules, 'lightning' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(repo)})  # fmt: skip
+    assert done.stdout.split() == ["2", "False", "False"], done.stdout + done.stderr
