@@ -146,8 +146,10 @@ def plot(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
             ax.plot(*zip(*whole, strict=True), "o", color=color, ms=5, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("training steps (20 × 35 tokens)")
-    ax.set_ylabel("validation perplexity (dots: whole split at epoch ends; lines: 50-batch subset)")
-    ax.set_title("WikiText-2, 2-layer LSTM 200 (pytorch/examples' configuration)")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title(
+        "WikiText-2, 2-layer LSTM 200: dots, whole split at epoch ends; lines, 50-batch subset"
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
