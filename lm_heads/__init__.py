@@ -19,7 +19,7 @@ __all__ = [
     "head_options",
     "tie_weights",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name: str) -> Any:
