@@ -241,7 +241,7 @@ def _results(
     if not args.eval_only:
         # The final validation closes the curve (the epoch-end one when training ended there,
         # with the lr it was trained at); its point is marked so plots can tell.
-        if _epoch_end_val_ppl(clock.curve, trainer) != val_ppl:
+        if ours["final_val"]["seconds"] is not None:  # a new validation, not the epoch end's
             clock.add_point(trainer, "val_ppl", val_ppl)
         clock.curve[-1]["final"] = True
     results["val_curve"] = clock.curve

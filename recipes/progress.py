@@ -23,7 +23,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
-from recipes.language_model import TrainClock
+from recipes.language_model import TrainClock, current_lr
 
 
 def duration(seconds: float) -> str:
@@ -72,8 +72,9 @@ class ProgressStats:
         out = {"step": f"{trainer.global_step:,}/{total}"}
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         out["epoch"] = f"{trainer.current_epoch + 1}" + (f"/{epochs}" if epochs else "")
-        if trainer.optimizers:
-            out["lr"] = f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}"
+        lr = current_lr(trainer)
+        if lr is not None:
+            out["lr"] = f"{lr:.3g}"
         speed = self.clock.tokens_per_s
         if speed is not None:
             out["tokens/s"] = f"{speed:,.0f}"
