@@ -332,6 +332,11 @@ def check_args(args: Namespace) -> None:
         )
     if args.max_steps == -1 and args.max_epochs is None and args.max_time is None:
         raise UsageError("--max-steps -1 (no step limit) needs --max-epochs or --max-time")
+    if args.lr_schedule == "cosine" and args.max_steps == -1 and args.max_epochs is None:
+        raise UsageError(
+            "--lr-schedule cosine decays over the run's steps, and --max-time alone gives no step "
+            "count: add --max-steps N (or --max-epochs N), or use --lr-schedule constant"
+        )
     if args.eval_only and args.resume is None:
         raise UsageError("--eval-only needs --resume CHECKPOINT (or --resume last)")
     if args.overwrite and args.resume is not None:

@@ -163,8 +163,9 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
             return {"optimizer": opt, "lr_scheduler": schedule}
         if hp.lr_schedule == "constant" and hp.warmup_steps == 0:
             return opt
-        total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup, cosine = hp.warmup_steps, hp.lr_schedule == "cosine"
+        # A --max-time budget alone has no step total (inf): only cosine needs one (check_args).
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if cosine else 1
 
         def factor(step: int) -> float:
             if step < warmup:

@@ -2,34 +2,36 @@
 """Heads at One-Billion-Word scale (V ≈ 793k) on a fixed time budget: tokens/s, peak RSS,
 final-evaluation time and memory, perplexity against the entropy floor.
 
-    python scripts/bench_lm1b.py --max-time 600                          # every head, V=793,471
-    python scripts/bench_lm1b.py --data DIR --entropy-floor 123.4        # a 1B-Word-shaped folder
-    python scripts/bench_lm1b.py --vocab 2000 --tokens 200000 --max-time 20 --heads adaptive-lm1b
+    python scripts/bench_lm1b.py --max-time 600                          # every head, V≈793k
+    python scripts/bench_lm1b.py --data DIR --entropy-floor 123.4        # your own folder
+    python scripts/bench_lm1b.py --tokens 200_000 --types 5_000 --max-time 20 --heads adaptive-lm1b
 
-Without ``--data`` it writes (once) a corpus to ``--corpus-dir``: every one of ``--vocab`` types
-three times (so all are in the vocabulary) plus ``--tokens`` words drawn i.i.d. from Zipf(1.1)
-over the types; validation and test are pure Zipf draws, so the entropy floor is the Zipf
-distribution's perplexity ``exp(H)``. Each head runs ``recipes/lm.py`` (configs/lm1b.yaml with
-an LSTM of d=512 in float32, ``--max-time`` seconds of training) in its own process; a head that
-cannot fit stops before training with the recipe's memory error, which the table shows.
+Without ``--data`` it writes (once) a 1B-Word-shaped corpus to ``--corpus-dir`` with
+:func:`lm_heads.data.corpus.write_corpus` (as ``scripts/make_lm1b_like.py`` does): sentence
+lines from the synthetic class-chain language, a Zipf(1.1) unigram whose vocabulary is chosen so
+that ``--types`` distinct words occur in training, and an exact perplexity floor (its
+``corpus.json``). Each head runs ``recipes/lm.py`` (configs/lm1b.yaml with an LSTM of d=512 in
+float32, ``--max-time`` seconds of training) in its own process; a head that cannot fit stops
+before training with the recipe's memory error, which the table shows. Each run's checkpoints
+(gigabytes at this vocabulary) are deleted once its results are read.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from lm_heads.data.corpus import LM1B_TYPES, write_corpus
 
 REPO = Path(__file__).resolve().parent.parent
-LM1B_VOCAB = 793_471
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lm_heads"
 HEADS: dict[str, list[str]] = {
     "full-chunked": ["--head", "full", "--head-options", "{chunk_size: auto}"],
     "adaptive-lm1b": ["--head", "adaptive"],  # the config's cutoffs [4000, 40000, 200000]
@@ -41,39 +43,6 @@ HEADS: dict[str, list[str]] = {
     "spherical": ["--head", "spherical", "--head-options", "{}"],
     "taylor": ["--head", "taylor", "--head-options", "{}"],
 }
-
-
-def zipf_probs(vocab: int, s: float = 1.1) -> np.ndarray:
-    p = np.arange(1, vocab + 1, dtype=np.float64) ** -s
-    return p / p.sum()
-
-
-def write_corpus(root: Path, vocab: int, tokens: int, seed: int = 0) -> float:
-    """Write train/valid/test.txt (20 words a line) unless present; returns the floor ``exp(H)``."""
-    probs = zipf_probs(vocab)
-    floor = math.exp(float(-(probs * np.log(probs)).sum()))
-    if all((root / f"{s}.txt").is_file() for s in ("train", "valid", "test")):
-        return floor
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    cdf = np.cumsum(probs)
-    words = np.array([f"w{i}" for i in range(vocab)], dtype=object)
-
-    def draw(n: int) -> np.ndarray:
-        return np.minimum(np.searchsorted(cdf, rng.random(n)), vocab - 1)
-
-    train = np.concatenate([np.repeat(np.arange(vocab), 3), draw(tokens)])
-    rng.shuffle(train)
-    for split, ids in (
-        ("train", train),
-        ("valid", draw(tokens // 50)),
-        ("test", draw(tokens // 50)),
-    ):
-        cut = len(ids) - len(ids) % 20
-        lines = words[ids[:cut]].reshape(-1, 20)
-        text = "\n".join(" ".join(row) for row in lines)
-        (root / f"{split}.txt").write_text(text + "\n", encoding="utf-8")
-    return floor
 
 
 def run_head(name: str, args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
@@ -103,6 +72,7 @@ def run_head(name: str, args: argparse.Namespace, data: Path, work: Path) -> dic
         row["error"] = lines[-1] if lines else f"exit status {done.returncode}"
         return row
     r = json.loads((out_dir / "results.json").read_text())
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     row.update(
         vocab=r["vocab_size"],
         steps=r["global_step"],
@@ -134,13 +104,17 @@ def table(rows: list[dict[str, Any]], floor: float | None) -> str:
     return "\n".join(lines)
 
 
+def _count(text: str) -> int:
+    return int(text.replace("_", ""))
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=None, help="a 1B-Word-shaped folder (else Zipf)")
     p.add_argument("--entropy-floor", type=float, default=None, help="floor ppl of --data")
-    p.add_argument("--corpus-dir", type=Path, default=Path("/work/tmp_scale/zipf"))
-    p.add_argument("--vocab", type=int, default=LM1B_VOCAB, help="Zipf corpus: word types")
-    p.add_argument("--tokens", type=int, default=5_000_000, help="Zipf corpus: extra train words")
+    p.add_argument("--corpus-dir", type=Path, default=CACHE / "bench_lm1b")
+    p.add_argument("--tokens", type=_count, default=25_000_000, help="corpus: training words")
+    p.add_argument("--types", type=_count, default=LM1B_TYPES, help="corpus: distinct words")
     p.add_argument(
         "--heads", default=",".join(HEADS), help="comma-separated, of: " + ", ".join(HEADS)
     )
@@ -148,7 +122,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--val-batches", type=int, default=20, help="final validation/test batches")
-    p.add_argument("--work-dir", type=Path, default=Path("/work/tmp_scale/runs"))
+    p.add_argument("--work-dir", type=Path, default=Path("runs/bench_lm1b"))
     p.add_argument("--out", type=Path, default=Path("bench_lm1b.json"))
     p.add_argument("recipe_args", nargs="*", help="more recipe options, after --")
     args = p.parse_args(argv)
@@ -157,9 +131,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if unknown:
         p.error(f"unknown head(s) {unknown}; choose from {', '.join(HEADS)}")
     if args.data is None:
-        corpus = args.corpus_dir / f"v{args.vocab}-t{args.tokens}"
-        floor: float | None = write_corpus(corpus, args.vocab, args.tokens)
-        data = corpus
+        data = args.corpus_dir / f"t{args.tokens}-v{args.types}"
+        written = data / "corpus.json"
+        if written.is_file():
+            info = json.loads(written.read_text())
+        else:
+            info = write_corpus(data, args.tokens, types=args.types, shards=10)
+        floor: float | None = info["perplexity_floor"]
     else:
         data, floor = args.data, args.entropy_floor
     args.work_dir.mkdir(parents=True, exist_ok=True)

@@ -195,6 +195,18 @@ def test_step_limits_through_main(lm, tiny_args, capsys) -> None:
     _fails(lm, [*tiny_args, "--max-steps", "-1", "--max-epochs", "0"], capsys, "trains nothing")
 
 
+def test_cosine_needs_a_step_count_that_max_time_alone_does_not_give(lm, tiny_args, capsys) -> None:
+    budget = ["--max-steps", "-1", "--max-epochs", "null", "--max-time", "5"]
+    _fails(lm, [*tiny_args, *budget, "--lr-schedule", "cosine"], capsys, "--max-steps N")
+
+
+def test_warmup_under_a_time_budget_alone_trains(lm, tiny_args, tmp_path) -> None:
+    budget = ["--max-steps", "-1", "--max-epochs", "null", "--max-time", "3"]
+    lm.main([*tiny_args, *budget, "--lr-schedule", "constant", "--warmup-steps", "2"])
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["global_step"] >= 1
+
+
 # 10. Resume: no misleading warning, and the time of the whole run.
 def test_resume_is_quiet_and_counts_the_whole_run(lm, tiny_args, tmp_path) -> None:
     run = tmp_path / "run"
