@@ -7,7 +7,6 @@ import copy
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from lm_heads import AdaptiveInput, build_head
 from lm_heads.adaptive import AdaptiveSoftmaxHead
@@ -202,16 +201,11 @@ class _TiedLM(LMHeadMixin, L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.5)
 
 
-def test_a_tied_model_loads_from_its_checkpoint_without_counts(tmp_path) -> None:
+def test_a_tied_model_loads_from_its_checkpoint_without_counts(tmp_path, fit_two_steps) -> None:
     torch.manual_seed(0)
     model = _TiedLM(zipf_counts(V))
     tokens = torch.randint(0, V, (8, 2, 6), generator=torch.Generator().manual_seed(1))
-    data = DataLoader(TensorDataset(tokens[:, 0], tokens[:, 1]), batch_size=4)
-    trainer = L.Trainer(
-        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
-    trainer.fit(model, data)
+    trainer = fit_two_steps(model, tokens)
     trainer.save_checkpoint(tmp_path / "tied.ckpt")
 
     waiting = _TiedLM()

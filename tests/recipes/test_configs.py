@@ -349,3 +349,20 @@ def test_shipped_config_means_what_it_says(cli, path: Path, tmp_path) -> None:
         factor = scheduler.lr_lambdas[0]
         assert factor(0) == pytest.approx(1 / warmup) and factor(warmup) == pytest.approx(1.0)
         assert factor(given["max_steps"]) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_every_data_option_reaches_the_data_module(cli) -> None:
+    from recipes.preflight import data_module_options
+
+    parser = cli.build_parser()
+    given = {"--min-count": "3", "--max-size": "7", "--encoding": "latin-1", "--cache-dir": "c",
+             "--synthetic-vocab-size": "50", "--synthetic-tokens": "99", "--num-workers": "2",
+             "--data": "synthetic", "--batch-size": "4", "--bptt": "5", "--eval-batch-size": "6",
+             "--seed": "8"}  # fmt: skip
+    args = parser.parse_args([x for pair in given.items() for x in pair])
+    got = data_module_options(args)
+    assert {f"--{k.replace('_', '-')}": str(v) for k, v in got.items()} == given
+    # The data group holds nothing else but the similarity file, which is not the data module's.
+    (group,) = [g for g in parser._action_groups if g.title == "data"]
+    others = {a.dest for a in group._group_actions} - set(got)
+    assert others == {"similarity"}

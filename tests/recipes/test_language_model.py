@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import warnings
 
-import lightning as L
 import pytest
 import torch
 from recipe_helpers import load_recipe
-from torch.utils.data import DataLoader, TensorDataset
 
 VOCAB = 50
-
-
-def _fit(model, tmp_path, tokens: torch.Tensor) -> L.Trainer:
-    """Two optimizer steps on ``tokens [N, 2, T]`` (inputs, targets)."""
-    data = DataLoader(TensorDataset(tokens[:, 0], tokens[:, 1]), batch_size=4)
-    trainer = L.Trainer(
-        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
-    trainer.fit(model, data)
-    return trainer
 
 
 @pytest.mark.parametrize(
     ("head", "tie"), [("adaptive", False), ("importance", True), ("class", False)]
 )
-def test_load_from_checkpoint_needs_no_counts(head: str, tie: bool, tmp_path) -> None:
+def test_load_from_checkpoint_needs_no_counts(
+    head: str, tie: bool, tmp_path, fit_two_steps
+) -> None:
     language_model = load_recipe("language_model")
     torch.manual_seed(0)
     counts = torch.randint(1, 100, (VOCAB,)).double()
@@ -37,7 +26,7 @@ def test_load_from_checkpoint_needs_no_counts(head: str, tie: bool, tmp_path) ->
         d_model=12, dropout=0.0, tie_weights=tie, lr_schedule="constant",
     )  # fmt: skip
     tokens = torch.randint(0, VOCAB, (8, 2, 6))
-    trainer = _fit(model, tmp_path, tokens)
+    trainer = fit_two_steps(model, tokens)
     trainer.save_checkpoint(tmp_path / "lm.ckpt")
     restored = language_model.LanguageModel.load_from_checkpoint(tmp_path / "lm.ckpt")
     if tie:
@@ -50,7 +39,7 @@ def test_load_from_checkpoint_needs_no_counts(head: str, tie: bool, tmp_path) ->
 
 
 @pytest.mark.slow
-def test_recipe_model_trains_compiled_and_saves_eager_names(tmp_path) -> None:
+def test_recipe_model_trains_compiled_and_saves_eager_names(tmp_path, fit_two_steps) -> None:
     language_model = load_recipe("language_model")
     torch._dynamo.reset()
     torch.manual_seed(0)
@@ -62,7 +51,7 @@ def test_recipe_model_trains_compiled_and_saves_eager_names(tmp_path) -> None:
     eager_keys = set(model.state_dict())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = _fit(model, tmp_path, torch.randint(0, VOCAB, (8, 2, 6)))
+        trainer = fit_two_steps(model, torch.randint(0, VOCAB, (8, 2, 6)))
     assert torch.isfinite(trainer.callback_metrics["train_loss"])
     assert model.backbone._compiled_call_impl is not None  # Module.compile() ran at fit start
     assert model.head._compiled_call_impl is not None
