@@ -43,7 +43,7 @@ def test_shipped_config_validates(cli, path: Path) -> None:
 
 def test_standard_recipes(cli) -> None:
     reference = cli.parse_args(["--config", str(REPO / "recipes/configs/wikitext2_reference.yaml")])
-    # pytorch/examples word_language_model/main.py defaults (its README: 6 epochs, ppl 117.61).
+    # pytorch/examples word_language_model/main.py defaults (its README's 117.61 was PTB's).
     assert (reference.embed_dim, reference.d_model, reference.num_layers) == (200, 200, 2)
     assert (reference.optimizer, reference.lr, reference.lr_schedule) == ("sgd", 20.0, "plateau")
     assert (reference.lr_decay, reference.grad_clip, reference.dropout) == (4.0, 0.25, 0.2)
