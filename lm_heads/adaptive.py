@@ -97,6 +97,8 @@ class AdaptiveSoftmaxHead(Head):
         bias_init: ``"default"``: the head bias as ``nn.Linear`` (and torch) initialises it, tail
             biases at zero; ``"unigram"``: every bias at the log unigram probability of the
             training counts (within its cluster for tail biases).
+        tail_dropout: dropout on each tail cluster's projection ``P_i h`` while training
+            (fairseq's ``adaptive_softmax_dropout``; Baevski & Auli 2019 use 0.2).
         batch_tokens: tokens per step that ``cutoffs="auto"`` optimises for.
         cost_model: ``cost(rows, in_dim, out_dim) -> seconds`` for ``cutoffs="auto"`` instead
             of measuring (see :mod:`lm_heads.cutoffs`).
@@ -120,6 +122,7 @@ class AdaptiveSoftmaxHead(Head):
         head_bias: bool = True,
         tail_bias: bool = True,
         bias_init: str = "default",
+        tail_dropout: float = 0.0,
         batch_tokens: int = 4096,
         cost_model: CostModel | None = None,
     ) -> None:
@@ -139,6 +142,10 @@ class AdaptiveSoftmaxHead(Head):
         cuts = check_cutoffs(cutoffs, vocab_size, in_features, div_value)
         if bias_init not in ("default", "unigram"):
             raise ValueError(f"bias_init must be 'default' or 'unigram', got {bias_init!r}")
+        tail_dropout = check_float("tail_dropout", tail_dropout)
+        if not 0.0 <= tail_dropout < 1.0:
+            raise ValueError(f"tail_dropout must be in [0, 1), got {tail_dropout}")
+        self.tail_dropout = tail_dropout
         self.div_value = float(div_value)
         self.head_bias, self.tail_bias, self.bias_init = bool(head_bias), bool(tail_bias), bias_init
         self.shortlist_size = cuts[0] if cuts else vocab_size
@@ -244,7 +251,7 @@ class AdaptiveSoftmaxHead(Head):
             strict=True,
         ):
             part = linear_cross_entropy(
-                F.linear(h, project.weight),
+                self._project(h, project),
                 out.weight,
                 out.bias,
                 t,
@@ -259,7 +266,7 @@ class AdaptiveSoftmaxHead(Head):
         head_target, rows, relative, sizes = self._route(target, keep)
         loss = linear_nll(hidden, self.head.weight, self.head.bias, head_target, chunk_size=None)
         parts = [
-            linear_nll(F.linear(h, project.weight), out.weight, out.bias, t, chunk_size=None)
+            linear_nll(self._project(h, project), out.weight, out.bias, t, chunk_size=None)
             for (project, out), h, t in zip(
                 self.clusters(),
                 hidden.index_select(0, rows).split(sizes),
@@ -268,6 +275,11 @@ class AdaptiveSoftmaxHead(Head):
             )
         ]
         return loss.index_add(0, rows, torch.cat([loss[:0], *parts]).to(loss.dtype))
+
+    def _project(self, hidden: Tensor, project: nn.Linear) -> Tensor:
+        # Dropout on the tail's projection (fairseq's adaptive_softmax_dropout): a tail word sees
+        # a few hundred training tokens, and without it the tail overfits while the head learns.
+        return F.dropout(F.linear(hidden, project.weight), self.tail_dropout, self.training)
 
     def _route(self, target: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor, list[int]]:
         """Head targets ``[n]``; the rows of tail tokens grouped by cluster, their within-cluster
@@ -352,6 +364,7 @@ class AdaptiveSoftmaxHead(Head):
             f"{super().extra_repr()}, cutoffs={self.bounds[1:-1]}, div_value={self.div_value}, "
             f"head_bias={self.head_bias}, tail_bias={self.tail_bias}"
             + (f", bias_init={self.bias_init}" if self.bias_init != "default" else "")
+            + (f", tail_dropout={self.tail_dropout}" if self.tail_dropout else "")
         )
 
     # ----------------------------------------------------------------------------------------

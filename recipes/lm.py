@@ -102,10 +102,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Run the recipe; returns the results dict on global rank 0 (``None`` on other ranks)."""
     args = _PARSED if argv is None and _PARSED is not None else parse_args(argv)
     try:
-        return run(args, sys.argv[1:] if argv is None else argv)
+        results = run(args, sys.argv[1:] if argv is None else argv)
     except (UsageError, DataUnavailableError, CacheError) as error:
         usage_exit(error)
-    return None
+        return None
+    _close_process_group()
+    return results
+
+
+def _close_process_group() -> None:
+    """Lightning leaves DDP's process group open; gloo's threads then die with the interpreter
+    and can abort a finished run ("terminate called without an active exception", exit 134)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:

@@ -167,6 +167,9 @@ def mixin_eval_mode() -> None:
     if trainer.global_rank == 0:
         for stage, value in logged.items():
             print(f"ok {stage} {value:.9g} {exact:.9g}", flush=True)
+    # Lightning leaves the process group open; closing it ourselves keeps gloo's threads from
+    # aborting the interpreter's exit (seen as exit -6 after both ranks had passed).
+    dist.destroy_process_group()
 
 
 MODES = {"heads": heads_mode, "adaptive_input": adaptive_input_mode}
