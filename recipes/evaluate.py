@@ -148,10 +148,8 @@ def evaluate(
         flush=True,
     )
     if decompose:
-        scores["decomposition"] = decompose_nll(model, loader, vocabulary, cutoffs)
-        from lm_heads.decomposition import NLLDecomposition
-
-        print(NLLDecomposition.table(scores["decomposition"]), flush=True)
+        scores["decomposition"], table = decompose_nll(model, loader, vocabulary, cutoffs)
+        print(table, flush=True)
     if output is not None:
         Path(output).write_text(json.dumps(scores, indent=2) + "\n")
     return scores
@@ -159,8 +157,9 @@ def evaluate(
 
 def decompose_nll(
     model: Any, loader: Any, vocabulary: Any, cutoffs: list[int] | None
-) -> dict[str, Any]:
-    """The NLL of ``model`` on ``loader``'s windows, cut by ``lm_heads.decomposition``."""
+) -> tuple[dict[str, Any], str]:
+    """The NLL of ``model`` on ``loader``'s windows, cut by ``lm_heads.decomposition``, and
+    that cut as a table."""
     import torch
 
     from lm_heads.cutoffs import default_cutoffs
@@ -181,7 +180,8 @@ def decompose_nll(
             inputs, targets = inputs.to(model.device), targets.to(model.device)
             hidden, state = model(inputs, state if carry else None)
             parts.update_from_head(head, hidden, targets)
-    return parts.compute()
+    result = parts.compute()
+    return result, NLLDecomposition.table(result)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -441,6 +441,9 @@ class StopOnSignal(Callback):
         if asked:
             self.stopped_by = self.received or signal.SIGTERM  # another rank's signal
             trainer.should_stop = True
+            # Lightning validates when should_stop is set mid-epoch (for early stopping): the
+            # whole split, after last.ckpt, before the process exits. Not for a stop by signal.
+            trainer.limit_val_batches = 0
 
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
         self._restore()

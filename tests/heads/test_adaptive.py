@@ -385,3 +385,38 @@ def test_from_a_float64_torch_module() -> None:
 def test_cutoffs_of_any_integer_type(cutoffs) -> None:
     head = build_head("adaptive", 16, 100, counts=torch.ones(100), cutoffs=cutoffs)
     assert head.cutoffs.tolist() == [10, 50]
+
+
+def test_tail_dropout_acts_on_the_tail_projection_while_training_only() -> None:
+    counts = zipf_counts(V)
+    torch.manual_seed(0)
+    plain = AdaptiveSoftmaxHead(D, V, counts=counts, cutoffs=[20, 80])
+    dropped = AdaptiveSoftmaxHead(D, V, counts=counts, cutoffs=[20, 80], tail_dropout=0.5)
+    dropped.load_state_dict(plain.state_dict())
+    hidden = torch.randn(64, D)
+    in_head = plain.id_of_rank[torch.randint(0, 20, (64,))]
+    in_tail = plain.id_of_rank[torch.randint(20, V, (64,))]
+    with torch.no_grad():
+        assert torch.equal(dropped(hidden, in_head).loss, plain(hidden, in_head).loss)
+        assert not torch.equal(dropped(hidden, in_tail).loss, plain(hidden, in_tail).loss)
+        dropped.eval(), plain.eval()
+        torch.testing.assert_close(dropped(hidden, in_tail).loss, plain(hidden, in_tail).loss)
+        torch.testing.assert_close(dropped.log_prob(hidden), plain.log_prob(hidden))
+
+
+def test_tail_dropout_keeps_the_expected_projection() -> None:
+    # Inverted dropout: on average over masks, the training loss's projected hidden is the same,
+    # so the mean training NLL of a tail word approaches the no-dropout one from above (Jensen).
+    counts = zipf_counts(V)
+    head = AdaptiveSoftmaxHead(D, V, counts=counts, cutoffs=[20], tail_dropout=0.3).double()
+    hidden = torch.randn(4, D, dtype=torch.float64)
+    project = head.clusters()[0][0]
+    torch.manual_seed(1)
+    mean = torch.stack([head._project(hidden, project) for _ in range(20000)]).mean(0)
+    torch.testing.assert_close(mean, F.linear(hidden, project.weight), rtol=0.05, atol=0.02)
+
+
+@pytest.mark.parametrize("tail_dropout", [-0.1, 1.0, float("nan"), "0.2x"])
+def test_bad_tail_dropout_is_refused(tail_dropout) -> None:
+    with pytest.raises((ValueError, TypeError), match="tail_dropout"):
+        AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), tail_dropout=tail_dropout)

@@ -78,6 +78,7 @@ OTHER_VALUES: dict[str, dict[str, Any]] = {
         "head_bias": True,
         "tail_bias": True,
         "bias_init": "unigram",
+        "tail_dropout": 0.2,
         "batch_tokens": 64,
     },
     "importance": {

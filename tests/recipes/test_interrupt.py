@@ -70,3 +70,44 @@ def test_ctrl_c_on_the_command_line(tmp_path) -> None:
     assert "Traceback" not in err
     ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] >= 3
+
+
+def test_resume_after_a_signal_continues_the_epoch_exactly(
+    lm, tiny_args, tmp_path, monkeypatch
+) -> None:
+    """Stopped by a signal mid-epoch and resumed, a run ends with exactly the weights of one that
+    never stopped: the resume skips the batches trained, and the stop ran no validation (which
+    would have stepped the plateau schedule and the data's state after last.ckpt was written)."""
+    steps = ["--max-steps", "8", "--checkpoint-every", "100", "--dropout", "0.3"]
+    whole = lm.main([*tiny_args, *steps, "--output-dir", str(tmp_path / "whole")])
+    assert whole["global_step"] == 8
+
+    step = language_model.LanguageModel.training_step
+    validations = []
+    monkeypatch.setattr(
+        language_model.LanguageModel,
+        "on_validation_start",
+        lambda self: validations.append(self.trainer.sanity_checking),
+    )
+
+    def training_step(self, batch, batch_idx):
+        if self.trainer.global_step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(language_model.LanguageModel, "training_step", training_step)
+    with pytest.raises(SystemExit):
+        lm.main([*tiny_args, *steps])
+    assert validations == [True]  # the sanity check; the stop itself validated nothing
+    monkeypatch.setattr(language_model.LanguageModel, "training_step", step)
+    resumed = lm.main([*tiny_args, *steps, "--resume", "last"])
+    assert resumed["global_step"] == 8
+
+    def weights(run: str) -> dict[str, torch.Tensor]:
+        path = tmp_path / run / "checkpoints" / "last.ckpt"
+        return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+    ours, reference = weights("run"), weights("whole")
+    assert ours.keys() == reference.keys()
+    for name, value in reference.items():
+        torch.testing.assert_close(ours[name], value, rtol=0, atol=0, msg=name)
