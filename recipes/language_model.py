@@ -401,9 +401,18 @@ def time_to_target(curve: Sequence[dict[str, Any]], target: float) -> dict[str, 
             "tokens": None, metric: None}  # fmt: skip
 
 
+class TrainingStopped(Exception):
+    """A signal stopped training; ``last.ckpt`` holds the step it stopped at."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"training stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
 class StopOnSignal(Callback):
-    """Ctrl-C (SIGINT) or SIGTERM during training: finish the step, stop, and let
-    :class:`FinalCheckpoint` save ``last.ckpt`` at that step, so ``--resume last`` continues.
+    """Ctrl-C (SIGINT) or SIGTERM during training: finish the step, stop, let
+    :class:`FinalCheckpoint` save ``last.ckpt`` at that step, and leave ``fit`` by raising
+    :class:`TrainingStopped`, so ``--resume last`` continues exactly there.
 
     Lightning's own handling exits at once without a checkpoint. A second Ctrl-C stops at once
     (nothing saved). Under DDP the ranks agree on the step to stop at (one all-reduce per step).
@@ -441,9 +450,15 @@ class StopOnSignal(Callback):
         if asked:
             self.stopped_by = self.received or signal.SIGTERM  # another rank's signal
             trainer.should_stop = True
-            # Lightning validates when should_stop is set mid-epoch (for early stopping): the
-            # whole split, after last.ckpt, before the process exits. Not for a stop by signal.
+            # Lightning validates when should_stop is set mid-epoch (for early stopping), then
+            # ends the epoch: it would step the plateau schedule and write last.ckpt again with
+            # the epoch marked finished, so that --resume began the next one. Neither may happen.
             trainer.limit_val_batches = 0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
+        # Called before ModelCheckpoint's epoch-end save and the schedulers' epoch step.
+        if self.stopped_by is not None:
+            raise TrainingStopped(self.stopped_by)
 
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
         self._restore()

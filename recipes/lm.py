@@ -63,7 +63,7 @@ import torch  # noqa: E402
 from lm_heads.data import CacheError, DataUnavailableError  # noqa: E402
 from recipes.checkpoint import check_resume, read_checkpoint  # noqa: E402
 from recipes.cli import UsageError, parse_args, recorded_args, usage_exit  # noqa: E402
-from recipes.language_model import LanguageModel, time_to_target  # noqa: E402
+from recipes.language_model import LanguageModel, TrainingStopped, time_to_target  # noqa: E402
 from recipes.memory import check_memory, describe_memory  # noqa: E402
 from recipes.preflight import (  # noqa: E402
     build_data,
@@ -163,8 +163,11 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             # state_dict; ours needs none: the data module's sampler skips the batches that the
             # checkpoint's progress counters say were trained (tests/distributed: bit-exact).
             warnings.filterwarnings("ignore", message=".*dataloader is\\s+not resumable")
-            trainer.fit(model, datamodule=dm, ckpt_path=resume, weights_only=True)
-        if ours["stop"].stopped_by is not None:
+            try:
+                trainer.fit(model, datamodule=dm, ckpt_path=resume, weights_only=True)
+            except TrainingStopped as stop:
+                _interrupted(stop.signum, trainer, out_dir, argv)
+        if ours["stop"].stopped_by is not None:  # stopped at the run's last step: no epoch end
             _interrupted(ours["stop"].stopped_by, trainer, out_dir, argv)
         train_loss = _last_train_loss(trainer)  # read before validate() clears callback_metrics
     val_ppl = (

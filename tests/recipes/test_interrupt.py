@@ -99,6 +99,9 @@ def test_resume_after_a_signal_continues_the_epoch_exactly(
     with pytest.raises(SystemExit):
         lm.main([*tiny_args, *steps])
     assert validations == [True]  # the sanity check; the stop itself validated nothing
+    stopped = torch.load(tmp_path / "run/checkpoints/last.ckpt", map_location="cpu",
+                         weights_only=True)  # fmt: skip
+    assert (stopped["global_step"], stopped["epoch"]) == (3, 0)  # mid-epoch, not epoch end
     monkeypatch.setattr(language_model.LanguageModel, "training_step", step)
     resumed = lm.main([*tiny_args, *steps, "--resume", "last"])
     assert resumed["global_step"] == 8
