@@ -99,6 +99,10 @@ class AdaptiveSoftmaxHead(Head):
             training counts (within its cluster for tail biases).
         tail_dropout: dropout on each tail cluster's projection ``P_i h`` while training
             (fairseq's ``adaptive_softmax_dropout``; Baevski & Auli 2019 use 0.2).
+        tail_projection: ``False`` scores each cluster on ``h`` itself, ``B_i h + b_i``
+            (``div_value`` must be 1, its default then): a tail word has one ``d``-dim vector,
+            as in the full softmax, instead of the product ``B_i P_i``, whose two factors SGD
+            grows together.
         batch_tokens: tokens per step that ``cutoffs="auto"`` optimises for.
         cost_model: ``cost(rows, in_dim, out_dim) -> seconds`` for ``cutoffs="auto"`` instead
             of measuring (see :mod:`lm_heads.cutoffs`).
@@ -123,13 +127,14 @@ class AdaptiveSoftmaxHead(Head):
         tail_bias: bool = True,
         bias_init: str = "default",
         tail_dropout: float = 0.0,
+        tail_projection: bool = True,
         batch_tokens: int = 4096,
         cost_model: CostModel | None = None,
     ) -> None:
         super().__init__(in_features, vocab_size, ignore_index=ignore_index)
         counts_t = as_counts(counts, vocab_size, "adaptive")
         if div_value is None:
-            div_value = default_div_value(in_features)
+            div_value = default_div_value(in_features) if tail_projection else 1.0
         div_value = check_float("div_value", div_value, positive=True)
         if isinstance(cutoffs, str):
             if cutoffs != "auto":
@@ -146,6 +151,12 @@ class AdaptiveSoftmaxHead(Head):
         if not 0.0 <= tail_dropout < 1.0:
             raise ValueError(f"tail_dropout must be in [0, 1), got {tail_dropout}")
         self.tail_dropout = tail_dropout
+        self.tail_projection = bool(tail_projection)
+        if not self.tail_projection and div_value != 1.0:
+            raise ValueError(
+                f"tail_projection=False scores every cluster on the {in_features}-dim hidden "
+                f"itself, so it needs div_value=1 (got {div_value})"
+            )
         self.div_value = float(div_value)
         self.head_bias, self.tail_bias, self.bias_init = bool(head_bias), bool(tail_bias), bias_init
         self.shortlist_size = cuts[0] if cuts else vocab_size
@@ -162,7 +173,7 @@ class AdaptiveSoftmaxHead(Head):
         self.head = nn.Linear(in_features, self.shortlist_size + self.num_clusters, bias=head_bias)
         self.tail = nn.ModuleList(
             nn.Sequential(
-                nn.Linear(in_features, dim, bias=False),
+                nn.Linear(in_features, dim, bias=False) if self.tail_projection else nn.Identity(),
                 nn.Linear(dim, self.bounds[i + 2] - self.bounds[i + 1], bias=self.tail_bias),
             )
             for i, dim in enumerate(projection_dims(in_features, self.num_clusters, div_value))
@@ -276,10 +287,9 @@ class AdaptiveSoftmaxHead(Head):
         ]
         return loss.index_add(0, rows, torch.cat([loss[:0], *parts]).to(loss.dtype))
 
-    def _project(self, hidden: Tensor, project: nn.Linear) -> Tensor:
-        # Dropout on the tail's projection (fairseq's adaptive_softmax_dropout): a tail word sees
-        # a few hundred training tokens, and without it the tail overfits while the head learns.
-        return F.dropout(F.linear(hidden, project.weight), self.tail_dropout, self.training)
+    def _project(self, hidden: Tensor, project: nn.Module) -> Tensor:
+        """The training path's tail input: ``P_i h`` (or ``h``), under ``tail_dropout``."""
+        return F.dropout(_projected(hidden, project), self.tail_dropout, self.training)
 
     def _route(self, target: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor, list[int]]:
         """Head targets ``[n]``; the rows of tail tokens grouped by cluster, their within-cluster
@@ -342,17 +352,21 @@ class AdaptiveSoftmaxHead(Head):
         """``[V, d]``: head rows for head words, ``P_iᵀ B_i`` rows (the linear map from ``h`` to a
         word's within-cluster logit) for tail words. Cosines across clusters mix two spaces."""
         blocks = [self.head.weight[: self.shortlist_size]]
-        blocks += [out.weight @ project.weight for project, out in self.clusters()]
+        blocks += [
+            out.weight @ project.weight if isinstance(project, nn.Linear) else out.weight
+            for project, out in self.clusters()
+        ]
         out = torch.empty(self.vocab_size, self.in_features, dtype=self.head.weight.dtype)
         out = out.to(self.head.weight.device)
         return out.index_copy(0, self.id_of_rank, torch.cat(blocks))
 
-    def clusters(self) -> list[tuple[nn.Linear, nn.Linear]]:
-        """``(projection d → d_i, output d_i → |cluster i|)`` of each tail cluster."""
+    def clusters(self) -> list[tuple[nn.Module, nn.Linear]]:
+        """``(projection d → d_i, output d_i → |cluster i|)`` of each tail cluster (the
+        projection is ``nn.Identity`` with ``tail_projection=False``)."""
         # tail[i] is nn.Sequential(projection, output): torch's layout (state dict keys tail.i.0
         # and tail.i.1, which from_torch copies by name). ModuleList cannot type its elements.
         return [
-            cast("tuple[nn.Linear, nn.Linear]", tuple(cluster.children())) for cluster in self.tail
+            cast("tuple[nn.Module, nn.Linear]", tuple(cluster.children())) for cluster in self.tail
         ]
 
     def resolved_options(self) -> dict[str, Any]:
@@ -365,6 +379,7 @@ class AdaptiveSoftmaxHead(Head):
             f"head_bias={self.head_bias}, tail_bias={self.tail_bias}"
             + (f", bias_init={self.bias_init}" if self.bias_init != "default" else "")
             + (f", tail_dropout={self.tail_dropout}" if self.tail_dropout else "")
+            + ("" if self.tail_projection else ", tail_projection=False")
         )
 
     # ----------------------------------------------------------------------------------------
@@ -373,10 +388,14 @@ class AdaptiveSoftmaxHead(Head):
 
     def _cluster_logits(self, hidden: Tensor, i: int) -> Tensor:
         project, out = self.clusters()[i]
-        return at_least_float32(F.linear(F.linear(hidden, project.weight), out.weight, out.bias))
+        return at_least_float32(F.linear(_projected(hidden, project), out.weight, out.bias))
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
         check_saved_cutoffs(state_dict, prefix, self.bounds[1:-1], "head")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _projected(hidden: Tensor, project: nn.Module) -> Tensor:
+    return F.linear(hidden, project.weight) if isinstance(project, nn.Linear) else hidden

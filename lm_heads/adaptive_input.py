@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -143,6 +143,11 @@ class AdaptiveInput(nn.Module):
             )
         if tie_proj and not tie_weights:
             raise ValueError("tie_proj=True needs tie_weights=True (fairseq's semantics)")
+        if tie_proj and not getattr(head, "tail_projection", True):
+            raise ValueError(
+                "tie_proj=True shares the head's tail projections, and this head has none "
+                "(tail_projection=False): tie the weights only"
+            )
         waiting = getattr(head, "when_built", None)
         if not isinstance(head, AdaptiveSoftmaxHead) and isinstance(waiting, list):
             return cls._waiting_for(head, waiting, dim, tie_weights, tie_proj)
@@ -168,7 +173,7 @@ class AdaptiveInput(nn.Module):
             for i, (project, out) in enumerate(head.clusters()):
                 module.weights[i + 1] = out.weight
                 if tie_proj:
-                    module.projections[i] = project.weight
+                    module.projections[i] = cast(nn.Linear, project).weight
         return module
 
     @classmethod

@@ -79,6 +79,7 @@ OTHER_VALUES: dict[str, dict[str, Any]] = {
         "tail_bias": True,
         "bias_init": "unigram",
         "tail_dropout": 0.2,
+        "tail_projection": False,
         "batch_tokens": 64,
     },
     "importance": {
