@@ -27,6 +27,7 @@ HEAD_CASES: list[tuple[str, dict[str, Any]]] = [
         "adaptive",
         {"cutoffs": [10, 30], "head_bias": True, "tail_bias": True, "bias_init": "unigram"},
     ),
+    ("adaptive", {"cutoffs": [10, 30], "tail_projection": False}),
     ("spherical", {}),
     ("spherical", {"gram": False}),
     ("taylor", {}),

@@ -420,3 +420,46 @@ def test_tail_dropout_keeps_the_expected_projection() -> None:
 def test_bad_tail_dropout_is_refused(tail_dropout) -> None:
     with pytest.raises((ValueError, TypeError), match="tail_dropout"):
         AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), tail_dropout=tail_dropout)
+
+
+def test_without_tail_projection_it_is_the_head_with_an_identity_projection() -> None:
+    counts = zipf_counts(V)
+    bare = AdaptiveSoftmaxHead(D, V, counts=counts, cutoffs=[20, 80], tail_projection=False)
+    assert bare.div_value == 1.0 and "tail.0.0.weight" not in bare.state_dict()
+    projected = AdaptiveSoftmaxHead(D, V, counts=counts, cutoffs=[20, 80], div_value=1.0)
+    state = {**bare.state_dict(), "tail.0.0.weight": torch.eye(D), "tail.1.0.weight": torch.eye(D)}
+    projected.load_state_dict(state)
+    hidden = torch.randn(12, D)
+    target = zipf_targets(counts, (12,))
+    torch.testing.assert_close(bare.log_prob(hidden), projected.log_prob(hidden))
+    torch.testing.assert_close(bare(hidden, target).loss, projected(hidden, target).loss)
+    torch.testing.assert_close(bare.output_embeddings(), projected.output_embeddings())
+    # A tail word's output vector is its own row of B_i.
+    rank = 100
+    row = bare.output_embeddings()[bare.id_of_rank[rank]]
+    torch.testing.assert_close(row, bare.clusters()[1][1].weight[rank - 80])
+
+
+def test_gradcheck_without_tail_projection_float64() -> None:
+    head = AdaptiveSoftmaxHead(8, 30, counts=zipf_counts(30), cutoffs=[4, 12],
+                               tail_projection=False).double()  # fmt: skip
+    hidden = torch.randn(9, 8, dtype=torch.float64, requires_grad=True)
+    target = head.id_of_rank[torch.tensor([0, 3, 4, 11, 12, 29, 5, 1, 20])]
+    assert torch.autograd.gradcheck(lambda h: head._token_loss(h, target), (hidden,))
+    # The tail rows: central differences of the per-token loss.
+    weight = head.clusters()[1][1].weight
+    (grad,) = torch.autograd.grad(head._token_loss(hidden.detach(), target).sum(), [weight])
+    flat, eps = weight.data.view(-1), 1e-6
+    for k in range(0, flat.numel(), 17):
+        old = flat[k].item()
+        flat[k] = old + eps
+        up = head._token_loss(hidden.detach(), target).sum()
+        flat[k] = old - eps
+        down = head._token_loss(hidden.detach(), target).sum()
+        flat[k] = old
+        torch.testing.assert_close(grad.view(-1)[k], (up - down) / (2 * eps), rtol=1e-5, atol=1e-7)
+
+
+def test_tail_projection_off_needs_div_value_one() -> None:
+    with pytest.raises(ValueError, match="needs div_value=1"):
+        AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), div_value=2.0, tail_projection=False)

@@ -223,3 +223,13 @@ def test_a_tied_model_loads_from_its_checkpoint_without_counts(tmp_path, fit_two
         torch.testing.assert_close(head.log_prob(embed(tokens[0])), expected, rtol=0, atol=0)
     # One set of parameters: an optimizer over the restored model sees each tied tensor once.
     assert len(list(restored.parameters())) == len(list(model.parameters()))
+
+
+def test_a_head_without_tail_projections_ties_its_words_but_no_projections() -> None:
+    softmax = AdaptiveSoftmaxHead(D, V, counts=zipf_counts(V), cutoffs=CUTOFFS,
+                                  tail_projection=False)  # fmt: skip
+    module = AdaptiveInput.from_head(softmax, tie_weights=True)
+    for i, (_, out) in enumerate(softmax.clusters()):
+        assert module.weights[i + 1] is out.weight
+    with pytest.raises(ValueError, match="has none"):
+        AdaptiveInput.from_head(softmax, tie_weights=True, tie_proj=True)
