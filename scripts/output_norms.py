@@ -13,6 +13,7 @@ A band whose vectors are several times the full softmax's scores its words with 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes.checkpoint import load_model  # noqa: E402
+from recipes.checkpoint import load_model
 
 
 def band_norms(checkpoint: Path, cutoffs: list[int]) -> dict[str, Any]:
@@ -33,7 +34,7 @@ def band_norms(checkpoint: Path, cutoffs: list[int]) -> dict[str, Any]:
     by_rank = norms[torch.argsort(torch.as_tensor(vocab.counts), descending=True, stable=True)]
     bounds = [0, *cutoffs, len(by_rank)]
     bands = []
-    for low, high in zip(bounds[:-1], bounds[1:], strict=True):
+    for low, high in itertools.pairwise(bounds):
         band = by_rank[low:high]
         bands.append({
             "ranks": [low, high],
