@@ -9,6 +9,8 @@ group differ only by seed. Every number comes from a run's ``results.json``: the
 validation at each epoch end (``val_ppl`` curve points), the final test perplexity, the training
 throughput. Writes ``<out>.json`` (every run's epoch-end values, curve and command) and
 ``<out>.png`` (validation against steps), and prints the markdown tables that RESULTS.md quotes.
+``--stopped`` adds runs stopped before their end, from their ``checkpoints/last.ckpt``: their
+epoch-end validations, marked unfinished, without a test perplexity.
 """
 
 from __future__ import annotations
@@ -24,35 +26,76 @@ from typing import Any
 RUN_NAME = re.compile(r"^(?P<group>.+)_s(?P<seed>\d+)$")
 
 
-def load_runs(root: Path) -> dict[str, list[dict[str, Any]]]:
-    """Finished runs (a ``results.json``) by group, each with its epoch-end validations."""
+def load_runs(root: Path, stopped: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Finished runs (a ``results.json``) by group, each with its epoch-end validations; with
+    ``stopped``, also runs stopped before their end (only ``checkpoints/last.ckpt``), marked
+    ``finished: False``: their epoch-end validations are finished measurements, their test is
+    not there."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for path in sorted(root.glob("*/results.json")):
-        match = RUN_NAME.match(path.parent.name)
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        match = RUN_NAME.match(folder.name)
         if match is None:
             continue
-        res = json.loads(path.read_text())
-        curve = normalised_curve(res["val_curve"])
-        groups[match["group"]].append({
-            "run": path.parent.name,
-            "seed": int(match["seed"]),
-            "head": res["head"],
-            "head_options": res["head_options"],
-            "head_structure": res["head_structure"],
-            "input_layer": res.get("input_layer"),
-            "tie_weights": res.get("tie_weights"),
-            "steps": res["global_step"],
-            "epoch_val_ppl": epoch_end_values(curve),
-            "val_ppl": res["val_ppl"],
-            "test_ppl": res["test_ppl"],
-            "tokens_per_s": res["train_tokens_per_s"],
-            "train_seconds": res["train_step_seconds"],
-            "simlex": {side: (res.get("similarity", {}).get(side) or {}).get("spearman")
-                       for side in ("input", "output")},
-            "args": res["args"],
-            "curve": curve,
-        })  # fmt: skip
+        if (folder / "results.json").is_file():
+            run = _finished(folder)
+        elif stopped and (folder / "checkpoints" / "last.ckpt").is_file():
+            run = _stopped(folder)
+            if not run["epoch_val_ppl"]:
+                continue  # stopped inside its first epoch: no whole-split validation yet
+        else:
+            continue
+        groups[match["group"]].append({"run": folder.name, "seed": int(match["seed"]), **run})
     return dict(groups)
+
+
+def _finished(folder: Path) -> dict[str, Any]:
+    res = json.loads((folder / "results.json").read_text())
+    curve = normalised_curve(res["val_curve"])
+    return {
+        "finished": True,
+        "head": res["head"],
+        "head_options": res["head_options"],
+        "head_structure": res["head_structure"],
+        "input_layer": res.get("input_layer"),
+        "tie_weights": res.get("tie_weights"),
+        "steps": res["global_step"],
+        "epoch_val_ppl": epoch_end_values(curve),
+        "val_ppl": res["val_ppl"],
+        "test_ppl": res["test_ppl"],
+        "tokens_per_s": res["train_tokens_per_s"],
+        "train_seconds": res["train_step_seconds"],
+        "simlex": {side: (res.get("similarity", {}).get(side) or {}).get("spearman")
+                   for side in ("input", "output")},
+        "args": res["args"],
+        "curve": curve,
+    }  # fmt: skip
+
+
+def _stopped(folder: Path) -> dict[str, Any]:
+    import torch
+
+    ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", mmap=True,
+                      weights_only=True)  # fmt: skip
+    clock = next(v for k, v in ckpt["callbacks"].items() if k.startswith("TrainClock"))
+    args, first = ckpt.get("recipe_args", {}), clock["first_step"]
+    moved = (clock["tokens"] - first[1], clock["seconds"] - first[0]) if first else (0, 0.0)
+    return {
+        "finished": False,
+        "head": args.get("head"),
+        "head_options": args.get("head_options"),
+        "head_structure": None,
+        "input_layer": args.get("input_layer"),
+        "tie_weights": args.get("tie_weights"),
+        "steps": ckpt["global_step"],
+        "epoch_val_ppl": epoch_end_values(clock["curve"]),
+        "val_ppl": None,
+        "test_ppl": None,
+        "tokens_per_s": moved[0] / moved[1] if moved[1] > 0 else None,
+        "train_seconds": clock["seconds"],
+        "simlex": {},
+        "args": args,
+        "curve": clock["curve"],
+    }
 
 
 def normalised_curve(curve: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -91,7 +134,11 @@ def summary(groups: dict[str, list[dict[str, Any]]], baseline: str = "full") -> 
             "val_ppl_by_epoch": [
                 spread([r["epoch_val_ppl"][e] for r in runs]) for e in range(epochs)
             ],
-            "test_ppl": spread([r["test_ppl"] for r in runs]),
+            "finished": all(r["finished"] for r in runs),
+            "steps": [r["steps"] for r in runs],
+            "test_ppl": spread(tests)
+            if (tests := [r["test_ppl"] for r in runs if r["finished"]])
+            else None,
             "tokens_per_s": spread([r["tokens_per_s"] for r in runs if r["tokens_per_s"]]),
         }
         if base is not None and epochs >= 1:
@@ -119,10 +166,16 @@ def markdown(groups: dict[str, list[dict[str, Any]]], table: dict[str, Any]) -> 
             f"| {name} | {options or 'defaults'} | {', '.join(map(str, row['seeds']))} | "
             f"{first['mean']:.2f}; {first['min']:.2f}–{first['max']:.2f} | "
             f"{row.get('epoch1_over_full', float('nan')):.3f} | "
-            f"epoch {row['epochs']}: {last['mean']:.2f} ({row['test_ppl']['mean']:.2f}) | "
+            f"epoch {row['epochs']}: {last['mean']:.2f} ({_test_or_stop(row)}) | "
             f"{row['tokens_per_s']['mean']:,.0f} | {row.get('speed_over_full', float('nan')):.2f} |"
         )
     return "\n".join(lines)
+
+
+def _test_or_stop(row: dict[str, Any]) -> str:
+    if row["test_ppl"] is not None:
+        return f"{row['test_ppl']['mean']:.2f}"
+    return f"stopped at step {', '.join(f'{n:,}' for n in row['steps'])}"
 
 
 def plot(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -161,8 +214,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("runs", type=Path, help="folder of run folders named <group>_s<seed>")
     parser.add_argument("--out", type=Path, default=Path("results/parity"), help="output prefix")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument(
+        "--stopped", action="store_true", help="also runs stopped before their end, marked so"
+    )
     args = parser.parse_args(argv)
-    groups = load_runs(args.runs)
+    groups = load_runs(args.runs, stopped=args.stopped)
     if not groups:
         parser.error(f"no finished run (a <group>_s<seed>/results.json) under {args.runs}")
     table = summary(groups)

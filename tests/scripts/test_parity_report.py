@@ -60,3 +60,28 @@ def test_groups_seeds_and_ratios(tmp_path, capsys) -> None:
 def test_no_finished_run_is_an_error(tmp_path) -> None:
     with pytest.raises(SystemExit):
         parity_report.main([str(tmp_path), "--no-plot"])
+
+
+def test_stopped_runs_come_from_their_checkpoint_marked_unfinished(tmp_path, capsys) -> None:
+    import torch
+
+    _run(tmp_path, "full_s1", "full", [200.0], 190.0, 1000.0)
+    curve = [{"step": 50, "val_subset_ppl": 900.0, "lr": 20.0},
+             {"step": 100, "val_ppl": 230.0, "lr": 20.0},
+             {"step": 150, "val_subset_ppl": 700.0, "lr": 20.0}]  # fmt: skip
+    clock = {"seconds": 11.0, "tokens": 3000, "curve": curve, "first_step": (1.0, 1000)}
+    for name, points in (("lever_s1", curve), ("early_s1", curve[:1])):
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+        torch.save({"global_step": 150, "recipe_args": {"head": "adaptive", "head_options": {}},
+                    "callbacks": {"TrainClock": {**clock, "curve": points}}},
+                   tmp_path / name / "checkpoints" / "last.ckpt")  # fmt: skip
+    finished_only = parity_report.main([str(tmp_path), "--out", str(tmp_path / "a"), "--no-plot"])
+    assert set(finished_only["summary"]) == {"full"}
+    report = parity_report.main([str(tmp_path), "--out", str(tmp_path / "b"), "--no-plot",
+                                 "--stopped"])  # fmt: skip
+    assert set(report["summary"]) == {"full", "lever"}  # "early" has no epoch end yet
+    lever = report["summary"]["lever"]
+    assert (lever["finished"], lever["test_ppl"], lever["steps"]) == (False, None, [150])
+    assert lever["val_ppl_by_epoch"][0]["mean"] == 230.0
+    assert lever["tokens_per_s"]["mean"] == pytest.approx(200.0)
+    assert "stopped at step 150" in capsys.readouterr().out
