@@ -154,18 +154,32 @@ def test_gradcheck_whole_head_float64() -> None:
     # Weights: central differences on a few entries of every parameter.
     names, params = zip(*head.named_parameters(), strict=True)
     grads = torch.autograd.grad(head._token_loss(hidden.detach(), target).sum(), params)
-    eps = 1e-6
     for name, p, g in zip(names, params, grads, strict=True):
-        flat = p.data.view(-1)
-        for k in torch.randperm(flat.numel())[:5].tolist():
-            old = flat[k].item()
-            flat[k] = old + eps
-            up = head._token_loss(hidden.detach(), target).sum()
-            flat[k] = old - eps
-            down = head._token_loss(hidden.detach(), target).sum()
-            flat[k] = old
-            numeric = (up - down) / (2 * eps)
-            torch.testing.assert_close(g.view(-1)[k], numeric, rtol=1e-5, atol=1e-7, msg=name)
+        indices = torch.randperm(p.numel())[:5].tolist()
+        _assert_central_differences(head, hidden, target, p, g, indices, name)
+
+
+def _assert_central_differences(
+    head: AdaptiveSoftmaxHead,
+    hidden: torch.Tensor,
+    target: torch.Tensor,
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    indices: list[int],
+    name: str,
+) -> None:
+    """``grad`` (of the summed per-token loss) against central differences at ``param``'s
+    flat ``indices``."""
+    flat, eps = param.data.view(-1), 1e-6
+    for k in indices:
+        old = flat[k].item()
+        flat[k] = old + eps
+        up = head._token_loss(hidden.detach(), target).sum()
+        flat[k] = old - eps
+        down = head._token_loss(hidden.detach(), target).sum()
+        flat[k] = old
+        numeric = (up - down) / (2 * eps)
+        torch.testing.assert_close(grad.view(-1)[k], numeric, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_backward_twice_through_a_retained_graph() -> None:
@@ -449,15 +463,8 @@ def test_gradcheck_without_tail_projection_float64() -> None:
     # The tail rows: central differences of the per-token loss.
     weight = head.clusters()[1][1].weight
     (grad,) = torch.autograd.grad(head._token_loss(hidden.detach(), target).sum(), [weight])
-    flat, eps = weight.data.view(-1), 1e-6
-    for k in range(0, flat.numel(), 17):
-        old = flat[k].item()
-        flat[k] = old + eps
-        up = head._token_loss(hidden.detach(), target).sum()
-        flat[k] = old - eps
-        down = head._token_loss(hidden.detach(), target).sum()
-        flat[k] = old
-        torch.testing.assert_close(grad.view(-1)[k], (up - down) / (2 * eps), rtol=1e-5, atol=1e-7)
+    indices = list(range(0, weight.numel(), 17))
+    _assert_central_differences(head, hidden, target, weight, grad, indices, "tail.1.1.weight")
 
 
 def test_tail_projection_off_needs_div_value_one() -> None:
