@@ -19,6 +19,7 @@ import argparse
 import json
 import re
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -76,9 +77,14 @@ def _stopped(folder: Path) -> dict[str, Any]:
 
     ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", mmap=True,
                       weights_only=True)  # fmt: skip
-    clock = next(v for k, v in ckpt["callbacks"].items() if k.startswith("TrainClock"))
-    args, first = ckpt.get("recipe_args", {}), clock["first_step"]
-    moved = (clock["tokens"] - first[1], clock["seconds"] - first[0]) if first else (0, 0.0)
+    # The recipe's own clock reads its state back (its throughput leaves out the first step).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from recipes.language_model import TrainClock
+
+    state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("TrainClock"))
+    clock = TrainClock()
+    clock.load_state_dict(state)
+    args = ckpt.get("recipe_args", {})
     return {
         "finished": False,
         "head": args.get("head"),
@@ -87,14 +93,14 @@ def _stopped(folder: Path) -> dict[str, Any]:
         "input_layer": args.get("input_layer"),
         "tie_weights": args.get("tie_weights"),
         "steps": ckpt["global_step"],
-        "epoch_val_ppl": epoch_end_values(clock["curve"]),
+        "epoch_val_ppl": epoch_end_values(clock.curve),
         "val_ppl": None,
         "test_ppl": None,
-        "tokens_per_s": moved[0] / moved[1] if moved[1] > 0 else None,
-        "train_seconds": clock["seconds"],
+        "tokens_per_s": clock.tokens_per_s,
+        "train_seconds": clock.seconds,
         "simlex": {},
         "args": args,
-        "curve": clock["curve"],
+        "curve": clock.curve,
     }
 
 
