@@ -180,9 +180,13 @@ def adaptive_input(
     head: Head, vocab_size: int, embed_dim: int, counts: Tensor | None, tie: bool
 ) -> AdaptiveInput:
     """Adaptive input on ``head``'s clusters (tied: words and projections, as Baevski & Auli's
-    best models), or on the default clusters of ``counts`` when the head is not adaptive."""
+    best models; words only when the head has no tail projections to share), or on the default
+    clusters of ``counts`` when the head is not adaptive."""
     if isinstance(head, AdaptiveSoftmaxHead):
-        return AdaptiveInput.from_head(head, embedding_dim=embed_dim, tie_weights=tie, tie_proj=tie)
+        tie_proj = tie and head.tail_projection
+        return AdaptiveInput.from_head(
+            head, embedding_dim=embed_dim, tie_weights=tie, tie_proj=tie_proj
+        )
     if tie:
         raise ValueError(
             f"adaptive input ties only to the adaptive head, not {type(head).__name__}: use "

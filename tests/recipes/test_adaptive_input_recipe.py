@@ -39,6 +39,22 @@ def test_language_model_shares_the_heads_clusters_and_rows(model) -> None:
     assert lm(torch.randint(0, 60, (2, 5)))[0].shape == (2, 5, 16)
 
 
+def test_tying_to_a_head_without_tail_projections_shares_the_words_only() -> None:
+    counts = torch.arange(60, 0, -1)
+    options = {"cutoffs": [10, 30], "tail_projection": False}
+    lm = LanguageModel(
+        vocab_size=60, counts=counts, head="adaptive", head_options=options, embed_dim=16,
+        tie_weights=True, input_layer="adaptive",
+    )  # fmt: skip
+    embedding, head = lm.backbone.embedding, lm.head
+    assert embedding.weights[0] is head.head.weight
+    assert embedding.weights[1] is head.tail[0][1].weight
+    # The input keeps projections of its own (d -> d here): the head has none to share.
+    assert isinstance(head.tail[0][0], torch.nn.Identity)
+    assert embedding.projections[0].shape == (16, 16)
+    assert lm(torch.randint(0, 60, (2, 5)))[0].shape == (2, 5, 16)
+
+
 def test_adaptive_input_with_another_head() -> None:
     counts = torch.arange(60, 0, -1)
     lm = LanguageModel(
