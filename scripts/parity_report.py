@@ -191,8 +191,11 @@ def plot(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
+    # tab10's "C{i}" repeats after ten groups: tab20's ten dark colours first, then its light ones.
+    tab20 = plt.get_cmap("tab20").colors
+    palette = tab20[0::2] + tab20[1::2]
     for i, (name, runs) in enumerate(sorted(groups.items())):
-        color = f"C{i}"
+        color = palette[i % len(palette)]
         for j, run in enumerate(runs):
             subset = [
                 (p["step"], p["val_subset_ppl"]) for p in run["curve"] if "val_subset_ppl" in p
