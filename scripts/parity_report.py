@@ -24,6 +24,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 RUN_NAME = re.compile(r"^(?P<group>.+)_s(?P<seed>\d+)$")
 
 
@@ -77,8 +79,8 @@ def _stopped(folder: Path) -> dict[str, Any]:
 
     ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", mmap=True,
                       weights_only=True)  # fmt: skip
-    # The recipe's own clock reads its state back (its throughput leaves out the first step).
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # The recipe's own clock reads its state back (its throughput leaves out the first step);
+    # imported here, as torch is: finished runs need neither.
     from recipes.language_model import TrainClock
 
     state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("TrainClock"))
