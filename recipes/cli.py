@@ -64,11 +64,12 @@ class UsageError(ValueError):
     """A mistake in the options or the files they name: reported in one paragraph, exit code 2."""
 
 
-def usage_exit(error: BaseException | str, prog: str = "recipes/lm.py") -> None:
-    """Print ``error`` as one paragraph on stderr and exit with status 2 (argparse's convention)."""
+def usage_exit(error: BaseException | str, prog: str = "recipes/lm.py", status: int = 2) -> None:
+    """Print ``error`` as one paragraph on stderr and exit with ``status`` (2: a usage error, as
+    argparse's convention)."""
     text = " ".join(str(error).split())
     print(f"{prog}: error: {text}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
+    raise SystemExit(status)
 
 
 class HeadOption(argparse.Action):
@@ -218,6 +219,14 @@ def _hardware_and_run(add: Any) -> None:
     add("--devices", type=PositiveInt | Literal["auto"], default=1, help="devices per node")
     add("--num-nodes", type=PositiveInt, default=1, help="nodes")
     add("--strategy", type=str, default="auto", help="auto (ddp when devices > 1) | ddp | ...")
+    add(
+        "--dist-timeout",
+        type=PositiveFloat,
+        default=600.0,
+        help="seconds a rank waits for the others (to start the process group, and in each "
+        "collective) before it stops with an error naming the likely cause, e.g. another node "
+        "that failed; raise it if one node is much slower to start than the others",
+    )
     add("--precision", type=str, default="32-true", help=" | ".join(PRECISIONS[:6]) + " | ...")
     add("--threads", type=PositiveInt | None, default=None, help="CPU threads per rank")
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import shlex
 import signal
@@ -63,6 +62,12 @@ import torch  # noqa: E402
 from lm_heads.data import CacheError, DataUnavailableError  # noqa: E402
 from recipes.checkpoint import check_resume, read_checkpoint  # noqa: E402
 from recipes.cli import UsageError, parse_args, recorded_args, usage_exit  # noqa: E402
+from recipes.distributed import (  # noqa: E402
+    is_peer_timeout,
+    launch_rank,
+    local_rank,
+    peer_failure_message,
+)
 from recipes.language_model import LanguageModel, TrainingStopped, time_to_target  # noqa: E402
 from recipes.memory import check_memory, describe_memory  # noqa: E402
 from recipes.preflight import (  # noqa: E402
@@ -78,10 +83,12 @@ from recipes.preflight import (  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------
-def _launch_rank() -> int:
-    """Global rank as set by torchrun, SLURM or Lightning's launcher (0 when single-process)."""
-    env = os.environ
-    return int(env.get("RANK", env.get("SLURM_PROCID", env.get("LOCAL_RANK", 0))))
+def _devices_per_node(args: Any) -> int:
+    """``--devices`` as a count (``auto``: the GPUs, or 1 process on CPU, as Lightning counts)."""
+    if isinstance(args.devices, int):
+        return args.devices
+    gpu = args.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return torch.cuda.device_count() if gpu else 1
 
 
 def _peak_memory_mib(device: torch.device) -> tuple[float, str]:
@@ -106,6 +113,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     except (UsageError, DataUnavailableError, CacheError) as error:
         usage_exit(error)
         return None
+    except RuntimeError as error:
+        if not is_peer_timeout(error):
+            raise
+        rank = launch_rank(_devices_per_node(args))
+        usage_exit(peer_failure_message(error, args.dist_timeout, rank), status=1)
+        return None
     _close_process_group()
     return results
 
@@ -119,21 +132,24 @@ def _close_process_group() -> None:
 
 def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Check everything, train, evaluate, report; user mistakes raise before ``fit``."""
-    rank, out_dir = _launch_rank(), Path(args.output_dir)
+    # Before the process group exists, each rank checks everything alone: a rank that fails here
+    # exits at once, and the others give up after --dist-timeout (main) instead of waiting.
+    rank, out_dir = launch_rank(_devices_per_node(args)), Path(args.output_dir)
     prepare_output_dir(out_dir, args, rank)
     similarity = load_similarity(args.similarity)
     resume = resolve_resume(args, out_dir)
     ckpt = read_checkpoint(resume, "--resume") if resume is not None else None
-    ranks_here = args.devices if isinstance(args.devices, int) else 1
     if args.accelerator == "cpu" or (args.accelerator == "auto" and not torch.cuda.is_available()):
         try:
-            threads = apply_threads(args.threads, ranks_here)
+            threads = apply_threads(args.threads, _devices_per_node(args))
         except ValueError as error:
             raise UsageError(str(error)) from None
-        if rank == 0:
-            print(threads.describe(), flush=True)
-    if rank == 0:
+        if local_rank() == 0:  # once per machine: machines may differ
+            print(f"rank {rank}: " * (rank > 0) + threads.describe(), flush=True)
+    if local_rank() == 0:
         warn_oversubscribed(args, torch.get_num_threads())
+    # The same seed on every rank: identical models and data order. RankSeeds (a callback of
+    # build_trainer) then gives each rank > 0 its own stream for the training steps.
     L.seed_everything(args.seed, workers=True, verbose=False)
 
     trainer, ours = build_trainer(args, out_dir, resuming=resume is not None, rank=rank)

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from lm_heads.data import LMDataModule
 from lm_heads.similarity import find_simlex, load_pairs, pairs_name, word_similarity
 from recipes.checkpoint import CheckpointExtras, FitTimer
 from recipes.cli import UsageError, recorded_args
+from recipes.distributed import RankSeeds
 from recipes.language_model import (
     FinalCheckpoint,
     LanguageModel,
@@ -36,6 +38,7 @@ from recipes.language_model import (
 )
 from recipes.options import option_names
 from recipes.progress import LineProgress, RecipeProgressBar
+from recipes.threads import oversubscription
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 """Where the recipes find the named corpora (``--data auto``) unless ``$LM_HEADS_DATA`` says."""
@@ -138,36 +141,38 @@ def _installed(package: str) -> bool:
 
 
 def warn_oversubscribed(args: Namespace, threads_per_rank: int) -> None:
-    """Warn when this machine's ranks run more threads than the CPUs this process may use:
-    they then take turns on the cores and each step gets slower, with no error."""
+    """Warn when this machine's ranks run more threads than the CPUs they may use
+    (:func:`recipes.threads.oversubscription`)."""
     if args.accelerator not in ("cpu", "auto") or torch.cuda.is_available():
         return
     ranks = args.devices if isinstance(args.devices, int) else 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpus = cpus or 1
-    if ranks * threads_per_rank > cpus:
-        print(
-            f"recipes/lm.py: warning: {ranks} rank(s) x {threads_per_rank} thread(s) need "
-            f"{ranks * threads_per_rank} CPUs, but this process may use {cpus} "
-            "(os.sched_getaffinity): the ranks will slow each other down; use --devices "
-            f"{max(1, cpus // threads_per_rank)} or fewer (or fewer --threads)",
-            file=sys.stderr,
-            flush=True,
-        )
+    warning = oversubscription(threads_per_rank, ranks)
+    if warning is not None:
+        print(f"recipes/lm.py: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _strategy(args: Namespace) -> Any:
-    from lightning.pytorch.strategies import DDPStrategy
+    from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 
     # broadcast_buffers=False: head buffers (counts, trees, cutoffs) are built identically on every
     # rank from the whole training vocabulary and never change; broadcasting them every forward is
     # wasted traffic, and a per-forward collective would deadlock evaluation, where ranks may hold
     # different numbers of batches.
+    # timeout: a rank whose peer never arrives (another node failed its checks) or died stops
+    # after --dist-timeout with an error, instead of waiting torch's default 30 minutes.
+    timeout = timedelta(seconds=args.dist_timeout)
     many = args.num_nodes > 1 or (isinstance(args.devices, int) and args.devices > 1)
     if args.strategy == "ddp" or (args.strategy == "auto" and many):
-        return DDPStrategy(broadcast_buffers=False)
+        return DDPStrategy(broadcast_buffers=False, timeout=timeout)
     if args.strategy == "ddp_spawn":
-        return DDPStrategy(start_method="spawn", broadcast_buffers=False)
+        return DDPStrategy(start_method="spawn", broadcast_buffers=False, timeout=timeout)
+    # Any other registered name (ddp_find_unused_parameters_true, fsdp, ...) as Lightning builds
+    # it, with the timeout where the strategy takes one.
+    # (The registry's get() raises for an unknown name, whatever its default.)
+    if args.strategy in StrategyRegistry:
+        entry = StrategyRegistry[args.strategy]
+        if "timeout" in inspect.signature(entry["strategy"]).parameters:
+            return entry["strategy"](**{**entry["init_params"], "timeout": timeout})
     return args.strategy
 
 
@@ -198,6 +203,7 @@ def build_trainer(
         checkpoint,
         ours["stop"],  # before FinalCheckpoint, which saves last.ckpt when it stops training
         FinalCheckpoint(out_dir / "checkpoints" / "last.ckpt", args.checkpoint_every),
+        RankSeeds(args.seed),  # each rank's own dropout masks
     ]
     if args.curve_every is not None:
         callbacks.append(SubsetValidation(args.curve_every, args.curve_batches, ours["clock"]))

@@ -124,7 +124,13 @@ def resolve_threads(
         return Threads(explicit, f"--threads {explicit}")
     omp = _positive_int(env, "OMP_NUM_THREADS")
     if omp is not None:
-        return Threads(omp, f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}")
+        source = f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}"
+        if omp == 1 and _torchrun_default(env):
+            source += (
+                ", which torchrun sets when it is unset and --nproc-per-node > 1: export "
+                "OMP_NUM_THREADS, or pass --threads, to use more"
+            )
+        return Threads(omp, source)
     sharing = ranks_sharing_cpus(local_ranks, env)
     per_task = _positive_int(env, "SLURM_CPUS_PER_TASK")
     cpus = usable_cpus(affinity, quota)
@@ -135,6 +141,46 @@ def resolve_threads(
         return Threads(n, f"SLURM_CPUS_PER_TASK={per_task}{shared}")
     shared = f" / {sharing} local ranks" if sharing > 1 else ""
     return Threads(max(1, cpus // sharing), f"{cpus} usable CPU(s){shared}")
+
+
+def _torchrun_default(env: Mapping[str, str]) -> bool:
+    """Whether ``OMP_NUM_THREADS=1`` may be torchrun's own: it sets 1 for its workers when the
+    variable is unset and it starts more than one per node (it sets ``TORCHELASTIC_RUN_ID``)."""
+    return "TORCHELASTIC_RUN_ID" in env and (_positive_int(env, "LOCAL_WORLD_SIZE") or 1) > 1
+
+
+def oversubscription(
+    threads_per_rank: int,
+    local_ranks: int,
+    environ: Mapping[str, str] | None = None,
+    affinity: int | None = None,
+    quota: int | None = None,
+) -> str | None:
+    """A warning when the ranks that share this process's CPUs run more threads than those CPUs:
+    they then take turns on the cores and every step slows down, with no error. ``None`` if not.
+
+    The CPUs are those this process may use (:func:`usable_cpus`), or SLURM's grant per task
+    (``SLURM_CPUS_PER_TASK``) when that is fewer: without task affinity SLURM does not pin a task
+    to its CPUs, but the other tasks on the node count on theirs.
+    """
+    env = os.environ if environ is None else environ
+    sharing = ranks_sharing_cpus(local_ranks, env)
+    cpus, where = usable_cpus(affinity, quota), "os.sched_getaffinity and the cgroup quota"
+    per_task = _positive_int(env, "SLURM_CPUS_PER_TASK")
+    if per_task is not None and per_task < cpus:
+        cpus, where = per_task, f"SLURM_CPUS_PER_TASK={per_task}"
+    if sharing * threads_per_rank <= cpus:
+        return None
+    fewer = (
+        f"use --devices {max(1, cpus // threads_per_rank)} or fewer (or fewer --threads)"
+        if sharing > 1
+        else f"use --threads {cpus} or fewer"
+    )
+    return (
+        f"{sharing} rank(s) x {threads_per_rank} thread(s) need {sharing * threads_per_rank} "
+        f"CPUs, but this process may use {cpus} ({where}): the threads will slow each other "
+        f"down; {fewer}"
+    )
 
 
 def apply_threads(explicit: int | None, local_ranks: int) -> Threads:
