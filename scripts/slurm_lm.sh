@@ -1,18 +1,24 @@
 #!/bin/bash
 # Multi-node, multi-GPU training with recipes/lm.py under SLURM.
 #
-#   sbatch scripts/slurm_lm.sh                                   # defaults below
+#   cd lm_heads && sbatch scripts/slurm_lm.sh                    # defaults below
 #   sbatch --nodes 4 scripts/slurm_lm.sh --config recipes/configs/lm1b.yaml --head adaptive
 #
-# One task per GPU: srun starts nodes x gpus-per-node copies of the script, and Lightning's
+# Submit from the repository root (sbatch runs a copy of this script, so the job finds the
+# repository through the directory it was submitted from), or set LM_HEADS_REPO.
+#
+# One task per GPU: srun starts nodes x gpus-per-node copies of the recipe, and Lightning's
 # SLURMEnvironment reads SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS / the node list to set up the
 # process group itself (no launcher, no MASTER_ADDR to export). --devices and --num-nodes passed to
-# the recipe must equal --gpus-per-node / --ntasks-per-node and --nodes here, which the last line
-# takes care of. Extra arguments are handed to recipes/lm.py (they override the config).
+# the recipe must equal --ntasks-per-node (= --gpus-per-node) and --nodes here, which the last
+# line takes care of. Extra arguments are handed to recipes/lm.py (they override the config).
 #
 # Data: build the token cache once before the job (e.g. run the recipe with --max-steps 1 on a
 # login node, or `python -c "from lm_heads.data import LMDataModule; LMDataModule('lm1b',
-# cache_dir='$LM_HEADS_CACHE').prepare_data()"`) so that the ranks only read it.
+# cache_dir='$LM_HEADS_CACHE').prepare_data()"`) so that the ranks only read it. A rank whose checks
+# fail (a missing data folder on one node, say) exits with status 2 before the process group
+# starts; srun --kill-on-bad-exit then ends the other tasks, and a rank left waiting for a peer
+# gives up after --dist-timeout (600 s by default) with a paragraph naming the likely cause.
 #
 # Without SLURM, torchrun works the same way (Lightning's TorchElasticEnvironment):
 #   torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
@@ -27,32 +33,76 @@
 #SBATCH --mem=0
 #SBATCH --time=24:00:00
 #SBATCH --signal=SIGUSR1@120
+#SBATCH --requeue
 #SBATCH --output=slurm-%j.out
 # (--signal: Lightning's SLURM plugin catches SIGUSR1 two minutes before the time limit, saves
-#  <output-dir>/hpc_ckpt_N.ckpt and requeues the job; the requeued job restores it by itself when
-#  no --resume is given. A job resubmitted by hand continues from last.ckpt instead.)
+#  <output-dir>/hpc_ckpt_N.ckpt and requeues the job, which --requeue allows where the cluster's
+#  default does not. Every start of this script, requeued or resubmitted by hand, continues from
+#  the newest checkpoint of the output directory: see newest_checkpoint.)
 
 set -euo pipefail
-cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
+
+# The checkpoint to continue from: of Lightning's hpc_ckpt_N.ckpt (saved on SIGUSR1 before a
+# requeue) and checkpoints/last.ckpt (saved every --checkpoint-every steps, at the end and on
+# SIGTERM), the one written last. Each is a complete training state, and training in one output
+# directory only moves forward, so the last written is the furthest along: a job requeued from
+# hpc_ckpt_1 that then trains on writes a newer last.ckpt, which must win over hpc_ckpt_1. The
+# write time, not the step, decides because reading a checkpoint's step means loading it (GBs for
+# a large vocabulary) and a run resumed on purpose from an earlier step is continued too. A file
+# that is not a complete zip archive (torch.save's format), e.g. one cut short by a kill, is
+# skipped. Prints nothing when there is none.
+newest_checkpoint() {
+    python - "$1" <<'PY'
+import sys
+import zipfile
+from pathlib import Path
+
+out = Path(sys.argv[1])
+candidates = [*out.glob("hpc_ckpt_*.ckpt"), out / "checkpoints" / "last.ckpt"]
+complete = [p for p in candidates if p.is_file() and zipfile.is_zipfile(p)]
+if complete:
+    print(max(complete, key=lambda p: p.stat().st_mtime_ns))
+PY
+}
+
+if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
+    return 0  # sourced (tests): define newest_checkpoint only
+fi
+
+REPO=${LM_HEADS_REPO:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}}
+if [[ ! -f "$REPO/recipes/lm.py" ]]; then
+    echo "slurm_lm.sh: error: no recipes/lm.py in $REPO: submit the job from the lm_heads" \
+        "repository root, or set LM_HEADS_REPO to it" >&2
+    exit 2
+fi
+cd "$REPO"
 
 CONFIG=${CONFIG:-recipes/configs/wikitext103.yaml}
 OUTPUT_DIR=${OUTPUT_DIR:-runs/slurm-${SLURM_JOB_NAME:-lm}}
 export LM_HEADS_CACHE=${LM_HEADS_CACHE:-$HOME/.cache/lm_heads}
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-8}
-export NCCL_ASYNC_ERROR_HANDLING=1   # a failing rank aborts the job instead of hanging it
+# A rank whose NCCL collective fails or times out (--dist-timeout) tears its process down instead
+# of hanging (the current name of the old NCCL_ASYNC_ERROR_HANDLING).
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
 
 RESUME=()
-if ! compgen -G "$OUTPUT_DIR/hpc_ckpt_*.ckpt" > /dev/null \
-        && [[ -f "$OUTPUT_DIR/checkpoints/last.ckpt" ]]; then
-    RESUME=(--resume last)             # resubmitted by hand: continue exactly
+if [[ " $* " != *" --resume "* && " $* " != *" --resume="* && " $* " != *" --overwrite "* ]]; then
+    FROM=$(newest_checkpoint "$OUTPUT_DIR")
+    if [[ -n "$FROM" ]]; then
+        echo "slurm_lm.sh: continuing from $FROM" >&2
+        RESUME=(--resume "$FROM")
+    fi
 fi
 
-srun python recipes/lm.py \
+# --kill-on-bad-exit: one task failing ends the others at once (none waits for it).
+# --cpus-per-task: some Slurm versions (22.05) no longer pass sbatch's value on to srun.
+srun --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-8}" \
+    python recipes/lm.py \
     --config "$CONFIG" \
     --output-dir "$OUTPUT_DIR" \
     --accelerator gpu \
     --devices "${SLURM_NTASKS_PER_NODE:-8}" \
     --num-nodes "${SLURM_JOB_NUM_NODES:-1}" \
     --strategy ddp \
-    "${RESUME[@]}" \
+    ${RESUME[@]+"${RESUME[@]}"} \
     "$@"
