@@ -10,7 +10,13 @@ import sys
 import pytest
 from recipe_helpers import REPO
 
-from recipes.threads import cgroup_cpu_limit, prefer_passive_wait, resolve_threads, usable_cpus
+from recipes.threads import (
+    cgroup_cpu_limit,
+    oversubscription,
+    prefer_passive_wait,
+    resolve_threads,
+    usable_cpus,
+)
 
 
 def test_explicit_threads_win_over_every_variable() -> None:
@@ -22,6 +28,34 @@ def test_explicit_threads_win_over_every_variable() -> None:
 def test_omp_num_threads_is_respected_as_a_per_process_count() -> None:
     got = resolve_threads(None, local_ranks=4, environ={"OMP_NUM_THREADS": "5"}, affinity=64)
     assert (got.per_rank, got.source) == (5, "OMP_NUM_THREADS=5")
+
+
+def test_torchruns_own_omp_num_threads_is_named_as_torchruns() -> None:
+    # torchrun sets OMP_NUM_THREADS=1 for its workers when it is unset (--nproc-per-node > 1):
+    # the line must not look like the user's choice.
+    env = {"OMP_NUM_THREADS": "1", "TORCHELASTIC_RUN_ID": "none", "LOCAL_WORLD_SIZE": "4"}
+    got = resolve_threads(None, local_ranks=1, environ=env, affinity=64)
+    assert got.per_rank == 1 and "which torchrun sets when it is unset" in got.source
+    assert "--threads" in got.source
+    for other in ({**env, "OMP_NUM_THREADS": "4"}, {**env, "LOCAL_WORLD_SIZE": "1"},
+                  {"OMP_NUM_THREADS": "1"}):  # fmt: skip
+        assert "torchrun" not in resolve_threads(None, 1, environ=other, affinity=64).source
+
+
+def test_oversubscription_counts_slurms_grant_per_task() -> None:
+    # Without task affinity, a task sees every CPU of the node but was granted
+    # SLURM_CPUS_PER_TASK: the old warning compared with the node and said nothing.
+    env = {"SLURM_CPUS_PER_TASK": "2", "SLURM_PROCID": "0", "SLURM_NTASKS_PER_NODE": "8"}
+    warning = oversubscription(4, local_ranks=8, environ=env, affinity=64)
+    assert warning is not None and "1 rank(s) x 4 thread(s) need 4 CPUs" in warning
+    assert "may use 2 (SLURM_CPUS_PER_TASK=2)" in warning and "--threads 2 or fewer" in warning
+    assert oversubscription(2, local_ranks=8, environ=env, affinity=64) is None
+    # Lightning's own launcher: the local ranks share this process's CPUs.
+    warning = oversubscription(1, local_ranks=3, environ={}, affinity=2, quota=None)
+    assert warning is not None and "--devices 2 or fewer" in warning
+    assert oversubscription(1, local_ranks=2, environ={}, affinity=2) is None
+    assert oversubscription(1, local_ranks=1, environ={}, affinity=8, quota=1) is None
+    assert oversubscription(2, local_ranks=1, environ={}, affinity=8, quota=1) is not None
 
 
 def test_slurm_cpus_per_task_caps_each_rank() -> None:
