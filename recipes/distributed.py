@@ -5,7 +5,6 @@
   lines or deletes an earlier run (``--overwrite``), on every launcher.
 - :func:`peer_failure_message`: what a process-group timeout (``--dist-timeout``) means.
 - :class:`RankSeeds`: each rank's own random stream for training (dropout, sampled heads).
-
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How many CPU threads each rank of ``recipes/lm.py`` uses, and where that number came from.
 
-Two parts, because OpenMP reads its settings once, when torch loads it:
+Three parts; the first two apart because OpenMP reads its settings once, when torch loads it:
 
 - :func:`prefer_passive_wait` runs before ``import torch`` (first lines of ``recipes/lm.py``). An
   OpenMP thread that finishes its share of an operation spins waiting for the next one by
@@ -10,7 +10,10 @@ Two parts, because OpenMP reads its settings once, when torch loads it:
   ``OMP_WAIT_POLICY`` is kept.
 - :func:`resolve_threads` picks the count: ``--threads`` if given, else ``OMP_NUM_THREADS``, else
   ``SLURM_CPUS_PER_TASK``, else the CPUs this process may run on (its affinity mask, capped by a
-  cgroup CPU quota), each shared among the ranks that share those CPUs.
+  cgroup CPU quota), each shared among the ranks that share those CPUs. ``OMP_NUM_THREADS=1`` under
+  torchrun is named as the default torchrun sets, not presented as the user's choice.
+- :func:`oversubscription` warns when the ranks that share the CPUs run more threads than there
+  are CPUs (those of the affinity mask and quota, or SLURM's grant per task if fewer).
 
 Only the standard library is imported here, so ``recipes/lm.py`` can import this module before
 torch.
