@@ -430,8 +430,8 @@ class HeadSpec:
             release, spec = next(iter(candidates.items()))
             warnings.warn(
                 f"this {self.name!r} head's structure was saved by lm_heads 0.3 or older, whose "
-                f"releases had different defaults for options it did not store; taking {release}'s "
-                f"({spec.options}). Pass weights= (its state dict) to find its release",
+                f"releases had different defaults for options it did not store; taking those of "
+                f"{release}: {spec.options}. Pass weights= (its state dict) to find its release",
                 stacklevel=2,
             )
             return spec
