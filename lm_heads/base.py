@@ -426,7 +426,7 @@ class HeadSpec:
                 candidates[release] = replace(self, options=options)
         if len(candidates) <= 1:
             return next(iter(candidates.values()), self)
-        if weights is None:
+        if not weights:
             release, spec = next(iter(candidates.items()))
             warnings.warn(
                 f"this {self.name!r} head's structure was saved by lm_heads 0.3 or older, whose "

@@ -433,12 +433,10 @@ class LMHeadMixin(_Base):
                 )
         else:
             ours = current.build_spec
-            saved_type = HEADS.get(spec.name)
-            same_type = (
-                spec.name == ours.name
-                if ours
-                else saved_type is None or isinstance(current, saved_type)
-            )
+            if ours is not None:
+                same_type = ours.name == spec.name
+            else:  # an instance passed to configure_head
+                same_type = spec.name not in HEADS or isinstance(current, HEADS[spec.name])
             if not same_type:
                 # Equal shapes would load silently, and the weights be read as another head's.
                 configured = f"{ours.name!r} head" if ours else type(current).__name__
