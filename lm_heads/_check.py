@@ -3,7 +3,10 @@
 Each returns the value as a plain Python ``int`` / ``float`` / ``bool`` or raises ``ValueError``
 naming the argument, what it got and what it needs. Integers may be any integral type (``int``,
 numpy or 0-dim integer tensors: anything with ``__index__``) but never ``bool``, which Python
-counts as an int and which is always a mistake for a size.
+counts as an int and which is always a mistake for a size. Reals may also be numpy or 0-dim
+tensor floats; a float32 (or narrower) one becomes the shortest decimal it rounds from
+(``np.float32(0.1)`` → ``0.1``, not ``0.10000000149011612``): what the user wrote, so that a
+head stores, prints and compares the option as it was meant (:func:`plain_float`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import math
 import operator
 from typing import Any
+
+import torch
 
 
 def check_int(name: str, value: Any, *, minimum: int | None = None, hint: str = "") -> int:
@@ -45,14 +50,9 @@ def check_float(
         need = f"a finite number ≥ {minimum}"
     else:
         need = "a finite number"
-    if _is_bool(value):
+    number = plain_float(value)
+    if number is None:
         raise ValueError(f"{name} must be {need}{_hint(hint)}, got {value!r}")
-    try:
-        number = float(operator.index(value))  # ints, numpy and tensor integers
-    except TypeError:
-        if not isinstance(value, float) and type(value).__module__ != "numpy":
-            raise ValueError(f"{name} must be {need}{_hint(hint)}, got {value!r}") from None
-        number = float(value)
     out_of_range = (
         not math.isfinite(number)
         or (positive and not number > 0)
@@ -62,6 +62,40 @@ def check_float(
     if out_of_range:
         raise ValueError(f"{name} must be {need}{_hint(hint)}, got {value!r}")
     return number
+
+
+def plain_float(value: Any) -> float | None:
+    """``value`` as a Python ``float`` if it is one real number (Python, numpy or a 0-dim
+    tensor, integral or not, never ``bool``), else ``None``.
+
+    A float narrower than float64 becomes the shortest decimal that rounds to it in its own
+    dtype: ``float(np.float32(0.1))`` is ``0.10000000149011612``, which would be stored,
+    compared and printed as another value than the ``0.1`` the user meant."""
+    if _is_bool(value):
+        return None
+    try:
+        return float(operator.index(value))  # ints, numpy and tensor integers
+    except TypeError:
+        pass
+    if isinstance(value, float):
+        return float(value)
+    if type(value).__module__ == "numpy" or isinstance(value, torch.Tensor):
+        tensor = torch.as_tensor(value).detach()
+        if tensor.dim() != 0 or not tensor.is_floating_point():
+            return None  # arrays, complex numbers, bools
+        return _shortest(tensor.cpu())
+    return None
+
+
+def _shortest(number: torch.Tensor) -> float:
+    exact = number.item()
+    if number.dtype == torch.float64 or not math.isfinite(exact):
+        return float(exact)
+    for digits in range(1, 18):
+        candidate = float(f"{exact:.{digits}g}")
+        if torch.tensor(candidate, dtype=number.dtype).item() == exact:
+            return candidate
+    return float(exact)
 
 
 def check_bool(name: str, value: Any, *, hint: str = "") -> bool:

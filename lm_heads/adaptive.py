@@ -99,8 +99,11 @@ class AdaptiveSoftmaxHead(Head):
         bias_init: ``"default"``: the head bias as ``nn.Linear`` (and torch) initialises it, tail
             biases at zero; ``"unigram"``: every bias at the log unigram probability of the
             training counts (within its cluster for tail biases).
-        tail_dropout: dropout on each tail cluster's projection ``P_i h`` while training
-            (fairseq's ``adaptive_softmax_dropout``; Baevski & Auli 2019 use 0.2).
+        tail_dropout: dropout on each tail cluster's projection ``P_i h`` in the training loss
+            (fairseq's ``adaptive_softmax_dropout``; Baevski & Auli 2019 use 0.2). That loss is
+            then a thinned network's NLL, not the model's: ``is_exact`` is False while training
+            and ``nll_sum`` is ``None`` (no ``train_ppl``). ``log_prob``, ``target_log_prob``,
+            ``predict``, ``sample`` and evaluation are the model's, without dropout, in any mode.
         tail_projection: ``False`` scores each cluster on ``h`` itself, ``B_i h + b_i``
             (``div_value`` must be 1, its default then): a tail word has one ``d``-dim vector,
             as in the full softmax, instead of the product ``B_i P_i``, whose two factors SGD
@@ -244,8 +247,24 @@ class AdaptiveSoftmaxHead(Head):
         return head
 
     # ----------------------------------------------------------------------------------------
-    def _loss_sums(self, hidden: Tensor, target: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
-        # Training: every softmax runs in the fused kernel, the padding mask as token weights.
+    def _loss_sums(
+        self, hidden: Tensor, target: Tensor, keep: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        loss, nll = self._fused_sums(hidden, target, keep, dropout=True)
+        # Under tail dropout the objective is the NLL of a thinned network, not of the model:
+        # it is no perplexity, so no exact NLL is claimed (the mixin logs no train_ppl then).
+        return loss, (None if self.tail_dropout else nll)
+
+    def _exact_loss_sums(
+        self, hidden: Tensor, target: Tensor, keep: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        return self._fused_sums(hidden, target, keep, dropout=False)
+
+    def _fused_sums(
+        self, hidden: Tensor, target: Tensor, keep: Tensor, *, dropout: bool
+    ) -> tuple[Tensor, Tensor]:
+        """``(Σ NLL, Σ NLL detached)`` with every softmax in the fused kernel (the padding mask
+        as token weights); with ``dropout``, of the network thinned by ``tail_dropout``."""
         weight = keep.to(torch.float64 if hidden.dtype == torch.float64 else torch.float32)
         head_target, rows, relative, sizes = self._route(target, keep)
         loss, nll = linear_cross_entropy(
@@ -264,7 +283,7 @@ class AdaptiveSoftmaxHead(Head):
             strict=True,
         ):
             part = linear_cross_entropy(
-                self._project(h, project),
+                self._tail_input(h, project, dropout),
                 out.weight,
                 out.bias,
                 t,
@@ -275,11 +294,21 @@ class AdaptiveSoftmaxHead(Head):
         return loss, nll
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
+        return self._token_nll(hidden, target, dropout=True)
+
+    def _target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
+        # The model's distribution in every mode: dropout belongs to the training objective.
+        return -self._token_nll(hidden, target, dropout=False)
+
+    def _token_nll(self, hidden: Tensor, target: Tensor, *, dropout: bool = False) -> Tensor:
+        """Per-token NLL ``[n]``; with ``dropout``, of the network thinned by ``tail_dropout``."""
         keep = torch.ones_like(target, dtype=torch.bool)
         head_target, rows, relative, sizes = self._route(target, keep)
         loss = linear_nll(hidden, self.head.weight, self.head.bias, head_target, chunk_size=None)
         parts = [
-            linear_nll(self._project(h, project), out.weight, out.bias, t, chunk_size=None)
+            linear_nll(
+                self._tail_input(h, project, dropout), out.weight, out.bias, t, chunk_size=None
+            )
             for (project, out), h, t in zip(
                 self.clusters(),
                 hidden.index_select(0, rows).split(sizes),
@@ -289,9 +318,14 @@ class AdaptiveSoftmaxHead(Head):
         ]
         return loss.index_add(0, rows, torch.cat([loss[:0], *parts]).to(loss.dtype))
 
-    def _project(self, hidden: Tensor, project: nn.Module) -> Tensor:
-        """The training path's tail input: ``P_i h`` (or ``h``), under ``tail_dropout``."""
-        return F.dropout(_projected(hidden, project), self.tail_dropout, self.training)
+    def _tail_input(self, hidden: Tensor, project: nn.Module, dropout: bool) -> Tensor:
+        """A cluster's input ``P_i h`` (or ``h``); under ``tail_dropout`` if ``dropout`` and
+        training (the objective's thinned network, never the model's distribution)."""
+        return F.dropout(_projected(hidden, project), self.tail_dropout, dropout and self.training)
+
+    def loss_is_exact(self, training: bool) -> bool:
+        # Under tail dropout the training loss is the thinned network's NLL, not the model's.
+        return not (training and self.tail_dropout > 0)
 
     def _route(self, target: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor, list[int]]:
         """Head targets ``[n]``; the rows of tail tokens grouped by cluster, their within-cluster
@@ -309,9 +343,6 @@ class AdaptiveSoftmaxHead(Head):
         rows = order[sizes[0] :]
         relative = (rank - self._starts[cluster]).index_select(0, rows)
         return head_target, rows, relative, sizes[1:]
-
-    def _target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
-        return -self._token_loss(hidden, target)
 
     def _log_prob(self, hidden: Tensor) -> Tensor:
         head = self._head_log_prob(hidden)

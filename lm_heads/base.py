@@ -33,16 +33,18 @@ host sync per step. Use :func:`check_finite` where that is affordable, e.g. when
 from __future__ import annotations
 
 import json
+import math
 import numbers
+import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lm_heads._check import check_int
+from lm_heads._check import check_int, plain_float
 
 
 class HeadOutput(NamedTuple):
@@ -247,6 +249,11 @@ class Head(nn.Module):
         return hidden.reshape(-1, self.in_features), t
 
 
+_FLOAT32_TOLERANCE = 1e-6
+"""Relative difference below which two saved option values are the same option (float32 keeps
+about 7 significant digits)."""
+
+
 class SavedOptions:
     """For a head with options that change its distribution without being a parameter or a
     buffer (RBF's ``gamma``, spherical's ``eps``): put it before the head's base class and name
@@ -275,10 +282,12 @@ class SavedOptions:
                 f"this state dict stores {len(values)} option value(s) for "
                 f"{type(self).__name__}, which has {len(ours)} ({', '.join(self.saved_options)})"
             )
+        # Equal to float32 precision is equal: a value saved as np.float32(0.1) is the 0.1 the
+        # user meant. A real difference is printed in full (repr), never as two equal strings.
         differ = [
-            f"{name}={theirs:g} (this head: {mine:g})"
+            f"{name}={theirs!r} (this head: {mine!r})"
             for name, theirs, mine in zip(self.saved_options, values, ours, strict=True)
-            if theirs != mine
+            if not math.isclose(theirs, mine, rel_tol=_FLOAT32_TOLERANCE)
         ]
         if differ:
             raise ValueError(
@@ -307,6 +316,23 @@ class SavedOptions:
             missing_keys.remove(key)
 
 
+SPEC_FORMAT = 1
+"""Version of :meth:`HeadSpec.to_state`'s format. 1: the options hold every keyword option of the
+head as it was built. Unversioned (lm_heads 0.1 to 0.3): only the options that were passed (and
+those the head chose); the others were the defaults of the release that saved it."""
+
+RELEASE_DEFAULTS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
+    # The options of an unversioned spec that it did not store, per release (newest first), for
+    # every head whose defaults have changed since 0.1. Options added after a release take the
+    # value that computes what that release did (0.2's tails had no bias). div_value=None is
+    # 0.3's rule, still today's (default_div_value).
+    "adaptive": (
+        ("0.3", {"div_value": None, "head_bias": True, "tail_bias": True}),
+        ("0.1-0.2", {"div_value": 4.0, "head_bias": False, "tail_bias": False}),
+    ),
+}
+
+
 @dataclass
 class HeadSpec:
     """The arguments of :func:`~lm_heads.registry.build_head` that rebuild a head's structure
@@ -318,7 +344,8 @@ class HeadSpec:
     counts: Tensor | None = None
     """float64 ``[V]`` as :func:`~lm_heads.counts.as_counts` returns them, or ``None``."""
     options: dict[str, Any] = field(default_factory=dict)
-    """The head's keyword options, with the values it chose itself (``Head.resolved_options``)."""
+    """Every keyword option of the head, with the values it chose itself
+    (``Head.resolved_options``)."""
 
     builder: ClassVar[Callable[..., Head] | None] = None
     """:func:`~lm_heads.registry.build_head`, set when the registry is imported (``import
@@ -340,10 +367,11 @@ class HeadSpec:
         )
 
     def to_state(self) -> dict[str, Tensor]:
-        """Tensors only (``spec``: the JSON of name, sizes and options as bytes; ``counts``), so
-        a state dict holding them still loads with ``weights_only=True``. Raises TypeError when
-        an option is not plain data (numbers, strings, lists, dicts)."""
+        """Tensors only (``spec``: the JSON of the format version, name, sizes and options as
+        bytes; ``counts``), so a state dict holding them still loads with ``weights_only=True``.
+        Raises TypeError when an option is not plain data (numbers, strings, lists, dicts)."""
         meta = {
+            "format": SPEC_FORMAT,
             "name": self.name,
             "in_features": self.in_features,
             "vocab_size": self.vocab_size,
@@ -362,22 +390,71 @@ class HeadSpec:
         return state
 
     @classmethod
-    def from_state(cls, state: dict[str, Tensor]) -> HeadSpec:
-        """Inverse of :meth:`to_state`."""
+    def from_state(
+        cls, state: Mapping[str, Tensor], weights: Mapping[str, Tensor] | None = None
+    ) -> HeadSpec:
+        """Inverse of :meth:`to_state`, for every format since lm_heads 0.1.
+
+        An unversioned spec gets the options it did not store from the defaults of the release
+        that saved it: the one whose head has the shapes of ``weights`` (the head's state dict),
+        when its releases' defaults differ. Without ``weights`` that is the newest such release,
+        with a warning."""
         meta = json.loads(bytes(state["spec"].tolist()).decode())
+        version = meta.get("format", 0)
+        if version > SPEC_FORMAT:
+            raise ValueError(
+                f"this head's structure was saved in spec format {version} by a newer lm_heads "
+                f"(this one reads formats up to {SPEC_FORMAT}): upgrade lm_heads to load it"
+            )
         counts = state.get("counts")
-        return cls(
+        spec = cls(
             meta["name"],
             meta["in_features"],
             meta["vocab_size"],
             None if counts is None else counts.detach().to("cpu", torch.float64),
             meta["options"],
         )
+        return spec if version else spec._with_release_defaults(weights)
+
+    def _with_release_defaults(self, weights: Mapping[str, Tensor] | None) -> HeadSpec:
+        """This unversioned spec with the defaults of the release that saved it."""
+        releases = RELEASE_DEFAULTS.get(self.name, ())
+        candidates: dict[str, HeadSpec] = {}
+        for release, defaults in releases:
+            options = {**defaults, **self.options}
+            if options not in [spec.options for spec in candidates.values()]:
+                candidates[release] = replace(self, options=options)
+        if len(candidates) <= 1:
+            return next(iter(candidates.values()), self)
+        if not weights:
+            release, spec = next(iter(candidates.items()))
+            warnings.warn(
+                f"this {self.name!r} head's structure was saved by lm_heads 0.3 or older, whose "
+                f"releases had different defaults for options it did not store; taking those of "
+                f"{release}: {spec.options}. Pass weights= (its state dict) to find its release",
+                stacklevel=2,
+            )
+            return spec
+        shapes = {key: tuple(value.shape) for key, value in weights.items()}
+        for spec in candidates.values():
+            try:
+                head = spec.build()
+            except (ValueError, TypeError):
+                continue  # e.g. cutoffs that this release's div_value cannot project
+            if {key: tuple(value.shape) for key, value in head.state_dict().items()} == shapes:
+                return spec
+        raise ValueError(
+            f"this {self.name!r} head's structure was saved by lm_heads 0.3 or older (options "
+            f"{self.options}), but its weights have the shapes of the defaults of none of "
+            f"releases {', '.join(candidates)}; build the head with the options it was trained "
+            "with and load its weights into it"
+        )
 
 
 def plain_data(value: Any) -> Any:
-    """``value`` with integral numbers as ``int``, other reals as ``float``, tensors, arrays and
-    tuples as lists, recursively: what JSON stores (anything else is returned as is)."""
+    """``value`` with integral numbers as ``int``, other reals as ``float`` (float32 ones as the
+    decimal they round from: :func:`~lm_heads._check.plain_float`), tensors, arrays and tuples as
+    lists, recursively: what JSON stores (anything else is returned as is)."""
     if isinstance(value, (bool, str)) or value is None:
         return value
     if isinstance(value, Mapping):
@@ -385,14 +462,24 @@ def plain_data(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [plain_data(item) for item in value]
     if hasattr(value, "tolist") and not isinstance(value, (numbers.Number,)):
-        return plain_data(value.tolist())  # tensors and numpy arrays
+        # Tensors and numpy arrays: floats element by element, so that each is made plain.
+        if not _holds_floats(value):
+            return plain_data(value.tolist())
+        return plain_float(value) if value.ndim == 0 else [plain_data(item) for item in value]
     if type(value).__name__ in ("bool", "bool_"):
         return bool(value)
     if isinstance(value, numbers.Integral) or hasattr(value, "__index__"):
         return check_int("option", value)
     if isinstance(value, numbers.Real):
-        return float(value)
+        return plain_float(value)
     return value
+
+
+def _holds_floats(array: Any) -> bool:
+    """Whether a tensor or a numpy array has a floating-point dtype."""
+    if isinstance(array, Tensor):
+        return array.is_floating_point()
+    return getattr(getattr(array, "dtype", None), "kind", "") == "f"
 
 
 def check_ids(

@@ -55,7 +55,7 @@ from torch.utils.data import DistributedSampler
 from lm_heads.base import Head
 from lm_heads.counts import MissingCountsError
 from lm_heads.metrics import Perplexity
-from lm_heads.registry import HeadSpec, build_head
+from lm_heads.registry import HEADS, HeadSpec, build_head
 from lm_heads.tying import INITS, tie_weights
 
 STAGES = ("val", "test")
@@ -432,6 +432,19 @@ class LMHeadMixin(_Base):
                     f"{current.vocab_size}"
                 )
         else:
+            ours = current.build_spec
+            if ours is not None:
+                same_type = ours.name == spec.name
+            else:  # an instance passed to configure_head
+                same_type = spec.name not in HEADS or isinstance(current, HEADS[spec.name])
+            if not same_type:
+                # Equal shapes would load silently, and the weights be read as another head's.
+                configured = f"{ours.name!r} head" if ours else type(current).__name__
+                raise ValueError(
+                    f"the checkpoint holds a {spec.name!r} head, but this module configures a "
+                    f"{configured}: its weights would mean another distribution here. "
+                    f"Configure {spec.name!r} to load them"
+                )
             stored = {
                 key[len(prefix) :]: value.shape
                 for key, value in state_dict.items()
@@ -439,12 +452,11 @@ class LMHeadMixin(_Base):
             }
             if not stored or stored == {k: v.shape for k, v in current.state_dict().items()}:
                 return
-            ours = current.build_spec
             warnings.warn(
-                f"the checkpoint's head ({_describe(spec)}) differs in structure from the one "
-                f"configured here ({_describe(ours) if ours else type(current).__name__}); "
-                "rebuilding it from the checkpoint. Omit counts= to take it from the checkpoint "
-                "without this warning",
+                f"the checkpoint's head ({_describe(spec, ours)}) differs in structure from the "
+                f"one configured here ({_describe(ours, spec) if ours else type(current).__name__}"
+                "); rebuilding it from the checkpoint. Omit counts= to take it from the "
+                "checkpoint without this warning",
                 stacklevel=2,
             )
         rebuilt = spec.build()
@@ -523,12 +535,21 @@ def _load_head_structure(
         if prefix + STRUCTURE_KEY + key in state_dict
     }
     if "spec" in state:
-        module._restore_head(HeadSpec.from_state(state), state_dict, prefix + "head.")
+        head = prefix + "head."
+        # The head's weights tell which release saved a spec without a format version.
+        weights = {key[len(head) :]: v for key, v in state_dict.items() if key.startswith(head)}
+        module._restore_head(HeadSpec.from_state(state, weights), state_dict, head)
 
 
-def _describe(spec: HeadSpec) -> str:
+def _describe(spec: HeadSpec, other: HeadSpec | None = None) -> str:
+    """``spec`` in words; beside ``other``, only the options whose values differ from its."""
     counts = "no counts" if spec.counts is None else f"counts sum {float(spec.counts.sum()):g}"
+    options = spec.options
+    if other is not None:
+        options = {
+            k: v for k, v in options.items() if k not in other.options or other.options[k] != v
+        }
     return (
         f"{spec.name!r}, in_features={spec.in_features}, vocab_size={spec.vocab_size}, "
-        f"{counts}, options={spec.options}"
+        f"{counts}, options={options}"
     )

@@ -1,10 +1,11 @@
 """Heads by name: a plain dict, and ``build_head`` that turns a name and options into a head.
 
 A head from ``build_head`` remembers how it was made in ``head.build_spec`` (a :class:`HeadSpec`:
-name, sizes, counts and options, with the choices the head made itself, such as the cutoffs of
-``cutoffs="auto"``), so ``head.build_spec.build()`` makes the same structure again without the
-corpus or a new measurement. ``HeadSpec.to_state`` / ``from_state`` store it as tensors next to a
-state dict (``LMHeadMixin`` does this in every checkpoint).
+name, sizes, counts and every option, the defaults included, with the choices the head made
+itself, such as the cutoffs of ``cutoffs="auto"``), so ``head.build_spec.build()`` makes the same
+structure again without the corpus, a new measurement or today's defaults. ``HeadSpec.to_state``
+/ ``from_state`` store it as tensors next to a state dict (``LMHeadMixin`` does this in every
+checkpoint), in a versioned format that still reads the specs of older releases.
 """
 
 from __future__ import annotations
@@ -72,10 +73,21 @@ def build_head(
         counts = None  # validated above; the head's structure does not depend on them
     extra: dict[str, Any] = {"counts": counts} if cls.uses_counts else {}
     head = cls(in_features, vocab_size, **extra, **options)
-    head.build_spec = HeadSpec(
-        name, in_features, vocab_size, counts, {**options, **head.resolved_options()}
-    )
+    head.build_spec = HeadSpec(name, in_features, vocab_size, counts, _built_with(head, options))
     return head
+
+
+def _built_with(head: Head, options: dict[str, Any]) -> dict[str, Any]:
+    """Every keyword option of ``head`` as it was built, so that a rebuild does not depend on
+    the defaults of the version that rebuilds it: the options passed, the defaults, and the
+    values the head chose itself (``resolved_options``; an option left ``None`` for a rule, such
+    as ``num_classes=None`` for about √V, as the head's attribute of that name)."""
+    built = {**_defaults(type(head)), **options}
+    for key, value in built.items():
+        chosen = getattr(head, key, None) if value is None else None
+        if isinstance(chosen, (bool, int, float, str)):
+            built[key] = chosen
+    return {**built, **head.resolved_options()}
 
 
 # The spec lives beside the template in base.py, which cannot import the heads by name.
@@ -86,7 +98,11 @@ def head_options(name: str) -> dict[str, Any]:
     """The options of head ``name`` with their defaults (for CLIs and configs)."""
     if name not in HEADS:
         raise KeyError(f"unknown head {name!r}; valid heads: {', '.join(sorted(HEADS))}")
-    params = inspect.signature(HEADS[name].__init__).parameters
+    return _defaults(HEADS[name])
+
+
+def _defaults(cls: type[Head]) -> dict[str, Any]:
+    params = inspect.signature(cls.__init__).parameters
     return {
         key: param.default
         for key, param in params.items()
@@ -95,9 +111,4 @@ def head_options(name: str) -> dict[str, Any]:
 
 
 def _keyword_options(cls: type[Head]) -> set[str]:
-    params = inspect.signature(cls.__init__).parameters
-    return {
-        key
-        for key, param in params.items()
-        if param.kind is inspect.Parameter.KEYWORD_ONLY and key != "counts"
-    }
+    return set(_defaults(cls))

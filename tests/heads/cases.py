@@ -28,6 +28,7 @@ HEAD_CASES: list[tuple[str, dict[str, Any]]] = [
         {"cutoffs": [10, 30], "head_bias": True, "tail_bias": True, "bias_init": "unigram"},
     ),
     ("adaptive", {"cutoffs": [10, 30], "tail_projection": False}),
+    ("adaptive", {"cutoffs": [10, 30], "tail_dropout": 0.5}),
     ("spherical", {}),
     ("spherical", {"gram": False}),
     ("taylor", {}),

@@ -426,8 +426,53 @@ def test_tail_dropout_keeps_the_expected_projection() -> None:
     hidden = torch.randn(4, D, dtype=torch.float64)
     project = head.clusters()[0][0]
     torch.manual_seed(1)
-    mean = torch.stack([head._project(hidden, project) for _ in range(20000)]).mean(0)
+    mean = torch.stack([head._tail_input(hidden, project, True) for _ in range(20000)]).mean(0)
     torch.testing.assert_close(mean, F.linear(hidden, project.weight), rtol=0.05, atol=0.02)
+
+
+def test_tail_dropout_stays_out_of_the_model_distribution_while_training() -> None:
+    # Was: target_log_prob ran the training path, so in train mode it was random (nats away
+    # from log_prob) and forward's nll_sum, the mixin's train_ppl, the thinned network's.
+    counts = zipf_counts(V)
+    torch.manual_seed(0)
+    head = AdaptiveSoftmaxHead(D, V, counts=counts, cutoffs=[20, 80], tail_dropout=0.5).train()
+    hidden = torch.randn(64, D)
+    target = head.id_of_rank[torch.randint(20, V, (64,))]  # tail words: dropout's reach
+    expected = head.log_prob(hidden).gather(1, target[:, None]).squeeze(1)
+    for _ in range(3):
+        torch.testing.assert_close(head.target_log_prob(hidden, target), expected)
+    torch.testing.assert_close(head.log_prob(hidden), head.eval().log_prob(hidden))
+    torch.testing.assert_close(head.target_log_prob(hidden, target), expected)
+    head.train()
+    # The training loss is the thinned network's: not claimed exact, no NLL reported beside it.
+    out = head(hidden, target)
+    assert not head.is_exact and out.nll_sum is None
+    assert not torch.allclose(out.loss, -expected.mean())
+    out = head.eval()(hidden, target)
+    assert head.is_exact
+    torch.testing.assert_close(out.loss, -expected.mean())
+    torch.testing.assert_close(out.nll_sum, -expected.sum())
+
+
+@pytest.mark.parametrize(
+    ("tail_dropout", "logged"), [(0.0, {"train_loss", "train_ppl"}), (0.5, {"train_loss"})]
+)
+def test_tail_dropout_logs_no_train_ppl(tail_dropout: float, logged: set[str], monkeypatch) -> None:
+    import lightning as L
+
+    from lm_heads.mixin import LMHeadMixin
+
+    class Model(LMHeadMixin, L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.configure_head(
+                "adaptive", D, V, counts=zipf_counts(V), cutoffs=[20, 80], tail_dropout=tail_dropout
+            )
+
+    model, names = Model(), []
+    monkeypatch.setattr(model, "log", lambda name, *args, **kwargs: names.append(name))
+    model.head_training_step(torch.randn(4, 16, D), zipf_targets(zipf_counts(V), (4, 16), seed=3))
+    assert set(names) == logged
 
 
 @pytest.mark.parametrize("tail_dropout", [-0.1, 1.0, float("nan"), "0.2x"])

@@ -156,8 +156,8 @@ def test_a_state_dict_of_other_options_loads_the_same_distribution_or_raises(nam
 @pytest.mark.parametrize(
     ("name", "options", "match"),
     [
-        ("rbf", {"gamma": 2.0}, r"gamma=2 \(this head: 8\)"),
-        ("rbf", {"scale": 4.0}, r"scale=4 \(this head: 16\)"),
+        ("rbf", {"gamma": 2.0}, r"gamma=2\.0 \(this head: 8\.0\)"),
+        ("rbf", {"scale": 4.0}, r"scale=4\.0 \(this head: 16\.0\)"),
         ("spherical", {"eps": 0.5}, r"eps=0.5 \(this head: 0.01\)"),
     ],
 )
