@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from recipe_helpers import load_recipe, write_corpus
+from recipe_helpers import SLURM, load_recipe, write_corpus
 
 from lm_heads.data import LMDataModule
 
@@ -242,18 +242,13 @@ def test_output_dir_rules_on_every_rank(tmp_path, monkeypatch) -> None:
     prepare_output_dir(out, overwrite, rank=1)
     assert (out / "results.json").exists()  # only rank 0 deletes
     (out / "hpc_ckpt_1.ckpt").write_bytes(b"")  # a requeued SLURM job resumes from it itself
-    with pytest.raises(UsageError, match="hpc_ckpt_1.ckpt"):  # not under SLURM: --resume last
+    with pytest.raises(UsageError, match=r"hpc_ckpt_1\.ckpt"):  # not under SLURM: --resume last
         prepare_output_dir(out, fresh, rank=0)
     for key, value in SLURM.items():
         monkeypatch.setenv(key, value)
     prepare_output_dir(out, fresh, rank=0)
     prepare_output_dir(out, overwrite, rank=0)  # --overwrite: the hpc_ckpt goes too
     assert not [*out.iterdir()]
-
-
-SLURM = {"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
-         "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "lm-test", "SLURM_NODELIST": "127.0.0.1"}  # fmt: skip
-"""A one-task SLURM job as Lightning's ``SLURMEnvironment.detect`` sees it (not 'interactive')."""
 
 
 # 11. Mistakes that used to surface as a traceback after the data had loaded.
