@@ -224,11 +224,12 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
         if self._state_to_restore is not None:
             state, batches_done = self._state_to_restore
             self._state_to_restore = None
-            if state.shape[0] != self.trainer.world_size:
+            if state.shape[0] != self.trainer.world_size:  # recipes/lm.py refuses it earlier
                 raise ValueError(
                     f"the checkpoint carries the recurrent state of {state.shape[0]} rank(s), but "
                     f"this run has {self.trainer.world_size}: each rank reads other streams, so "
-                    "resume mid-epoch with the same number of devices (or pass --no-carry-state)"
+                    "resume mid-epoch with the same number of devices, or from a checkpoint saved "
+                    "at an epoch's end"
                 )
             if 0 < batches_done < self.trainer.num_training_batches:
                 own = state[self.trainer.global_rank].to(self.device)
