@@ -4,11 +4,14 @@ A checkpoint of ``recipes/lm.py`` holds the model's hyperparameters, its weights
 :class:`CheckpointExtras`) the vocabulary and options it was trained with, so that ``generate.py``,
 ``evaluate.py`` and ``export_embeddings.py`` need nothing but the checkpoint. Before a run resumes
 from one, :func:`check_resume` compares it with the model and data of this run and says what
-differs (head, vocabulary, sizes) instead of failing inside ``load_state_dict``.
+differs (head, vocabulary, sizes) instead of failing inside ``load_state_dict``, and
+:func:`check_batching` refuses a mid-epoch resume with another split of the global batch over
+ranks. :func:`newest_checkpoint` is what ``--resume last`` (and a requeued SLURM job) continues.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,13 +22,14 @@ from lightning.pytorch.callbacks import Callback
 
 from lm_heads.data import Vocabulary
 from recipes.cli import UsageError
-from recipes.language_model import LanguageModel
+from recipes.language_model import LanguageModel, hpc_checkpoints
 from recipes.options import option_names
 
 
 class CheckpointExtras(Callback):
-    """Stores the training vocabulary (words in id order, and counts) and the recipe's options
-    (``recipe_args``) in every checkpoint."""
+    """Stores the training vocabulary (words in id order, and counts), the recipe's options
+    (``recipe_args``) and how the global batch was made (``batching``: see :func:`batching`, and
+    where in its epoch the run was) in every checkpoint."""
 
     def __init__(self, args: dict[str, Any]) -> None:
         self.args = args
@@ -35,6 +39,25 @@ class CheckpointExtras(Callback):
         checkpoint["recipe_args"] = self.args
         if self.vocab is not None:
             checkpoint["vocabulary"] = {"words": self.vocab.itos, "counts": self.vocab.counts}
+        per_epoch = trainer.num_training_batches
+        checkpoint["batching"] = {
+            **batching(trainer, int(self.args["batch_size"])),
+            # Saves happen at a step's end: "processed" counts the step just taken.
+            "epoch_batches_done": int(trainer.fit_loop.epoch_loop.batch_progress.current.processed),
+            "epoch_batches": int(per_epoch) if math.isfinite(per_epoch) else None,
+        }
+
+
+def batching(trainer: L.Trainer, batch_size: int) -> dict[str, int]:
+    """How a run makes its global batch: ``batch_size`` windows per rank and step, on
+    ``world_size`` ranks, over ``accumulate_grad_batches`` steps."""
+    world, accumulate = int(trainer.world_size), int(trainer.accumulate_grad_batches)
+    return {
+        "world_size": world,
+        "batch_size": batch_size,
+        "accumulate_grad_batches": accumulate,
+        "global_batch": batch_size * world * accumulate,
+    }
 
 
 class FitTimer(Callback):
@@ -147,6 +170,85 @@ def check_resume(ckpt: dict[str, Any], path: Path, model: LanguageModel, vocab: 
             f"checkpoint {path} does not fit this model: {because}; resume with the options it "
             "was trained with, or start afresh without --resume"
         )
+
+
+def check_batching(ckpt: dict[str, Any], path: Path, now: dict[str, int]) -> str | None:
+    """Compare the global batch of ``ckpt`` with this run's (``now``, from :func:`batching`).
+
+    Mid-epoch, another split is refused (:class:`UsageError`): each rank reads its own streams of
+    ``batch_size x world_size``, and the data resumes by skipping the batches done, so another
+    split would train part of the epoch twice and skip another (carried state or not). At an
+    epoch's end the next epoch simply starts with the new split: the warning returned says how
+    the global batch changes (``None``: it does not, or the checkpoint predates the record).
+    """
+    then = _recorded_batching(ckpt)
+    keys = ("world_size", "batch_size", "accumulate_grad_batches")
+    if then is None or all(then[k] == now[k] for k in keys):
+        return None
+    done, per_epoch = then.get("epoch_batches_done"), then.get("epoch_batches")
+    mid_epoch = done is not None and done > 0 and (per_epoch is None or done < per_epoch)
+    if mid_epoch:
+        of = f" of {per_epoch}" if per_epoch is not None else ""
+        raise UsageError(
+            f"checkpoint {path} was saved mid-epoch (after batch {done}{of}) by a run of "
+            f"{_describe(then)}; this run has {_describe(now)}. Each rank reads its own share of "
+            "the training streams, which depends on both, so continuing this epoch would train "
+            "part of it twice and skip another (with --no-carry-state too): resume with "
+            f"{then['world_size']} rank(s) (--devices x --num-nodes) and --batch-size "
+            f"{then['batch_size']}, or from a checkpoint saved at an epoch's end"
+        )
+    return (
+        f"checkpoint {path} was trained with {_describe(then)}; this run continues with "
+        f"{_describe(now)}: each optimizer step now averages the gradient over "
+        f"{now['global_batch']} windows instead of {then['global_batch']}, at the same --lr"
+    )
+
+
+def _recorded_batching(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint's ``batching``; for checkpoints that predate it, what their carried
+    recurrent state tells (``[world, 2, layers, batch_size, d]``, saved mid-epoch only)."""
+    if isinstance(ckpt.get("batching"), dict):
+        return dict(ckpt["batching"])
+    carried = ckpt.get("carried_state")
+    if not isinstance(carried, dict):
+        return None
+    world, batch_size = int(carried["state"].shape[0]), int(carried["state"].shape[3])
+    return {
+        "world_size": world,
+        "batch_size": batch_size,
+        "accumulate_grad_batches": 1,
+        "global_batch": world * batch_size,
+        "epoch_batches_done": int(carried["batches_in_epoch"]),
+        "epoch_batches": None,
+    }
+
+
+def _describe(shape: dict[str, Any]) -> str:
+    accumulated = shape["accumulate_grad_batches"]
+    over = f" x {accumulated} accumulated steps" if accumulated != 1 else ""
+    return (
+        f"{shape['world_size']} rank(s) x --batch-size {shape['batch_size']}{over} (global batch "
+        f"{shape['global_batch']} windows)"
+    )
+
+
+def newest_checkpoint(out_dir: Path) -> Path | None:
+    """The checkpoint a run in ``out_dir`` continues from: ``checkpoints/last.ckpt`` or one of
+    SLURM's ``hpc_ckpt_N.ckpt``, whichever holds the later step (on a tie, the later written:
+    e.g. last.ckpt after the epoch-end validation that followed an hpc save at the epoch's last
+    step). An unreadable file (cut short by the kill that ended its job) ranks last.
+    """
+    candidates = [out_dir / "checkpoints" / "last.ckpt", *hpc_checkpoints(out_dir)]
+    return max((p for p in candidates if p.is_file()), key=_progress, default=None)
+
+
+def _progress(path: Path) -> tuple[int, int]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        step = int(ckpt["global_step"])
+    except Exception:  # any damage: read_checkpoint explains it if this one is chosen
+        step = -1
+    return step, path.stat().st_mtime_ns
 
 
 def _state_mismatch(saved: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -> str:

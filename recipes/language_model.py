@@ -18,7 +18,9 @@ Two kinds of validation, kept apart on purpose (as pytorch/examples does):
 from __future__ import annotations
 
 import math
+import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -28,6 +30,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 
 from lm_heads import build_head
@@ -187,8 +190,15 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
         checkpoint["rng_states"] = rng
         state = self._carried.get("train")
         if state is not None and self._train_batches_in_epoch < self.trainer.num_training_batches:
-            # Every rank carries its own streams' state; the checkpoint keeps all of them. This
-            # hook runs on every rank (Lightning dumps the checkpoint everywhere, rank 0 writes).
+            # Every rank carries its own streams' state; the checkpoint keeps all of them. The
+            # gather is safe because every save happens at the end of a training step that all
+            # ranks reach together: ModelCheckpoint and FinalCheckpoint save at a step every rank
+            # computes alike, and SLURM's requeue signal is turned into a save at the step end
+            # the ranks agreed on (StopOnSignal). Lightning's own SIGUSR1 handler saved from
+            # inside the handler, at a different point on each rank (deadlocked here, and
+            # mid-step besides): StopOnSignal takes the signal before Lightning can install it.
+            # (Per-rank side files would avoid the gather but not Lightning's barrier at the end
+            # of every save, and would make a checkpoint several files.)
             stacked = torch.stack(state)  # [2, layers, B, d]
             gathered = self.all_gather(stacked) if self.trainer.world_size > 1 else stacked[None]
             checkpoint["carried_state"] = {
@@ -214,11 +224,12 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
         if self._state_to_restore is not None:
             state, batches_done = self._state_to_restore
             self._state_to_restore = None
-            if state.shape[0] != self.trainer.world_size:
+            if state.shape[0] != self.trainer.world_size:  # recipes/lm.py refuses it earlier
                 raise ValueError(
                     f"the checkpoint carries the recurrent state of {state.shape[0]} rank(s), but "
                     f"this run has {self.trainer.world_size}: each rank reads other streams, so "
-                    "resume mid-epoch with the same number of devices (or pass --no-carry-state)"
+                    "resume mid-epoch with the same number of devices, or from a checkpoint saved "
+                    "at an epoch's end"
                 )
             if 0 < batches_done < self.trainer.num_training_batches:
                 own = state[self.trainer.global_rank].to(self.device)
@@ -409,21 +420,52 @@ class TrainingStopped(Exception):
         self.signum = signum
 
 
-class StopOnSignal(Callback):
-    """Ctrl-C (SIGINT) or SIGTERM during training: finish the step, stop, let
-    :class:`FinalCheckpoint` save ``last.ckpt`` at that step, and leave ``fit`` by raising
-    :class:`TrainingStopped`, so ``--resume last`` continues exactly there.
+HPC_CHECKPOINT = "hpc_ckpt_{}.ckpt"
+"""Lightning's name for the checkpoints of SLURM's requeue signal, numbered from 1."""
 
-    Lightning's own handling exits at once without a checkpoint. A second Ctrl-C stops at once
-    (nothing saved). Under DDP the ranks agree on the step to stop at (one all-reduce per step).
+
+def hpc_checkpoints(folder: Path) -> list[Path]:
+    """The ``hpc_ckpt_N.ckpt`` files in ``folder``, in the order of ``N``."""
+    numbered = [p for p in folder.glob(HPC_CHECKPOINT.format("*")) if _hpc_number(p) is not None]
+    return sorted(numbered, key=_hpc_number)
+
+
+def _hpc_number(path: Path) -> int | None:
+    number = path.name[len("hpc_ckpt_") : -len(".ckpt")]
+    return int(number) if number.isdigit() else None
+
+
+class StopOnSignal(Callback):
+    """Signals during training, each acted on at the end of a training step that every rank
+    reaches together (the ranks agree on it with one small all-reduce per step):
+
+    - Ctrl-C (SIGINT) or SIGTERM: finish the step, stop, let :class:`FinalCheckpoint` save
+      ``last.ckpt`` at that step, and leave ``fit`` by raising :class:`TrainingStopped`, so
+      ``--resume last`` continues exactly there. Lightning's own handling exits at once without a
+      checkpoint. A second Ctrl-C stops at once (nothing saved).
+    - SLURM's requeue signal (SIGUSR1, ``#SBATCH --signal=SIGUSR1@120``), when SLURM runs the job:
+      save ``<output-dir>/hpc_ckpt_N.ckpt`` at the end of the step, ask SLURM to requeue the job
+      (``scontrol requeue``, from rank 0) and train on until SLURM's SIGTERM stops the run as
+      above. The requeued job resumes from the newer of the two (``recipes.checkpoint``).
+
+    The handlers only take note: Lightning's SIGUSR1 handler saved from inside the handler, at
+    whatever point each rank had reached (mid-step, and with collectives in the save, a deadlock
+    across ranks). Ours is installed in ``setup``, before Lightning registers its handlers, and
+    Lightning leaves a signal alone that already has one.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REQUEUE_SIGNAL = signal.SIGUSR1
 
     def __init__(self) -> None:
         self.received: int | None = None  # the signal that asked to stop (on this rank)
         self.stopped_by: int | None = None  # set once training stopped for it
+        self.requeue_asked = False  # SLURM's requeue signal arrived since the last save
+        self.saved: list[Path] = []  # the hpc checkpoints written for it (on rank 0)
         self._previous: dict[int, Any] = {}
+        self._previous_requeue: dict[int, Any] = {}
+        self._fitting = False  # between setup("fit") and the end of training
+        self._rank_zero = True
 
     def request(self, signum: int, frame: Any = None) -> None:
         if self.received is not None and signum == signal.SIGINT:
@@ -436,24 +478,63 @@ class StopOnSignal(Callback):
             flush=True,
         )
 
+    def request_requeue(self, signum: int, frame: Any = None) -> None:
+        if self._fitting:
+            self.requeue_asked = True  # acted on (and reported) at the end of this step
+        elif self._rank_zero:
+            name = signal.Signals(signum).name
+            print(f"\n{name}: SLURM asks to requeue, but training is over: nothing to save "
+                  "(last.ckpt holds the final step)", file=sys.stderr, flush=True)  # fmt: skip
+
+    def setup(self, trainer: L.Trainer, module: Any, stage: str) -> None:
+        self._fitting, self._rank_zero = stage == "fit", trainer.is_global_zero
+        # Before Lightning's _SignalConnector registers its handlers: it skips a taken signal.
+        if _on_main_thread() and SLURMEnvironment.detect() and not self._previous_requeue:
+            handler = signal.signal(self.REQUEUE_SIGNAL, self.request_requeue)
+            self._previous_requeue = {self.REQUEUE_SIGNAL: handler}
+
+    def teardown(self, trainer: L.Trainer, module: Any, stage: str) -> None:
+        self._fitting = False
+        for signum, handler in self._previous_requeue.items():
+            signal.signal(signum, handler)
+        self._previous_requeue = {}
+
     def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
         # Here, after Lightning installed its SIGTERM handler (which would exit unsaved).
-        if threading.current_thread() is threading.main_thread():
+        if _on_main_thread():
             self._previous = {s: signal.signal(s, self.request) for s in self.SIGNALS}
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: Any, out: Any, batch: Any, idx: int
     ) -> None:
-        asked = self.received is not None
-        if trainer.world_size > 1:
-            asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
-        if asked:
+        requeue, self.requeue_asked = self.requeue_asked, False
+        asked = [self.received is not None, requeue]
+        if trainer.world_size > 1:  # any rank's signal counts for all
+            flags = torch.tensor(asked, dtype=torch.int32, device=trainer.strategy.root_device)
+            asked = trainer.strategy.reduce(flags, reduce_op="sum").bool().tolist()
+        stop, requeue = asked
+        if requeue:
+            self._save_and_requeue(trainer)
+        if stop:
             self.stopped_by = self.received or signal.SIGTERM  # another rank's signal
             trainer.should_stop = True
             # Lightning validates when should_stop is set mid-epoch (for early stopping), then
             # ends the epoch: it would step the plateau schedule and write last.ckpt again with
             # the epoch marked finished, so that --resume began the next one. Neither may happen.
             trainer.limit_val_batches = 0
+
+    def _save_and_requeue(self, trainer: L.Trainer) -> None:
+        """Every rank saves (the checkpoint holds every rank's carried state; rank 0 writes it),
+        then rank 0 asks SLURM to requeue the job."""
+        folder = Path(trainer.default_root_dir)
+        last = max((_hpc_number(p) or 0 for p in hpc_checkpoints(folder)), default=0)
+        path = folder / HPC_CHECKPOINT.format(last + 1)
+        trainer.save_checkpoint(path, weights_only=False)
+        if trainer.is_global_zero:
+            self.saved.append(path)
+            name = signal.Signals(self.REQUEUE_SIGNAL).name
+            print(f"{name}: saved {path} at step {trainer.global_step}; {_requeue_job()}",
+                  file=sys.stderr, flush=True)  # fmt: skip
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
         # Called before ModelCheckpoint's epoch-end save and the schedulers' epoch step.
@@ -465,11 +546,38 @@ class StopOnSignal(Callback):
 
     def on_exception(self, trainer: L.Trainer, module: Any, exception: BaseException) -> None:
         self._restore()
+        self.teardown(trainer, module, "fit")
 
     def _restore(self) -> None:
+        self._fitting = False
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _requeue_job() -> str:
+    """Ask SLURM to requeue this job (as Lightning's plugin does); say what came of it."""
+    env = os.environ
+    job = env.get("SLURM_JOB_ID", "")
+    if "SLURM_ARRAY_JOB_ID" in env:
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as error:
+        failure = f"{type(error).__name__}: {error}"
+    else:
+        if done.returncode == 0:
+            return f"requeued SLURM job {job}; training goes on until SLURM stops it"
+        failure = f"exit {done.returncode}: {' '.join(done.stderr.split())}"
+    return (
+        f"could not requeue SLURM job {job} (scontrol requeue {job}: {failure}); training goes "
+        "on: submit the job again when it ends, and it resumes from the newest checkpoint"
+    )
 
 
 class FinalCheckpoint(Callback):

@@ -11,7 +11,8 @@ Everything is one Lightning ``Trainer``: a progress bar (one line per ``--log-ev
 stdout is not a terminal), loggers by name (``--logger [csv,tensorboard,wandb,mlflow]``),
 checkpoints every ``--checkpoint-every`` steps in ``<output-dir>/checkpoints`` (``last.ckpt``
 included; each carries the vocabulary), exact resume with ``--resume PATH|last``. At the end it
-evaluates the final weights on the validation and test splits, prints a summary and writes
+evaluates the weights it trained (in memory, never a checkpoint Lightning would pick) on the
+validation and test splits, prints a summary and writes
 ``<output-dir>/results.json`` (whose ``args`` ``--config`` accepts back). The options are in
 ``recipes/cli.py`` (the model's in ``recipes/options.py``); ``generate.py``, ``evaluate.py``
 and ``export_embeddings.py`` use the checkpoints.
@@ -22,8 +23,15 @@ directory, hardware) is found before training starts and reported in one paragra
 Perplexity is always ``exp(Σ −log p / #tokens)`` from ``head.target_log_prob`` (the exact
 distribution, also for sampled heads), summed over DDP ranks. Under DDP each rank evaluates a
 disjoint share of the validation/test windows (none repeated), so the numbers equal a
-single-process run's; each training epoch drops the last ``< world_size`` windows so that every
-rank takes the same number of steps.
+single-process run's. Training cuts the split into ``batch_size x world_size`` streams and keeps
+full batches only (``lm_heads.data``): each epoch drops the last ``< batch_size x world_size x
+bptt`` tokens, so that every rank takes the same number of steps.
+
+Under SLURM (``scripts/slurm_lm.sh``), the requeue signal saves ``<output-dir>/hpc_ckpt_N.ckpt``
+at the end of a step and requeues the job, and a job without ``--resume`` that finds one continues
+from the newer of it and ``last.ckpt`` (``recipes/language_model.py``, ``StopOnSignal``). A resume
+at another world size or batch size is refused mid-epoch and warned about at an epoch's end
+(``recipes/checkpoint.py``, ``check_batching``).
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from lm_heads.data import CacheError, DataUnavailableError  # noqa: E402
-from recipes.checkpoint import check_resume, read_checkpoint  # noqa: E402
+from recipes.checkpoint import batching, check_batching, check_resume, read_checkpoint  # noqa: E402
 from recipes.cli import UsageError, parse_args, recorded_args, usage_exit  # noqa: E402
 from recipes.distributed import (  # noqa: E402
     is_peer_timeout,
@@ -166,6 +174,10 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         print(describe_memory(memory, free), flush=True)
     if ckpt is not None:
         check_resume(ckpt, resume, model, dm.vocab)
+    if ckpt is not None and not args.eval_only:  # evaluation is the same on any world size
+        change = check_batching(ckpt, resume, batching(trainer, args.batch_size))
+        if change is not None and rank == 0:
+            print(f"recipes/lm.py: warning: {change}", file=sys.stderr, flush=True)
     ours["clock"].probe = lambda: _similarity_point(model, dm, similarity)
 
     train_loss = None
@@ -180,12 +192,14 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             # checkpoint's progress counters say were trained (tests/distributed: bit-exact).
             warnings.filterwarnings("ignore", message=".*dataloader is\\s+not resumable")
             try:
-                trainer.fit(model, datamodule=dm, ckpt_path=resume, weights_only=True)
+                ckpt_path = _exactly(trainer, resume)
+                trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
             except TrainingStopped as stop:
                 _interrupted(stop.signum, trainer, out_dir, argv)
         if ours["stop"].stopped_by is not None:  # stopped at the run's last step: no epoch end
             _interrupted(ours["stop"].stopped_by, trainer, out_dir, argv)
         train_loss = _last_train_loss(trainer)  # read before validate() clears callback_metrics
+        ours["tokens_per_s"] = _agreed_tokens_per_s(trainer, ours["clock"].tokens_per_s)
     val_ppl = (
         _epoch_end_val_ppl(ours["clock"].curve, trainer) if args.final_val_batches is None else None
     )
@@ -195,9 +209,10 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         if args.final_val_batches is not None:
             trainer.limit_val_batches = args.final_val_batches
         val_start = time.perf_counter()
-        val_ppl = float(trainer.validate(model, datamodule=dm, verbose=False)[0]["val_ppl"])
+        val = trainer.validate(model, datamodule=dm, ckpt_path=_exactly(trainer), verbose=False)
+        val_ppl = float(val[0]["val_ppl"])
         ours["final_val"]["seconds"] = time.perf_counter() - val_start
-    test = trainer.test(model, datamodule=dm, verbose=False)
+    test = trainer.test(model, datamodule=dm, ckpt_path=_exactly(trainer), verbose=False)
     if not trainer.is_global_zero:
         return None
     results = _results(args, trainer, model, dm, ours, val_ppl, float(test[0]["test_ppl"]),
@@ -207,6 +222,33 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     _print_summary(results, out_dir / "results.json")
     return results
+
+
+def _exactly(trainer: L.Trainer, path: Path | None = None) -> Path | None:
+    """``path`` as the ``ckpt_path`` of fit/validate/test, with ``None`` meaning *none*: the
+    model's weights as they are in memory (the ones just trained, or loaded by --eval-only).
+
+    Lightning documents ``ckpt_path=None`` with a model as the current weights, but under SLURM
+    it takes the newest ``hpc_ckpt_*.ckpt`` in the output directory instead, for fit, validate
+    and test alike (``_CheckpointConnector._parse_ckpt_path``): after a requeue, the final
+    evaluation (and SimLex, on the same model) then reported the weights of the step the hpc_ckpt
+    was saved at. The recipe chooses its checkpoint itself (``resolve_resume``). Lightning has no
+    public switch for "none"; its ``trainer.ckpt_path`` setter marks a path as the user's, and
+    marking ``None`` so makes ``_select_ckpt_path`` return it as given.
+    """
+    if path is None:
+        trainer.ckpt_path = None
+        trainer._checkpoint_connector._user_managed = True
+    return path
+
+
+def _agreed_tokens_per_s(trainer: L.Trainer, own: float | None) -> float | None:
+    """Training tokens per second over all ranks: the global tokens over the slowest rank's
+    time (each rank times its own steps; all ranks take the same steps of the same size)."""
+    if trainer.world_size == 1 or own is None:  # None alike everywhere: as many steps
+        return own
+    value = torch.tensor(own, dtype=torch.float64, device=trainer.strategy.root_device)
+    return float(trainer.strategy.reduce(value, reduce_op="min"))
 
 
 def _interrupted(
@@ -253,7 +295,7 @@ def _results(
         "test_ppl": test_ppl,
         "entropy_floor_ppl": getattr(dm, "entropy_floor_ppl", None),
         "train_loss_last": train_loss,
-        "train_tokens_per_s": clock.tokens_per_s,
+        "train_tokens_per_s": ours.get("tokens_per_s"),
         "train_seconds": ours["timer"].seconds,  # the whole run, across resumes
         "stopped_by_time": clock.stopped_by_time,
         "train_step_seconds": clock.seconds,
@@ -321,7 +363,8 @@ def _print_summary(r: dict[str, Any], path: Path) -> None:
             else:
                 lines.append(f"similarity {side:7s}not measured: {s.get('reason')}")
     lines += [
-        f"tokens/s        {fmt(r['train_tokens_per_s'], ',.0f')} (training, all ranks)",
+        f"tokens/s        {fmt(r['train_tokens_per_s'], ',.0f')} (training, all ranks, "
+        "slowest rank's time)",
         f"train time      {fmt(r['train_seconds'], '.1f')} s (fit, whole run)",
         f"peak memory     {fmt(r['peak_memory_mib'], ',.0f')} MiB ({r['peak_memory_kind']})",
         f"wall time       {fmt(r['wall_seconds'], '.1f')} s",

@@ -21,12 +21,13 @@ from typing import Any
 import lightning as L
 import torch
 from jsonargparse import Namespace
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lm_heads.data import LMDataModule
 from lm_heads.similarity import find_simlex, load_pairs, pairs_name, word_similarity
-from recipes.checkpoint import CheckpointExtras, FitTimer
+from recipes.checkpoint import CheckpointExtras, FitTimer, newest_checkpoint
 from recipes.cli import UsageError, recorded_args
 from recipes.distributed import RankSeeds
 from recipes.language_model import (
@@ -35,6 +36,7 @@ from recipes.language_model import (
     StopOnSignal,
     SubsetValidation,
     TrainClock,
+    hpc_checkpoints,
 )
 from recipes.options import option_names
 from recipes.progress import LineProgress, RecipeProgressBar
@@ -55,11 +57,13 @@ def prepare_output_dir(out_dir: Path, args: Namespace, rank: int) -> None:
             "logs/ and results.json)"
         )
     _check_writable(out_dir)
+    # A SLURM-requeued job resumes from its hpc_ckpt_N.ckpt by itself (resolve_resume).
+    hpc = hpc_checkpoints(out_dir)
+    requeued = bool(hpc) and SLURMEnvironment.detect() and not args.overwrite
     earlier = [p for p in (out_dir / "checkpoints", out_dir / "results.json") if p.exists()]
-    # Lightning itself resumes a SLURM-requeued job from its hpc_ckpt_*.ckpt (scripts/slurm_lm.sh).
-    requeued = any(out_dir.glob("hpc_ckpt_*.ckpt"))
-    if not earlier or args.resume is not None or requeued:
+    if not earlier + hpc or args.resume is not None or requeued:
         return
+    earlier += hpc
     if not args.overwrite:
         # Every rank decides alike (nothing is written before fit), so none is left waiting.
         names = ", ".join(p.name for p in earlier)
@@ -89,9 +93,17 @@ def _check_writable(out_dir: Path) -> None:
 
 
 def resolve_resume(args: Namespace, out_dir: Path) -> Path | None:
+    """The checkpoint to continue: ``--resume PATH``; for ``--resume last`` the newer of
+    ``last.ckpt`` and SLURM's ``hpc_ckpt_N.ckpt``; without ``--resume``, a requeued SLURM job
+    (one with an hpc_ckpt) continues from that newer one too (Lightning would take the hpc_ckpt,
+    even when last.ckpt is newer)."""
     if args.resume is None:
-        return None
-    path = out_dir / "checkpoints" / "last.ckpt" if args.resume == "last" else Path(args.resume)
+        requeued = not args.overwrite and SLURMEnvironment.detect() and hpc_checkpoints(out_dir)
+        return newest_checkpoint(out_dir) if requeued else None
+    if args.resume == "last":
+        path = newest_checkpoint(out_dir) or out_dir / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(args.resume)
     if not path.is_file():
         what = "no checkpoint at" if args.resume == "last" else "no such checkpoint:"
         raise UsageError(f"--resume {args.resume}: {what} {path}")

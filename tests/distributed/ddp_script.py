@@ -10,6 +10,9 @@ traceback and exits 134.
 - ``mixin_eval``: ``LMHeadMixin`` under ``Trainer(strategy="ddp")`` validates and tests on an
   odd-sized set, which Lightning's default sampler pads with a repeated sample; prints
   ``ok <stage> <logged ppl> <exact ppl>``.
+- ``slurm_task ARGS``: ``recipes/lm.py ARGS`` as one task of a SLURM job (the caller starts one
+  per rank with SLURM's variables, as ``srun`` would); with ``SIGUSR1_AT=STEP`` in the
+  environment, the task sends itself SIGUSR1 in the middle of that training step.
 
 The two plain-DDP modes take three SGD steps on rank-dependent batches, the first of which only
 targets the 3 most frequent words (so a module that skipped empty clusters or tail bands would
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -172,14 +176,34 @@ def mixin_eval_mode() -> None:
     dist.destroy_process_group()
 
 
+def slurm_task_mode(argv: list[str]) -> None:
+    from recipes import language_model, lm
+
+    at = os.environ.get("SIGUSR1_AT")
+    if at is not None:
+        step = language_model.LanguageModel.training_step
+
+        def training_step(self, batch, batch_idx):
+            if self.trainer.global_step == int(at):  # mid-step, where Lightning's handler saved
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return step(self, batch, batch_idx)
+
+        language_model.LanguageModel.training_step = training_step
+    lm.main(argv)
+
+
 MODES = {"heads": heads_mode, "adaptive_input": adaptive_input_mode}
+OWN_LAUNCH = ("mixin_eval", "slurm_task")  # each rank started by Lightning or by the caller
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] not in (*MODES, "mixin_eval"):
-        sys.exit(f"usage: {Path(__file__).name} {{{'|'.join((*MODES, 'mixin_eval'))}}} [ARGS]")
+    if len(sys.argv) < 2 or sys.argv[1] not in (*MODES, *OWN_LAUNCH):
+        sys.exit(f"usage: {Path(__file__).name} {{{'|'.join((*MODES, *OWN_LAUNCH))}}} [ARGS]")
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "mixin_eval":
         mixin_eval_mode()
+        sys.exit(0)
+    if mode == "slurm_task":
+        slurm_task_mode(args)
         sys.exit(0)
     if mode == "heads":
         args = args or sorted(HEADS)

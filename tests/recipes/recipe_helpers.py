@@ -29,6 +29,23 @@ TINY = [
 ]  # fmt: skip
 """A recipe run of a few seconds: a 60-word synthetic language and a tiny LSTM."""
 
+SLURM = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0",
+         "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_ID": "4242",
+         "SLURM_JOB_NAME": "lm-test", "SLURM_NODELIST": "127.0.0.1"}  # fmt: skip
+"""A one-task SLURM job as Lightning's ``SLURMEnvironment.detect`` sees it (its job name is not
+'bash' or 'interactive', which Lightning treats as a shell on an allocation)."""
+
+
+def fake_scontrol(folder: Path) -> Path:
+    """An ``scontrol`` in ``folder/bin`` (put it first on PATH) that appends its arguments to
+    the file returned, as a requeue on a real cluster would be asked for."""
+    calls = folder / "scontrol.calls"
+    (folder / "bin").mkdir(parents=True, exist_ok=True)
+    script = folder / "bin" / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
+    script.chmod(0o755)
+    return calls
+
 
 def write_corpus(root: Path, seed: int = 0, words: int = 40) -> Path:
     """A local data folder (train/valid/test.txt) of random lines over ``words`` words."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from recipe_helpers import load_recipe, write_corpus
+from recipe_helpers import SLURM, load_recipe, write_corpus
 
 from lm_heads.data import LMDataModule
 
@@ -227,7 +227,7 @@ def test_resume_is_quiet_and_counts_the_whole_run(lm, tiny_args, tmp_path) -> No
     assert results["train_seconds"] == pytest.approx(again["train_seconds"])
 
 
-def test_output_dir_rules_on_every_rank(tmp_path) -> None:
+def test_output_dir_rules_on_every_rank(tmp_path, monkeypatch) -> None:
     from recipes.cli import UsageError, parse_args
     from recipes.preflight import prepare_output_dir
 
@@ -241,11 +241,14 @@ def test_output_dir_rules_on_every_rank(tmp_path) -> None:
     overwrite = parse_args(["--output-dir", str(out), "--overwrite"])
     prepare_output_dir(out, overwrite, rank=1)
     assert (out / "results.json").exists()  # only rank 0 deletes
-    (out / "hpc_ckpt_1.ckpt").write_bytes(b"")  # Lightning resumes a requeued SLURM job itself
+    (out / "hpc_ckpt_1.ckpt").write_bytes(b"")  # a requeued SLURM job resumes from it itself
+    with pytest.raises(UsageError, match=r"hpc_ckpt_1\.ckpt"):  # not under SLURM: --resume last
+        prepare_output_dir(out, fresh, rank=0)
+    for key, value in SLURM.items():
+        monkeypatch.setenv(key, value)
     prepare_output_dir(out, fresh, rank=0)
-    (out / "hpc_ckpt_1.ckpt").unlink()
-    prepare_output_dir(out, overwrite, rank=0)
-    assert not (out / "results.json").exists() and not (out / "checkpoints").exists()
+    prepare_output_dir(out, overwrite, rank=0)  # --overwrite: the hpc_ckpt goes too
+    assert not [*out.iterdir()]
 
 
 # 11. Mistakes that used to surface as a traceback after the data had loaded.
