@@ -35,39 +35,13 @@
 #SBATCH --signal=SIGUSR1@120
 #SBATCH --requeue
 #SBATCH --output=slurm-%j.out
-# (--signal: Lightning's SLURM plugin catches SIGUSR1 two minutes before the time limit, saves
-#  <output-dir>/hpc_ckpt_N.ckpt and requeues the job, which --requeue allows where the cluster's
-#  default does not. Every start of this script, requeued or resubmitted by hand, continues from
-#  the newest checkpoint of the output directory: see newest_checkpoint.)
+# (--signal: two minutes before the time limit the recipe saves <output-dir>/hpc_ckpt_N.ckpt at the
+#  end of the step every rank agrees on, and requeues the job, which --requeue allows where the
+#  cluster's default does not; SLURM's SIGTERM then saves checkpoints/last.ckpt and exits 143.
+#  Every start of this script, requeued or resubmitted by hand, passes --resume last, and the
+#  recipe continues from whichever of last.ckpt and hpc_ckpt_N.ckpt holds the later step.)
 
 set -euo pipefail
-
-# The checkpoint to continue from: of Lightning's hpc_ckpt_N.ckpt (saved on SIGUSR1 before a
-# requeue) and checkpoints/last.ckpt (saved every --checkpoint-every steps, at the end and on
-# SIGTERM), the one written last. Each is a complete training state, and training in one output
-# directory only moves forward, so the last written is the furthest along: a job requeued from
-# hpc_ckpt_1 that then trains on writes a newer last.ckpt, which must win over hpc_ckpt_1. The
-# write time, not the step, decides because reading a checkpoint's step means loading it (GBs for
-# a large vocabulary) and a run resumed on purpose from an earlier step is continued too. A file
-# that is not a complete zip archive (torch.save's format), e.g. one cut short by a kill, is
-# skipped. Prints nothing when there is none.
-newest_checkpoint() {
-    python - "$1" <<'PY'
-import sys
-import zipfile
-from pathlib import Path
-
-out = Path(sys.argv[1])
-candidates = [*out.glob("hpc_ckpt_*.ckpt"), out / "checkpoints" / "last.ckpt"]
-complete = [p for p in candidates if p.is_file() and zipfile.is_zipfile(p)]
-if complete:
-    print(max(complete, key=lambda p: p.stat().st_mtime_ns))
-PY
-}
-
-if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
-    return 0  # sourced (tests): define newest_checkpoint only
-fi
 
 REPO=${LM_HEADS_REPO:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}}
 if [[ ! -f "$REPO/recipes/lm.py" ]]; then
@@ -87,10 +61,10 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
 
 RESUME=()
 if [[ " $* " != *" --resume "* && " $* " != *" --resume="* && " $* " != *" --overwrite "* ]]; then
-    FROM=$(newest_checkpoint "$OUTPUT_DIR")
-    if [[ -n "$FROM" ]]; then
-        echo "slurm_lm.sh: continuing from $FROM" >&2
-        RESUME=(--resume "$FROM")
+    if compgen -G "$OUTPUT_DIR/hpc_ckpt_*.ckpt" >/dev/null \
+        || [[ -f "$OUTPUT_DIR/checkpoints/last.ckpt" ]]; then
+        echo "slurm_lm.sh: continuing the run in $OUTPUT_DIR (--resume last)" >&2
+        RESUME=(--resume last)
     fi
 fi
 

@@ -1,5 +1,6 @@
-"""scripts/slurm_lm.sh, read as SLURM runs it: its syntax, the srun line, and which checkpoint a
-(re)started job continues from. srun is replaced by a stub that records its arguments."""
+"""scripts/slurm_lm.sh, read as SLURM runs it: its syntax, the srun line, and when a (re)started
+job continues its run. srun is replaced by a stub that records its arguments. Which checkpoint
+``--resume last`` takes is the recipe's rule (tests/recipes/test_interrupt.py)."""
 
 from __future__ import annotations
 
@@ -26,15 +27,6 @@ def _checkpoint(path: Path, age_s: float) -> Path:
     return path
 
 
-def _newest(out: Path) -> str:
-    done = subprocess.run(
-        ["bash", "-c", f'source "{SCRIPT}" && newest_checkpoint "$0"', str(out)],
-        capture_output=True, text=True, timeout=60, env=_env(),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -51,21 +43,6 @@ def test_the_script_parses_and_names_what_a_cluster_needs() -> None:
     assert "#SBATCH --requeue" in text  # Lightning's SIGUSR1 handler requeues the job
 
 
-def test_the_newest_complete_checkpoint_wins(tmp_path) -> None:
-    out = tmp_path / "run"
-    assert _newest(out) == ""  # nothing to continue: a fresh start
-    hpc = _checkpoint(out / "hpc_ckpt_1.ckpt", age_s=300)
-    assert _newest(out) == str(hpc)
-    # Requeued from hpc_ckpt_1, the job trained on and wrote last.ckpt: that is further along
-    # (the old script always took the hpc_ckpt).
-    last = _checkpoint(out / "checkpoints" / "last.ckpt", age_s=100)
-    assert _newest(out) == str(last)
-    hpc2 = _checkpoint(out / "hpc_ckpt_2.ckpt", age_s=10)  # preempted again later
-    assert _newest(out) == str(hpc2)
-    (out / "hpc_ckpt_3.ckpt").write_bytes(hpc2.read_bytes()[:40])  # cut short by a kill
-    assert _newest(out) == str(hpc2)
-
-
 def _fake_srun(tmp_path: Path) -> tuple[Path, Path]:
     bin_dir, log = tmp_path / "bin", tmp_path / "srun.log"
     bin_dir.mkdir()
@@ -77,12 +54,12 @@ def _fake_srun(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize(
     ("given", "resumed"),
-    [([], "newest"), (["--resume", "last"], "user's"), (["--overwrite"], "none")],
+    [([], "last"), (["--resume", "last"], "user's"), (["--overwrite"], "none")],
 )
-def test_the_job_passes_the_newest_checkpoint_to_the_recipe(tmp_path, given, resumed) -> None:
+def test_a_restarted_job_continues_its_run(tmp_path, given, resumed) -> None:
     out = tmp_path / "run"
     _checkpoint(out / "hpc_ckpt_1.ckpt", age_s=300)
-    last = _checkpoint(out / "checkpoints" / "last.ckpt", age_s=100)
+    _checkpoint(out / "checkpoints" / "last.ckpt", age_s=100)
     bin_dir, log = _fake_srun(tmp_path)
     env = _env(SLURM_SUBMIT_DIR=str(REPO), OUTPUT_DIR=str(out), SLURM_CPUS_PER_TASK="4",
                SLURM_NTASKS_PER_NODE="2", SLURM_JOB_NUM_NODES="3")  # fmt: skip
@@ -94,7 +71,7 @@ def test_the_job_passes_the_newest_checkpoint_to_the_recipe(tmp_path, given, res
     assert argv[:3] == ["--kill-on-bad-exit=1", "--cpus-per-task=4", "python"]
     assert argv[argv.index("--devices") + 1] == "2" and argv[argv.index("--num-nodes") + 1] == "3"
     resumes = [argv[i + 1] for i, a in enumerate(argv) if a == "--resume"]
-    expected = {"newest": [str(last)], "user's": ["last"], "none": []}[resumed]
+    expected = {"last": ["last"], "user's": ["last"], "none": []}[resumed]
     assert resumes == expected
     assert argv[len(argv) - len(given) :] == given  # the user's arguments come last (they win)
 
