@@ -105,40 +105,50 @@ class _Window:
 
 class HeadBookkeeping(Callback):
     """What ``LMHeadMixin`` needs from the loops, as a callback so that no override of a module
-    hook (with or without ``super()``) can skip it. ``LMHeadMixin.configure_callbacks`` adds it."""
+    hook (with or without ``super()``) can skip it. ``LMHeadMixin.configure_callbacks`` adds it;
+    ``pl_module`` is an ``LMHeadMixin``."""
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: LMHeadMixin) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         pl_module._head_window = None  # a window left by an interrupted run never leaks in
 
-    def on_validation_start(self, trainer: L.Trainer, pl_module: LMHeadMixin) -> None:
+    def on_validation_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         _count_each_sample_once(trainer, pl_module, "val")
 
-    def on_test_start(self, trainer: L.Trainer, pl_module: LMHeadMixin) -> None:
+    def on_test_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         _count_each_sample_once(trainer, pl_module, "test")
 
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: LMHeadMixin) -> None:
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         pl_module._reset_stage_metrics("val")
 
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: LMHeadMixin) -> None:
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         pl_module._reset_stage_metrics("test")
 
     def on_validation_batch_start(
-        self, trainer: L.Trainer, pl_module: LMHeadMixin, batch: Any, batch_idx: int,
+        self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:  # fmt: skip
         pl_module._head_running = ("val", dataloader_idx)
 
     def on_test_batch_start(
-        self, trainer: L.Trainer, pl_module: LMHeadMixin, batch: Any, batch_idx: int,
+        self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:  # fmt: skip
         pl_module._head_running = ("test", dataloader_idx)
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: LMHeadMixin, *_: Any) -> None:
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
         pl_module._head_running = None
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: LMHeadMixin, *_: Any) -> None:
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
         pl_module._head_running = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
+        pl_module._head_running = None  # a later call by hand only accumulates again
 
 
 _DEALS_ONCE_WHEN_UNPADDED = (DistributedSampler.__iter__, DistributedSamplerWrapper.__iter__)
@@ -165,12 +175,10 @@ def _count_each_sample_once(trainer: L.Trainer, module: LMHeadMixin, stage: str)
             )
     if changed:
         # The loop drew its first batch from the padded order before this hook: start it over.
-        loops = {
-            TrainerFn.FITTING: trainer.fit_loop.epoch_loop.val_loop,
-            TrainerFn.VALIDATING: trainer.validate_loop,
-            TrainerFn.TESTING: trainer.test_loop,
-        }
-        loops[trainer.state.fn].reset()
+        if trainer.state.fn == TrainerFn.FITTING:
+            trainer.fit_loop.epoch_loop.val_loop.reset()
+        else:
+            (trainer.validate_loop if stage == "val" else trainer.test_loop).reset()
 
 
 def _unrepeat(loader: object, world_size: int) -> tuple[bool, str | None]:
@@ -501,8 +509,11 @@ class LMHeadMixin(_Base):
     def _check_bookkeeping(self) -> None:
         """Raise if a Lightning evaluation runs without :class:`HeadBookkeeping`."""
         trainer = getattr(self, "_trainer", None)
-        evaluating = trainer is not None and (trainer.validating or trainer.testing)
-        if evaluating and not any(isinstance(c, HeadBookkeeping) for c in trainer.callbacks):
+        if trainer is None or not (
+            trainer.sanity_checking or trainer.validating or trainer.testing
+        ):
+            return
+        if not any(isinstance(callback, HeadBookkeeping) for callback in trainer.callbacks):
             raise RuntimeError(
                 f"LMHeadMixin's HeadBookkeeping callback is missing from the trainer: "
                 f"{type(self).__name__}.configure_callbacks replaces the mixin's. Return "
