@@ -54,6 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import lightning as L
 import torch
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch import Callback
@@ -76,8 +77,6 @@ _NOT_CONFIGURED = "call self.configure_head(...) in __init__ before training or 
 if TYPE_CHECKING:
     # The mixin is always combined with a LightningModule (``self.log``, ``self.trainer``, the
     # state-dict hooks); at run time it has no base, so it composes in any order.
-    import lightning as L
-
     _Base = L.LightningModule
 else:
     _Base = object
@@ -174,7 +173,8 @@ def _count_each_sample_once(trainer: L.Trainer, module: LMHeadMixin, stage: str)
                 EvaluationSamplingWarning,
             )
     if changed:
-        # The loop drew its first batch from the padded order before this hook: start it over.
+        # Lightning's loop built its iterator and prefetched a batch, in the padded order, just
+        # before this hook: start it over so that the new order applies from the first batch.
         if trainer.state.fn == TrainerFn.FITTING:
             trainer.fit_loop.epoch_loop.val_loop.reset()
         else:
@@ -223,9 +223,9 @@ def _unrepeat(loader: object, world_size: int) -> tuple[bool, str | None]:
         changed = True
     if custom and (changed or world_size > 1):
         return changed, (
-            f"has its own batch_sampler ({type(batch_sampler).__name__}): the mixin made the "
-            "DistributedSampler it draws from give each sample to one rank once, but cannot "
-            "check that the batch_sampler draws each of them once"
+            f"has its own batch_sampler ({type(batch_sampler).__name__}): the "
+            "DistributedSampler it draws from gives each sample to one rank once, but the mixin "
+            "cannot check that the batch_sampler draws each of them once"
         )
     return changed, None
 
@@ -407,8 +407,6 @@ class LMHeadMixin(_Base):
         ``test_step``) computes them through ``head_evaluation_step``; no metric is updated.
         A list when the step calls ``head_evaluation_step`` several times. Define your own
         ``predict_step`` for anything else: it takes precedence over this one."""
-        import lightning as L
-
         steps = [getattr(self, name) for name in ("validation_step", "test_step")]
         step = next(
             (s for s in steps if getattr(L.LightningModule, s.__name__) is not s.__func__), None
