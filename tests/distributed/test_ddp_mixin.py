@@ -3,13 +3,15 @@ that reorders rows, or a custom batch_sampler (subprocess; ``ddp``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.distributed.test_ddp import _run
 
 pytestmark = pytest.mark.ddp
 
-SCRIPT = __import__("pathlib").Path(__file__).with_name("mixin_script.py")
+SCRIPT = Path(__file__).with_name("mixin_script.py")
 
 
 def test_each_sample_counts_once_whatever_the_collate_fn_or_batch_sampler(tmp_path) -> None:
