@@ -26,11 +26,17 @@ Metrics. Perplexity is measured on ``head.target_log_prob`` (the exact, normalis
 and accumulated as (Σ NLL, #tokens) in a :class:`~lm_heads.metrics.Perplexity` per stage *and per
 dataloader*: ``val_ppl`` for the first, ``val_ppl/dataloader_idx_k`` for each further one.
 Metrics are logged as objects, so Lightning syncs them across DDP ranks and resets them at the end
-of each epoch; the mixin also resets them at the start of each evaluation epoch
-(``on_validation_epoch_start`` / ``on_test_epoch_start``), so state left by a manual
-``head_evaluation_step`` or an interrupted run never leaks in. It learns the running dataloader
-and batch from ``on_{validation,test}_batch_start/_end`` and weighs gradient-accumulation windows
-by tokens in ``on_before_optimizer_step``: call ``super()`` if you override any of these hooks.
+of each epoch.
+
+No hook to chain. The mixin implements none of the LightningModule hooks a user overrides: its
+bookkeeping runs in :class:`HeadBookkeeping`, a callback it adds through ``configure_callbacks``
+(Lightning calls callbacks whatever the module's own hooks do). The callback resets the metrics at
+the start of each evaluation epoch (state left by a manual ``head_evaluation_step`` or an
+interrupted run never leaks in), tells ``head_evaluation_step`` which dataloader is running, and
+makes evaluation ``DistributedSampler`` s deal each sample once (see ``head_evaluation_step``).
+Gradient accumulation needs no hook at all (see ``head_training_step``). If you override
+``configure_callbacks``, return ``[*super().configure_callbacks(), ...]``: an evaluation without
+the callback raises, saying so.
 
 Checkpoints. The head's structure (name, sizes, counts, resolved options: see
 :class:`~lm_heads.registry.HeadSpec`) travels in the module's state dict as ``head_structure.*``
@@ -48,11 +54,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import lightning as L
 import torch
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from lightning.pytorch import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
-from torch.utils.data import DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset
 
-from lm_heads.base import Head
+from lm_heads.base import Head, HeadOutput
 from lm_heads.counts import MissingCountsError
 from lm_heads.metrics import Perplexity
 from lm_heads.registry import HEADS, HeadSpec, build_head
@@ -65,13 +75,17 @@ STRUCTURE_KEY = "head_structure."
 _NOT_CONFIGURED = "call self.configure_head(...) in __init__ before training or evaluating"
 
 if TYPE_CHECKING:
-    # The mixin is always combined with a LightningModule (``self.log``, state-dict hooks, the
-    # epoch hooks it extends); at run time it has no base, so it composes in any order.
-    import lightning as L
-
+    # The mixin is always combined with a LightningModule (``self.log``, ``self.trainer``, the
+    # state-dict hooks); at run time it has no base, so it composes in any order.
     _Base = L.LightningModule
 else:
     _Base = object
+
+
+class EvaluationSamplingWarning(UserWarning):
+    """The mixin cannot tell whether an evaluation dataloader gives every sample exactly once
+    over the DDP ranks, so ``val_ppl`` / ``test_ppl`` may count some samples twice or miss some.
+    Filter this category once you know that it does."""
 
 
 @dataclass
@@ -83,25 +97,147 @@ class _Window:
     tokens: Tensor
     reference: Tensor
     """Token count of the window's first non-empty micro-batch (0 until there is one)."""
+    batch: tuple[int, int]
+    """(epoch, batch index) of the window's latest micro-batch."""
+    micro_batches: int = 0
 
 
-@dataclass
-class _Batch:
-    """An evaluation batch's place in this rank's share of its dataloader."""
+class HeadBookkeeping(Callback):
+    """What ``LMHeadMixin`` needs from the loops, as a callback so that no override of a module
+    hook (with or without ``super()``) can skip it. ``LMHeadMixin.configure_callbacks`` adds it;
+    ``pl_module`` is an ``LMHeadMixin``."""
 
-    stage: str
-    dataloader_idx: int
-    first: int
-    """Index, among this rank's samples, of the batch's first row."""
-    own: int | None
-    """This rank's samples that are not repeats (``None``: the sampler repeats none)."""
-    rows: int | None
-    """Samples the dataloader puts in this batch (when ``own`` is not ``None``)."""
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        pl_module._head_window = None  # a window left by an interrupted run never leaks in
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        _count_each_sample_once(trainer, pl_module, "val")
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        _count_each_sample_once(trainer, pl_module, "test")
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        pl_module._reset_stage_metrics("val")
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        pl_module._reset_stage_metrics("test")
+
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        pl_module._head_running = ("val", dataloader_idx)
+
+    def on_test_batch_start(
+        self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        pl_module._head_running = ("test", dataloader_idx)
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        pl_module._head_running = None
+
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        pl_module._head_running = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
+        pl_module._head_running = None  # a later call by hand only accumulates again
+
+
+_DEALS_ONCE_WHEN_UNPADDED = (DistributedSampler.__iter__, DistributedSamplerWrapper.__iter__)
+"""Iterators that read ``total_size`` / ``num_samples`` at each pass (torch's and Lightning's)."""
+
+
+def _count_each_sample_once(trainer: L.Trainer, module: LMHeadMixin, stage: str) -> None:
+    """Make the stage's ``DistributedSampler`` s deal every sample to one rank, once, and warn
+    about each dataloader for which the mixin cannot know that every sample counts once."""
+    loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    elif not isinstance(loaders, (list, tuple)):
+        loaders = [loaders]
+    changed = False
+    for index, loader in enumerate(loaders):
+        unrepeated, problem = _unrepeat(loader, trainer.world_size)
+        changed |= unrepeated
+        if problem is not None and trainer.is_global_zero:
+            module._warn_once(
+                f"{stage}_ppl may count some samples twice or miss some: {stage} dataloader "
+                f"{index} {problem}",
+                EvaluationSamplingWarning,
+            )
+    if changed:
+        # Lightning's loop built its iterator and prefetched a batch, in the padded order, just
+        # before this hook: start it over so that the new order applies from the first batch.
+        if trainer.state.fn == TrainerFn.FITTING:
+            trainer.fit_loop.epoch_loop.val_loop.reset()
+        else:
+            (trainer.validate_loop if stage == "val" else trainer.test_loop).reset()
+
+
+def _unrepeat(loader: object, world_size: int) -> tuple[bool, str | None]:
+    """Make ``loader``'s ``DistributedSampler`` stop repeating samples (``True`` if it did), and
+    say why every sample may still not count exactly once (``None`` when it does)."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    custom = batch_sampler is not None and type(batch_sampler) is not BatchSampler
+    candidates = (getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None))
+    sampler = next((s for s in candidates if isinstance(s, DistributedSampler)), None)
+    if sampler is None:
+        if world_size == 1:
+            return False, None
+        if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+            return False, (
+                "is not split across ranks by Lightning (an iterable-style dataset or a "
+                "non-DataLoader): the mixin cannot check that the ranks together read each "
+                "sample once"
+            )
+        if custom:
+            return False, (
+                f"has its own batch_sampler ({type(batch_sampler).__name__}) and no "
+                "DistributedSampler: the mixin cannot check that the ranks together draw each "
+                "sample once"
+            )
+        return False, None
+    size = len(sampler.dataset)  # type: ignore[arg-type]
+    changed = False
+    if sampler.drop_last and size % sampler.num_replicas:
+        return False, "has a DistributedSampler with drop_last=True, which leaves samples out"
+    if sampler.total_size > size:
+        if type(sampler).__iter__ not in _DEALS_ONCE_WHEN_UNPADDED:
+            return False, f"has a {type(sampler).__name__}, which repeats samples its own way"
+        if size < sampler.num_replicas:
+            return False, (
+                f"has {size} samples for {sampler.num_replicas} ranks, so some rank must "
+                "evaluate a repeat; evaluate on fewer devices"
+            )
+        # DistributedSampler.__iter__ reads both at every pass: with these it pads nothing and
+        # rank r takes samples r, r + W, ... (Lightning's sampler for predict does the same).
+        sampler.total_size = size
+        sampler.num_samples = len(range(sampler.rank, size, sampler.num_replicas))
+        changed = True
+    if custom and (changed or world_size > 1):
+        return changed, (
+            f"has its own batch_sampler ({type(batch_sampler).__name__}): the "
+            "DistributedSampler it draws from gives each sample to one rank once, but the mixin "
+            "cannot check that the batch_sampler draws each of them once"
+        )
+    return changed, None
+
+
+def _uncompiled(head: Any) -> Any:
+    """The module that ``torch.compile`` wrapped (``OptimizedModule._orig_mod``), else ``head``."""
+    return getattr(head, "_orig_mod", head)
 
 
 class LMHeadMixin(_Base):
-    """Adds ``configure_head``, ``head_training_step``, ``head_evaluation_step`` and
-    ``tie_head_weights``.
+    """Adds ``configure_head``, ``head_training_step``, ``head_evaluation_step``,
+    ``tie_head_weights`` and a default ``predict_step``.
 
     Put it before ``LightningModule`` in the bases. After ``configure_head`` the module has
     ``self.head`` (a :class:`~lm_heads.base.Head`), ``self.val_ppl`` / ``self.test_ppl``
@@ -114,8 +250,10 @@ class LMHeadMixin(_Base):
     test_ppl: Perplexity
     _head_window: _Window | None = None
     """Sums of the gradient-accumulation window under way (``None`` between optimizer steps)."""
-    _head_batch: _Batch | None = None
-    """The evaluation batch Lightning is running (``None`` outside an evaluation loop)."""
+    _head_running: tuple[str, int] | None = None
+    """(stage, dataloader index) of the evaluation batch Lightning is running, else ``None``."""
+    _head_captured: list[Tensor] | None = None
+    """Where ``head_evaluation_step`` puts its result during the default ``predict_step``."""
 
     def configure_head(
         self,
@@ -131,7 +269,9 @@ class LMHeadMixin(_Base):
         Call it in ``__init__`` after ``super().__init__()``, so the head's parameters are
         registered before the optimizer and the DDP wrapper see the module. A head that needs
         ``counts`` may be configured without them when its weights will be loaded (see the
-        module docstring); using it before that raises.
+        module docstring); using it before that raises. The head may be compiled afterwards:
+        ``self.head.compile()`` (in place, so checkpoints keep eager parameter names) or
+        ``self.head = torch.compile(self.head)``.
         """
         if isinstance(head, Head):
             if in_features is not None or vocab_size is not None or counts is not None or options:
@@ -164,14 +304,22 @@ class LMHeadMixin(_Base):
             self._head_hooks_installed = True
         return built
 
+    def configure_callbacks(self) -> Sequence[Callback] | Callback:
+        """Lightning's hook, extended with :class:`HeadBookkeeping`; if you override it, return
+        ``[*super().configure_callbacks(), ...]``."""
+        inherited = super().configure_callbacks()
+        callbacks = [inherited] if isinstance(inherited, Callback) else list(inherited)
+        return [*callbacks, HeadBookkeeping()]
+
     def tie_head_weights(self, embedding: nn.Embedding, *, init: str = "head") -> None:
         """Share ``embedding.weight`` with the head's output rows (:func:`~lm_heads.tying.
         tie_weights`; ``init="head"`` keeps the head's initialisation). The tie is made again
         whenever the head is rebuilt from a checkpoint."""
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        if not isinstance(self._configured_head(), _PendingHead):
-            tie_weights(embedding, self.head, init=init)
+        head = _uncompiled(self._configured_head())
+        if not isinstance(head, _PendingHead):
+            tie_weights(embedding, head, init=init)
         self._head_tie = (embedding, init)
 
     def head_training_step(self, hidden: Tensor, target: Tensor) -> Tensor:
@@ -185,40 +333,25 @@ class LMHeadMixin(_Base):
         convention, not a perfect score.
 
         With ``Trainer(accumulate_grad_batches=k)`` the optimizer step is weighted by tokens, as
-        one batch holding all ``k`` micro-batches would be: the returned loss is the micro-batch's
-        token sum over a reference count, and ``on_before_optimizer_step`` rescales the summed
-        gradients to ``Σ loss / Σ tokens`` of the window (before gradient clipping), then logs the
-        window's token-weighted ``train_loss`` / ``train_ppl``. That rescaling applies to every
-        gradient of the module, so a loss added to the head's is rescaled with it. Under DDP each
-        rank's gradient is its own tokens' mean and DDP averages the ranks, as without
-        accumulation.
+        one batch holding all its micro-batches would be, and the step's ``train_loss`` /
+        ``train_ppl`` are over all its tokens. Call it once per ``training_step`` then. Each
+        micro-batch's loss is its token sum over a reference count; the step's last micro-batch
+        rescales the gradients summed so far to ``Σ loss / Σ tokens`` before its own backward,
+        so ``on_after_backward``, ``on_before_optimizer_step`` (of callbacks and module alike)
+        and gradient clipping all see the final gradients. The rescaling applies to every
+        gradient of the module: a loss added to the head's is exact with micro-batches of equal
+        token counts (the factor is then 1). Under DDP each rank's gradient is its own tokens'
+        mean and DDP averages the ranks, as without accumulation.
         """
         out = self._configured_head()(hidden, target)
-        accumulation = self._accumulation()
+        accumulation, last = self._accumulation()
         if accumulation == 1:
             # One scalar read from the device (Lightning's progress bar reads the logged values
             # at every step anyway); logging 0 / ppl 1 for an empty batch would be a false score.
             if bool(out.num_tokens > 0):
                 self._log_training(out.loss.detach(), out.nll_sum, out.num_tokens)
             return out.loss
-        tokens = out.num_tokens.to(out.loss.dtype)
-        loss_sum = out.loss * tokens  # the head's loss is a mean over its counted tokens
-        window = self._head_window
-        if window is None:
-            zero = loss_sum.detach() * 0
-            window = _Window(zero, None if out.nll_sum is None else zero, zero, zero)
-        # The reference count is the window's first non-empty micro-batch: with equal micro-
-        # batches the returned loss is the usual mean and the final rescaling factor is 1.
-        reference = torch.where(window.reference > 0, window.reference, tokens.detach())
-        window.reference = reference
-        window.loss_sum = window.loss_sum + loss_sum.detach()
-        window.tokens = window.tokens + tokens.detach()
-        if window.nll_sum is not None:
-            window.nll_sum = (
-                None if out.nll_sum is None else window.nll_sum + out.nll_sum.detach().float()
-            )
-        self._head_window = window
-        return loss_sum / reference.clamp(min=1.0)
+        return self._accumulate(out, accumulation, last)
 
     def head_evaluation_step(
         self,
@@ -236,28 +369,30 @@ class LMHeadMixin(_Base):
         ``self.val_ppl.compute()``). Returns the target log-probabilities ``[B, T]`` (0 where
         target is ``ignore_index``).
 
-        Under DDP, Lightning's default sampler pads an evaluation set that does not divide by the
-        number of ranks with repeats of its first samples; those rows (the last of some ranks) are
-        left out of the metric, so every sample counts once. This needs the batch's first
-        dimension to be the samples of the dataloader's ``batch_size``, as with the default
-        ``collate_fn``; otherwise a warning says that repeats may be counted.
+        Under DDP, Lightning's ``DistributedSampler`` pads a set that does not divide by the
+        number of ranks with repeated samples. Before each evaluation the mixin makes it deal
+        every sample to exactly one rank, once (as Lightning's own sampler for ``predict``
+        does), so ranks may run one batch fewer than others: steps must not call collectives
+        per batch (``self.log(..., sync_dist=True)`` with ``on_step=True``, ``all_gather``).
+        Where it cannot know that each sample counts once (a custom ``batch_sampler``, an
+        ``IterableDataset``, another sampler that repeats, ``drop_last=True``) it warns with
+        :class:`EvaluationSamplingWarning`.
         """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        head = self._configured_head()
-        running = self._head_batch
-        if running is not None and running.stage != stage:
-            running = None  # e.g. a test metric fed from a validation step: no position known
+        target_log_prob = self._configured_head().target_log_prob(hidden, target)
+        if self._head_captured is not None:  # the default predict_step: no metric, no log
+            self._head_captured.append(target_log_prob)
+            return target_log_prob
+        running = self._head_running
+        if running is None:
+            self._check_bookkeeping()
         if dataloader_idx is None:
-            dataloader_idx = running.dataloader_idx if running is not None else 0
+            dataloader_idx = running[1] if running is not None and running[0] == stage else 0
         metric, attribute = self._stage_metric(stage, dataloader_idx)
-        target_log_prob = head.target_log_prob(hidden, target)
-        counted = target
-        if running is not None and running.dataloader_idx == dataloader_idx:
-            counted = self._without_repeats(running, target, head.ignore_index)
-        metric.update(target_log_prob, counted)
-        if self._head_batch is None:
-            return target_log_prob  # called by hand, outside a Lightning loop: accumulate only
+        metric.update(target_log_prob, target)
+        if running is None:
+            return target_log_prob  # called by hand, outside an evaluation step: accumulate only
         # Logging the metric object (not its value) makes Lightning call compute() once per epoch,
         # after torchmetrics has summed both states over ranks, and then reset it.
         self.log(
@@ -266,65 +401,101 @@ class LMHeadMixin(_Base):
         )  # fmt: skip
         return target_log_prob
 
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        self._head_window = None  # a window left by an interrupted run never leaks in
-
-    def on_before_optimizer_step(self, optimizer: Any) -> None:
-        """Under gradient accumulation: rescale the window's gradients to its token-weighted
-        mean and log the window's ``train_loss`` / ``train_ppl`` (see ``head_training_step``).
-        Call ``super().on_before_optimizer_step(optimizer)`` if you override it."""
-        super().on_before_optimizer_step(optimizer)
-        window, self._head_window = self._head_window, None
-        if window is None or not bool(window.tokens > 0):
-            return
-        # Lightning divided each micro-batch's loss by k; each was a token sum over `reference`.
-        factor = self._accumulation() * window.reference / window.tokens
-        for parameter in self.parameters():
-            if parameter.grad is not None:
-                parameter.grad.mul_(factor.to(parameter.grad.dtype))
-        self._log_training(window.loss_sum / window.tokens, window.nll_sum, window.tokens)
-
-    def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()
-        self._reset_stage_metrics("val")
-
-    def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
-        self._reset_stage_metrics("test")
-
-    def on_validation_batch_start(
-        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        super().on_validation_batch_start(batch, batch_idx, dataloader_idx)
-        self._head_batch = self._batch_position("val", batch_idx, dataloader_idx)
-
-    def on_validation_batch_end(
-        self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        super().on_validation_batch_end(outputs, batch, batch_idx, dataloader_idx)
-        self._head_batch = None
-
-    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        super().on_test_batch_start(batch, batch_idx, dataloader_idx)
-        self._head_batch = self._batch_position("test", batch_idx, dataloader_idx)
-
-    def on_test_batch_end(
-        self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        super().on_test_batch_end(outputs, batch, batch_idx, dataloader_idx)
-        self._head_batch = None
+    def predict_step(self, *args: Any, **kwargs: Any) -> Tensor | list[Tensor]:
+        """``trainer.predict``: the targets' log-probabilities ``[B, T]`` of each batch (0 where
+        the target is ``ignore_index``), as the module's ``validation_step`` (else its
+        ``test_step``) computes them through ``head_evaluation_step``; no metric is updated.
+        A list when the step calls ``head_evaluation_step`` several times. Define your own
+        ``predict_step`` for anything else: it takes precedence over this one."""
+        steps = [getattr(self, name) for name in ("validation_step", "test_step")]
+        step = next(
+            (s for s in steps if getattr(L.LightningModule, s.__name__) is not s.__func__), None
+        )
+        captured: list[Tensor] = []
+        self._head_captured = captured
+        try:
+            if step is not None:
+                step(*args, **kwargs)
+        finally:
+            self._head_captured = None
+        if not captured:
+            raise RuntimeError(
+                "LMHeadMixin.predict_step returns the target log-probabilities that "
+                "validation_step (or test_step) computes with head_evaluation_step, but "
+                f"{'neither is defined' if step is None else f'{step.__name__} made no such call'}"
+                "; define predict_step in your module"
+            )
+        return captured[0] if len(captured) == 1 else captured
 
     # ----------------------------------------------------------------------------------------
-    def _accumulation(self) -> int:
-        """Micro-batches per optimizer step (1 outside a trainer and in manual optimization)."""
-        try:
-            trainer = self.trainer
-        except RuntimeError:  # not attached to a Trainer: called by hand
-            return 1
-        if not self.automatic_optimization:
-            return 1
-        return int(trainer.accumulate_grad_batches)
+    def _accumulation(self) -> tuple[int, bool]:
+        """Micro-batches per optimizer step, and whether the running one is a step's last;
+        ``(1, True)`` outside a fit loop and in manual optimization."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or not getattr(trainer, "training", False):
+            return 1, True  # called by hand, or from an evaluation step
+        if not self.automatic_optimization or trainer.strategy.handles_gradient_accumulation:
+            return 1, True
+        accumulation = int(trainer.accumulate_grad_batches)
+        if accumulation == 1:
+            return 1, True
+        # Lightning's own rule, read once it has counted this batch: every k-th batch of an
+        # epoch and its last one end a step (private, but the very test its loop applies).
+        return accumulation, not trainer.fit_loop._should_accumulate()
+
+    def _accumulate(self, out: HeadOutput, accumulation: int, last: bool) -> Tensor:
+        """The micro-batch's share of the window's token-weighted loss (see
+        ``head_training_step``).
+
+        Why the last micro-batch rescales the gradients: the window's token total is unknown
+        until its last micro-batch, and Lightning divides every returned loss by ``k``. Each
+        earlier micro-batch returns its token sum over ``reference`` (its window's first
+        non-empty count), so the summed gradients are ``Σ ∇loss_sum / (k · reference)``; the
+        last one multiplies them by ``k · reference / Σ tokens`` and returns ``k · loss_sum /
+        Σ tokens``. The step then sees ``Σ ∇loss_sum / Σ tokens`` before its last backward ends,
+        so every hook after it and gradient clipping see the final gradients, without any hook
+        of ours (a hook placed in the callback or module chain would run after some others).
+        With equal micro-batches the factor is 1 and every returned loss is the usual mean.
+        """
+        trainer = self.trainer
+        batch = (trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx)
+        tokens = out.num_tokens.to(out.loss.dtype)
+        loss_sum = out.loss * tokens  # the head's loss is a mean over its counted tokens
+        window = self._head_window
+        if window is not None and window.batch == batch:
+            raise RuntimeError(
+                "head_training_step was called twice in one training_step while accumulating "
+                f"gradients (accumulate_grad_batches={accumulation}); the mixin weighs each "
+                "micro-batch by its tokens, so call it once per step: concatenate the hidden "
+                "states and targets (padding with ignore_index), or set accumulate_grad_batches=1"
+            )
+        if window is None:
+            zero = loss_sum.detach() * 0
+            window = _Window(zero, None if out.nll_sum is None else zero, zero, zero, batch)
+        window.batch = batch
+        window.micro_batches += 1
+        window.reference = torch.where(window.reference > 0, window.reference, tokens.detach())
+        window.loss_sum = window.loss_sum + loss_sum.detach()
+        window.tokens = window.tokens + tokens.detach()
+        if window.nll_sum is not None:
+            window.nll_sum = (
+                None if out.nll_sum is None else window.nll_sum + out.nll_sum.detach().float()
+            )
+        reference = window.reference.clamp(min=1.0)
+        if not last:
+            self._head_window = window
+            return loss_sum / reference
+        self._head_window = None
+        total = window.tokens.clamp(min=1.0)
+        if window.micro_batches > 1:
+            factor = accumulation * reference / total
+            with torch.no_grad():
+                for parameter in self.parameters():
+                    if parameter.grad is not None:
+                        parameter.grad.mul_(factor.to(parameter.grad.dtype))
+        if bool(window.tokens > 0):
+            self._log_training(window.loss_sum / window.tokens, window.nll_sum, window.tokens)
+        return loss_sum * accumulation / total
 
     def _log_training(self, loss: Tensor, nll_sum: Tensor | None, tokens: Tensor) -> None:
         # on_step values are never averaged, so the batch size Lightning asks for plays no part.
@@ -333,70 +504,33 @@ class LMHeadMixin(_Base):
             ppl = (nll_sum.detach().double() / tokens.double()).exp()
             self.log("train_ppl", ppl.float(), on_step=True, prog_bar=True, batch_size=1)
 
-    def _batch_position(self, stage: str, batch_idx: int, dataloader_idx: int) -> _Batch:
-        """Where the coming batch sits in this rank's share of the dataloader, and how many of
-        this rank's samples are not repeats added by a distributed sampler."""
-        trainer = self.trainer
-        loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
-        if isinstance(loaders, dict):
-            loaders = list(loaders.values())
-        loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
-        sampler = getattr(loader, "sampler", None)
-        batch_size = getattr(loader, "batch_size", None)
-        if not isinstance(sampler, DistributedSampler):
-            return _Batch(stage, dataloader_idx, 0, None, None)
-        size = len(sampler.dataset)  # type: ignore[arg-type]
-        if sampler.drop_last and size % sampler.num_replicas:
-            self._warn_once(
-                "a DistributedSampler with drop_last=True leaves samples out of "
-                f"{stage}_ppl; use one that neither drops nor repeats samples"
+    def _check_bookkeeping(self) -> None:
+        """Raise if a Lightning evaluation runs without :class:`HeadBookkeeping`."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or not (
+            trainer.sanity_checking or trainer.validating or trainer.testing
+        ):
+            return
+        if not any(isinstance(callback, HeadBookkeeping) for callback in trainer.callbacks):
+            raise RuntimeError(
+                f"LMHeadMixin's HeadBookkeeping callback is missing from the trainer: "
+                f"{type(self).__name__}.configure_callbacks replaces the mixin's. Return "
+                "[*super().configure_callbacks(), <your callbacks>] from it"
             )
-        if sampler.total_size <= size:  # nothing repeated
-            return _Batch(stage, dataloader_idx, 0, None, None)
-        if batch_size is None:
-            self._warn_once(
-                f"{stage}_ppl may count repeated samples: the DistributedSampler repeats samples "
-                "to give every rank the same number, and without a DataLoader batch_size the "
-                "repeats cannot be found in the batches; pass Trainer(use_distributed_sampler="
-                "False) with a sampler that does not repeat"
-            )
-            return _Batch(stage, dataloader_idx, 0, None, None)
-        # The sampler deals position p of its padded order to rank p % W; positions past the
-        # dataset's size are the repeats, so they are the last samples of their rank.
-        own = len(range(sampler.rank, size, sampler.num_replicas))
-        first = batch_idx * batch_size
-        rows = max(0, min(batch_size, sampler.num_samples - first))
-        return _Batch(stage, dataloader_idx, first, own, rows)
 
-    def _without_repeats(self, batch: _Batch, target: Tensor, ignore_index: int) -> Tensor:
-        """``target`` with the rows that repeat other ranks' samples set to ``ignore_index``."""
-        if batch.own is None or batch.first + (batch.rows or 0) <= batch.own:
-            return target
-        if target.dim() == 0 or target.shape[0] != batch.rows:
-            self._warn_once(
-                f"{batch.stage}_ppl may count repeated samples: the DistributedSampler repeats "
-                f"samples to give every rank the same number, but this batch has "
-                f"{target.shape[0] if target.dim() else 0} rows where the dataloader gives "
-                f"{batch.rows} samples; pass Trainer(use_distributed_sampler=False) with a "
-                "sampler that does not repeat"
-            )
-            return target
-        keep = max(0, batch.own - batch.first)
-        counted = target.clone()
-        counted[keep:] = ignore_index
-        return counted
-
-    def _warn_once(self, message: str) -> None:
+    def _warn_once(self, message: str, category: type[Warning] = UserWarning) -> None:
         warned = self.__dict__.setdefault("_head_warned", set())
         if message not in warned:
             warned.add(message)
-            warnings.warn(message, stacklevel=3)
+            warnings.warn(message, category, stacklevel=3)
 
     def _configured_head(self) -> Head:
         head = getattr(self, "head", None)
-        if not isinstance(head, Head):
+        if not isinstance(_uncompiled(head), Head):
             raise RuntimeError(_NOT_CONFIGURED)
-        return head
+        # A compiled head (torch.compile) runs its compiled forward when called; its other
+        # attributes (target_log_prob, ignore_index) are the Head's own.
+        return cast(Head, head)
 
     def _stage_metric(self, stage: str, dataloader_idx: int) -> tuple[Perplexity, str]:
         first = getattr(self, f"{stage}_ppl", None)

@@ -136,11 +136,9 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
             self._carried["train"], self._train_batches_in_epoch = None, 0
 
     def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()  # the mixin resets the stage's metrics
         self._carried["val"] = None
 
     def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
         self._carried["test"] = None
 
     def configure_optimizers(self) -> Any:

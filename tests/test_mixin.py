@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import lightning as L
 import pytest
@@ -268,8 +269,7 @@ class _Plain(LMHeadMixin, L.LightningModule):
     def validation_step(self, batch, batch_idx):
         self.head_evaluation_step(self.embed(batch[0]), batch[1])
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        super().on_before_optimizer_step(optimizer)
+    def on_before_optimizer_step(self, optimizer) -> None:  # no super(): nothing to chain
         self.grads = {n: p.grad.clone() for n, p in self.named_parameters() if p.grad is not None}
 
     def configure_optimizers(self):
@@ -443,3 +443,295 @@ def test_readme_adaptive_input_example_builds_tied_and_trains(dm, tmp_path) -> N
     restored = AdaptiveLM.load_from_checkpoint(tmp_path / "a.ckpt")  # no counts: from the state
     for key, value in model.state_dict().items():
         torch.testing.assert_close(restored.state_dict()[key], value, msg=key)
+
+
+# --- No hook to chain (issue 23, item 6) --------------------------------------------------------
+class _GradientsSeen(L.Callback):
+    """What a Lightning callback (a grad-norm monitor, say) sees of the step's gradients."""
+
+    def __init__(self) -> None:
+        self.after_backward: dict[str, torch.Tensor] = {}
+        self.before_step: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def _grads(module) -> dict[str, torch.Tensor]:
+        return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.after_backward = self._grads(pl_module)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.before_step = self._grads(pl_module)
+
+
+class _GradNormExample(_Plain):
+    """Lightning's grad-norm example: overrides on_before_optimizer_step without super()."""
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        from lightning.pytorch.utilities import grad_norm
+
+        self.log_dict(grad_norm(self, norm_type=2))
+        self.grads = {n: p.grad.clone() for n, p in self.named_parameters() if p.grad is not None}
+
+
+def _one_batch_reference(model: _Plain, inputs, targets) -> tuple[dict[str, torch.Tensor], float]:
+    reference = _Plain()
+    reference.load_state_dict(model.state_dict())
+    out = reference.head(reference.embed(inputs), targets)
+    out.loss.backward()
+    return {n: p.grad for n, p in reference.named_parameters()}, float(out.loss.detach())
+
+
+def test_callbacks_and_overrides_see_token_weighted_gradients_under_accumulation(tmp_path) -> None:
+    """Micro-batches of 6 and 1 tokens: the step's gradient is the mean over its 7 tokens for the
+    module's hook overridden without super(), and for callbacks, which Lightning calls first."""
+    torch.manual_seed(11)
+    model = _GradNormExample()
+    inputs, targets = _batches()
+    expected, loss = _one_batch_reference(model, inputs, targets)
+    seen = _GradientsSeen()
+    trainer = _trainer(tmp_path, max_steps=1, accumulate_grad_batches=2, callbacks=[seen])
+    trainer.fit(model, DataLoader(TensorDataset(inputs, targets), batch_size=1))
+    for grads in (model.grads, seen.before_step, seen.after_backward):
+        assert grads.keys() == expected.keys()
+        for name, grad in expected.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert float(trainer.callback_metrics["train_loss"]) == pytest.approx(loss)
+    assert "grad_2.0_norm_total" in trainer.callback_metrics  # the override ran
+
+
+def test_a_partial_last_window_is_token_weighted(tmp_path) -> None:
+    """3 batches with accumulate_grad_batches=2: the epoch's last step holds one micro-batch."""
+    torch.manual_seed(12)
+    model = _Plain()
+    inputs, targets = torch.randint(0, 12, (3, 5)), torch.randint(0, 12, (3, 5))
+    targets[2, 2:] = -100
+    expected, _ = _one_batch_reference(model, inputs[2:], targets[2:])
+    trainer = _trainer(tmp_path, max_steps=2, accumulate_grad_batches=2)
+    trainer.fit(model, DataLoader(TensorDataset(inputs, targets), batch_size=1))
+    assert trainer.global_step == 2
+    for name, grad in expected.items():
+        torch.testing.assert_close(model.grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_an_interrupted_window_never_leaks_into_the_next_fit(tmp_path) -> None:
+    """A fit that dies after the first of two micro-batches, then a fit of a module that
+    overrides on_train_start without super() (as the recipe's LanguageModel does)."""
+
+    class Restarted(_Plain):
+        fail = True
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            if self.fail:
+                raise RuntimeError("interrupted")
+            return loss
+
+        def on_train_start(self) -> None:
+            pass
+
+    torch.manual_seed(13)
+    model = Restarted()
+    inputs, targets = _batches()
+    expected, _ = _one_batch_reference(model, inputs, targets)
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=1)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _trainer(tmp_path, max_steps=1, accumulate_grad_batches=2).fit(model, loader)
+    assert model._head_window is not None  # its first micro-batch's sums were left behind
+    model.fail = False
+    _trainer(tmp_path, max_steps=1, accumulate_grad_batches=2).fit(model, loader)
+    for name, grad in expected.items():
+        torch.testing.assert_close(model.grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_two_calls_in_one_accumulated_step_raise(tmp_path) -> None:
+    class Twice(_Plain):
+        def training_step(self, batch, batch_idx):
+            hidden = self.embed(batch[0])
+            return self.head_training_step(hidden, batch[1]) + self.head_training_step(
+                hidden, batch[1]
+            )
+
+    inputs, targets = _batches()
+    trainer = _trainer(tmp_path, max_steps=1, accumulate_grad_batches=2)
+    with pytest.raises(RuntimeError, match="called twice in one training_step"):
+        trainer.fit(Twice(), DataLoader(TensorDataset(inputs, targets), batch_size=1))
+
+
+def test_validation_hooks_overridden_without_super_keep_val_ppl_exact(dm, tmp_path) -> None:
+    class Overrides(MyLM):
+        def on_validation_batch_start(self, batch, batch_idx, dataloader_idx=0) -> None:
+            self.batches = getattr(self, "batches", 0) + 1
+
+        def on_validation_batch_end(self, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+            pass
+
+        def on_validation_epoch_start(self) -> None:
+            pass
+
+        def on_test_epoch_start(self) -> None:
+            pass
+
+    torch.manual_seed(14)
+    model = Overrides(dm.vocab_size, dm.counts).eval()
+    inputs, targets = next(iter(dm.train_dataloader()))
+    with torch.no_grad():  # a manual call leaves state that the next validation must not see
+        model.head_evaluation_step(model.hidden(inputs), targets)
+        model.head_evaluation_step(model.hidden(inputs), targets, stage="test")
+    loader = dm.val_dataloader()
+    exact = _exact_ppl(model, loader)
+    assert _trainer(tmp_path).validate(model, loader, verbose=False)[0]["val_ppl"] == (
+        pytest.approx(exact, rel=1e-6)
+    )
+    assert model.batches == len(loader)
+    assert _trainer(tmp_path).test(model, loader, verbose=False)[0]["test_ppl"] == (
+        pytest.approx(exact, rel=1e-6)
+    )
+
+
+def test_overriding_configure_callbacks_keeps_or_names_the_bookkeeping(dm, tmp_path) -> None:
+    class Chained(MyLM):
+        def configure_callbacks(self):
+            return [*super().configure_callbacks(), L.pytorch.callbacks.LearningRateMonitor()]
+
+    class Replaced(MyLM):
+        def configure_callbacks(self):
+            return [L.pytorch.callbacks.LearningRateMonitor()]
+
+    torch.manual_seed(15)
+    loader = dm.val_dataloader()
+    chained = Chained(dm.vocab_size, dm.counts).eval()
+    logged = _trainer(tmp_path).validate(chained, loader, verbose=False)[0]["val_ppl"]
+    assert logged == pytest.approx(_exact_ppl(chained, loader), rel=1e-6)
+    with pytest.raises(RuntimeError, match=r"Return \[\*super\(\)\.configure_callbacks\(\)"):
+        _trainer(tmp_path).validate(Replaced(dm.vocab_size, dm.counts), loader, verbose=False)
+
+
+# --- Each sample once, whatever the collate_fn (issue 23, item 5) -------------------------------
+def _longest_first(rows):
+    """A collate_fn that reorders rows, as one preparing pack_padded_sequence does."""
+    inputs, targets = (torch.stack(column) for column in zip(*rows, strict=True))
+    order = (targets != -100).sum(1).argsort(descending=True, stable=True)
+    return inputs[order], targets[order]
+
+
+def _uneven_samples() -> TensorDataset:
+    """7 samples, sample 0 the longest: a repeat of it sorts first in its batch."""
+    inputs, targets = torch.randint(0, 12, (7, 6)), torch.randint(0, 12, (7, 6))
+    for row in range(1, 7):
+        targets[row, 1 + row % 3 :] = -100
+    return TensorDataset(inputs, targets)
+
+
+def _rank_ppl(model: _Plain, data: TensorDataset, rank: int) -> float:
+    inputs, targets = data.tensors
+    own = list(range(rank, len(data), 2))
+    with torch.no_grad():
+        log_p = model.head.target_log_prob(model.embed(inputs[own]), targets[own]).double()
+    return math.exp(-float(log_p.sum()) / int((targets[own] != -100).sum()))
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_repeats_are_left_out_by_sample_when_the_collate_fn_reorders_rows(tmp_path, rank) -> None:
+    """Before: the repeat of sample 0 sorted first in rank 1's last batch, and the mixin dropped
+    the row in the repeat's position (sample 5) instead. Also through fit (sanity check first)."""
+    from torch.utils.data import DistributedSampler
+
+    torch.manual_seed(16)
+    model = _Plain().eval()
+    data = _uneven_samples()
+    sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False)
+    loader = DataLoader(data, batch_size=2, sampler=sampler, collate_fn=_longest_first)
+    exact = _rank_ppl(model, data, rank)
+    logged = _trainer(tmp_path).validate(model, loader, verbose=False)[0]["val_ppl"]
+    assert logged == pytest.approx(exact, rel=1e-6)
+    assert sum(len(batch[0]) for batch in loader) == len(range(rank, 7, 2))  # no repeat
+    sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False)  # a new one
+    loader = DataLoader(data, batch_size=2, sampler=sampler, collate_fn=_longest_first)
+    trainer = _trainer(tmp_path, max_steps=1, val_check_interval=1)  # lr 0: weights unchanged
+    trainer.fit(model, DataLoader(data, batch_size=4), loader)
+    assert float(trainer.callback_metrics["val_ppl"]) == pytest.approx(exact, rel=1e-6)
+
+
+class _LongestFirstBatches(torch.utils.data.BatchSampler):
+    """Length bucketing: the sampler's indices, longest sample first, in batches."""
+
+    lengths: ClassVar[list[int]] = []
+
+    def __iter__(self):
+        indices = sorted(self.sampler, key=lambda index: -self.lengths[index])
+        for start in range(0, len(indices), self.batch_size):
+            yield indices[start : start + self.batch_size]
+
+
+def test_a_custom_batch_sampler_over_a_repeating_sampler_warns(tmp_path) -> None:
+    from torch.utils.data import DistributedSampler
+
+    from lm_heads.mixin import EvaluationSamplingWarning
+
+    torch.manual_seed(17)
+    model = _Plain().eval()
+    data = _uneven_samples()
+    _LongestFirstBatches.lengths = (data.tensors[1] != -100).sum(1).tolist()
+    sampler = DistributedSampler(data, num_replicas=2, rank=1, shuffle=False)
+    loader = DataLoader(data, batch_sampler=_LongestFirstBatches(sampler, 2, drop_last=False))
+    with pytest.warns(EvaluationSamplingWarning, match="own batch_sampler .*_LongestFirstBatches"):
+        logged = _trainer(tmp_path).validate(model, loader, verbose=False)[0]["val_ppl"]
+    assert logged == pytest.approx(_rank_ppl(model, data, 1), rel=1e-6)  # it draws lazily
+
+
+def test_a_sampler_that_drops_samples_warns(tmp_path) -> None:
+    from torch.utils.data import DistributedSampler
+
+    from lm_heads.mixin import EvaluationSamplingWarning
+
+    data = _uneven_samples()
+    sampler = DistributedSampler(data, num_replicas=2, rank=0, shuffle=False, drop_last=True)
+    with pytest.warns(EvaluationSamplingWarning, match="drop_last=True, which leaves samples out"):
+        _trainer(tmp_path).validate(_Plain(), DataLoader(data, sampler=sampler), verbose=False)
+
+
+# --- predict, compiled heads (issue 23, item 7) -------------------------------------------------
+def test_predict_returns_the_targets_log_probabilities(dm, tmp_path) -> None:
+    torch.manual_seed(18)
+    model = MyLM(dm.vocab_size, dm.counts).eval()
+    loader = dm.val_dataloader()
+    predicted = _trainer(tmp_path).predict(model, loader)
+    assert len(predicted) == len(loader)
+    with torch.no_grad():
+        for (inputs, targets), log_p in zip(loader, predicted, strict=True):
+            expected = model.head.target_log_prob(model.hidden(inputs), targets)
+            torch.testing.assert_close(log_p, expected)
+    assert int(model.val_ppl.num_tokens) == 0  # predict updates no metric
+
+    class Own(MyLM):
+        def predict_step(self, batch, batch_idx):
+            return "own"
+
+    assert _trainer(tmp_path).predict(Own(dm.vocab_size, dm.counts), [0]) == ["own"]
+
+    class NoEvaluation(LMHeadMixin, L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.configure_head("full", in_features=4, vocab_size=10)
+
+    with pytest.raises(RuntimeError, match="neither is defined; define predict_step"):
+        _trainer(tmp_path).predict(NoEvaluation(), [torch.zeros(2, 3)])
+
+
+def test_a_compiled_head_is_recognised(tmp_path) -> None:
+    """``self.head = torch.compile(self.head)`` used to get "call self.configure_head"."""
+    torch.manual_seed(19)
+    model = _Plain()
+    model.head = torch.compile(model.head, backend="eager")
+    model.tie_head_weights(model.embed)  # reaches the Head inside the compiled module
+    assert model.head._orig_mod.weight is model.embed.weight
+    data = _uneven_samples()
+    trainer = _trainer(tmp_path, max_steps=2)
+    trainer.fit(model, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
+    assert math.isfinite(float(trainer.callback_metrics["train_ppl"]))
+    inputs, targets = data.tensors
+    with torch.no_grad():
+        log_p = model.head.target_log_prob(model.embed(inputs), targets).double()
+    exact = math.exp(-float(log_p.sum()) / int((targets != -100).sum()))
+    assert float(trainer.callback_metrics["val_ppl"]) == pytest.approx(exact, rel=1e-6)
