@@ -65,6 +65,7 @@ from recipes.checkpoint import check_resume, read_checkpoint  # noqa: E402
 from recipes.cli import UsageError, parse_args, recorded_args, usage_exit  # noqa: E402
 from recipes.language_model import LanguageModel, TrainingStopped, time_to_target  # noqa: E402
 from recipes.memory import check_memory, describe_memory  # noqa: E402
+from recipes.provenance import git_state  # noqa: E402
 from recipes.preflight import (  # noqa: E402
     build_data,
     build_model,
@@ -249,6 +250,7 @@ def _results(
         "peak_memory_mib_before_final_val": ours["final_val"]["peak_mib_before"],
         "checkpoint_last": str(Path(args.output_dir) / "checkpoints" / "last.ckpt"),
         "args": recorded_args(args),
+        "git": git_state(),  # the code this result came from (recipes/provenance.py)
     }
     if not args.eval_only:
         # The final validation closes the curve (the epoch-end one when training ended there,
