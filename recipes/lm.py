@@ -65,7 +65,6 @@ from recipes.checkpoint import check_resume, read_checkpoint  # noqa: E402
 from recipes.cli import UsageError, parse_args, recorded_args, usage_exit  # noqa: E402
 from recipes.language_model import LanguageModel, TrainingStopped, time_to_target  # noqa: E402
 from recipes.memory import check_memory, describe_memory  # noqa: E402
-from recipes.provenance import git_state  # noqa: E402
 from recipes.preflight import (  # noqa: E402
     build_data,
     build_model,
@@ -76,6 +75,7 @@ from recipes.preflight import (  # noqa: E402
     similarity_scores,
     warn_oversubscribed,
 )
+from recipes.provenance import git_state  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------

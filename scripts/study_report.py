@@ -28,9 +28,19 @@ if str(REPO / "scripts") not in sys.path:  # the runner beside it holds the plan
 from study import STUDY_RUNS  # noqa: E402
 
 EPOCHS = 6
-PLAN = {"data": "wikitext-2", "lr_schedule": "step", "lr_milestones": [5, 6], "lr_decay": 4.0,
-        "max_epochs": EPOCHS, "model": "lstm", "batch_size": 20, "bptt": 35, "dropout": 0.2,
-        "grad_clip": 0.25, "carry_state": True}  # fmt: skip
+PLAN = {
+    "data": "wikitext-2",
+    "lr_schedule": "step",
+    "lr_milestones": [5, 6],
+    "lr_decay": 4.0,
+    "max_epochs": EPOCHS,
+    "model": "lstm",
+    "batch_size": 20,
+    "bptt": 35,
+    "dropout": 0.2,
+    "grad_clip": 0.25,
+    "carry_state": True,
+}
 """What every study run must have been trained with (the lr may come from a sweep)."""
 START, END = "<!-- study-table:start -->", "<!-- study-table:end -->"
 
@@ -71,8 +81,13 @@ def ratio_interval(x: list[float], y: list[float], level: float = 0.95) -> dict[
     se = math.sqrt(vx + vy)
     t = t_quantile(0.5 + level / 2, df) if math.isfinite(df) else 1.959963984540054
     ratio = mx / my
-    return {"ratio": ratio, "lo": ratio * math.exp(-t * se), "hi": ratio * math.exp(t * se),
-            "df": df, "assumed_spread": len(x) == 1}  # fmt: skip
+    return {
+        "ratio": ratio,
+        "lo": ratio * math.exp(-t * se),
+        "hi": ratio * math.exp(t * se),
+        "df": df,
+        "assumed_spread": len(x) == 1,
+    }
 
 
 def wording(interval: dict[str, Any]) -> str:
@@ -114,8 +129,12 @@ def epoch_ends(curve: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 def load_run(folder: Path) -> dict[str, Any]:
     """One run's numbers and why it is left out of the verdicts (``problems``), if it is."""
     prefix, _, seed = folder.name.rpartition("_s")
-    run: dict[str, Any] = {"run": folder.name, "variant": prefix,
-                           "seed": int(seed) if seed.isdigit() else None, "problems": []}  # fmt: skip
+    run: dict[str, Any] = {
+        "run": folder.name,
+        "variant": prefix,
+        "seed": int(seed) if seed.isdigit() else None,
+        "problems": [],
+    }
     path = folder / "results.json"
     if not path.is_file():
         run["problems"].append("unfinished: no results.json")
@@ -133,15 +152,19 @@ def load_run(folder: Path) -> dict[str, Any]:
         run["problems"].append(f"not from a clean commit: {git or 'no commit recorded'}")
     sim = res.get("similarity") or {}
     run |= {
-        "head": res.get("head"), "head_options": res.get("head_options"),
-        "lr": args.get("lr"), "commit": git.get("commit"),
+        "head": res.get("head"),
+        "head_options": res.get("head_options"),
+        "lr": args.get("lr"),
+        "commit": git.get("commit"),
         "val_by_epoch": [ends[e]["val_ppl"] if e in ends else None for e in range(1, EPOCHS + 1)],
-        "seconds_by_epoch": [ends[e]["train_seconds"] if e in ends else None
-                             for e in range(1, EPOCHS + 1)],
-        "val_ppl": res.get("val_ppl"), "test_ppl": res.get("test_ppl"),
+        "seconds_by_epoch": [
+            ends[e]["train_seconds"] if e in ends else None for e in range(1, EPOCHS + 1)
+        ],
+        "val_ppl": res.get("val_ppl"),
+        "test_ppl": res.get("test_ppl"),
         "tokens_per_s": res.get("train_tokens_per_s"),
         "simlex": {side: _similarity(sim.get(side)) for side in ("input", "output")},
-    }  # fmt: skip
+    }
     run_json = folder / "run.json"
     if run_json.is_file():
         attempts = json.loads(run_json.read_text()).get("attempts", [])
@@ -173,14 +196,19 @@ def summarize(by_variant: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     for variant, runs in by_variant.items():
         done = [r for r in runs if not r["problems"]]
         planned = STUDY_RUNS[variant].seeds if variant in STUDY_RUNS else ()
-        row: dict[str, Any] = {"runs": len(done), "planned_seeds": list(planned),
-                               "seeds": [r["seed"] for r in done],
-                               "left_out": {r["run"]: r["problems"] for r in runs if r["problems"]}}  # fmt: skip
+        row: dict[str, Any] = {
+            "runs": len(done),
+            "planned_seeds": list(planned),
+            "seeds": [r["seed"] for r in done],
+            "left_out": {r["run"]: r["problems"] for r in runs if r["problems"]},
+        }
         if done:
-            row["val_by_epoch"] = [statistics.fmean(r["val_by_epoch"][e] for r in done)
-                                   for e in range(EPOCHS)]  # fmt: skip
-            row["seconds_by_epoch"] = [statistics.fmean(r["seconds_by_epoch"][e] for r in done)
-                                       for e in range(EPOCHS)]  # fmt: skip
+            row["val_by_epoch"] = [
+                statistics.fmean(r["val_by_epoch"][e] for r in done) for e in range(EPOCHS)
+            ]
+            row["seconds_by_epoch"] = [
+                statistics.fmean(r["seconds_by_epoch"][e] for r in done) for e in range(EPOCHS)
+            ]
             tests = [r["test_ppl"] for r in done]
             row["test_mean"] = statistics.fmean(tests)
             row["test_sd"] = statistics.stdev(tests) if len(tests) > 1 else None
@@ -190,13 +218,17 @@ def summarize(by_variant: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             for side in ("input", "output"):
                 measured = [r["simlex"][side] for r in done if r["simlex"][side]]
                 row[f"simlex_{side}"] = (
-                    {"rho": statistics.fmean(m["rho"] for m in measured),
-                     "covered": measured[0]["covered"], "total": measured[0]["total"]}
-                    if measured else None
-                )  # fmt: skip
+                    {
+                        "rho": statistics.fmean(m["rho"] for m in measured),
+                        "covered": measured[0]["covered"],
+                        "total": measured[0]["total"],
+                    }
+                    if measured
+                    else None
+                )
         rows[variant] = row
     full = rows.get("full_chunked", {})
-    for variant, row in rows.items():
+    for row in rows.values():
         if not row["runs"] or full.get("runs", 0) < 2:
             continue
         row["vs_full"] = ratio_interval(row["val6"], full["val6"])
@@ -217,38 +249,69 @@ def verdicts(rows: dict[str, Any]) -> list[dict[str, str]]:
         if not row.get("runs"):
             return {"claim": claim, "verdict": "not yet run", "numbers": f"{variant}: no run"}
         if "vs_full" not in row:
-            return {"claim": claim, "verdict": "not yet run",
-                    "numbers": "full_chunked has fewer than 2 complete runs"}  # fmt: skip
+            return {
+                "claim": claim,
+                "verdict": "not yet run",
+                "numbers": "full_chunked has fewer than 2 complete runs",
+            }
         iv = row["vs_full"]
-        numbers = (f"{variant}: {iv['ratio']:.3f}× full [{iv['lo']:.3f}, {iv['hi']:.3f}], "
-                   f"{row['runs']} seed(s); throughput {row['speed_over_full']:.2f}× full")  # fmt: skip
+        numbers = (
+            f"{variant}: {iv['ratio']:.3f}× full [{iv['lo']:.3f}, {iv['hi']:.3f}], "
+            f"{row['runs']} seed(s); throughput {row['speed_over_full']:.2f}× full"
+        )
         if row["lrs"] != [reference_lr]:
-            return {"claim": claim, "verdict": "not comparable",
-                    "numbers": f"{numbers}; trained at lr {row['lrs']} (sweep)"}  # fmt: skip
+            return {
+                "claim": claim,
+                "verdict": "not comparable",
+                "numbers": f"{numbers}; trained at lr {row['lrs']} (sweep)",
+            }
         verdict = "reproduced" if test(iv, row) else "not reproduced"
         return {"claim": claim, "verdict": verdict, "numbers": f"{numbers}; needs {describe}"}
 
     behind = (lambda iv, row: iv["lo"] > 1.0), "lo > 1"
     return [
-        judge("adaptive_default", "Grave et al. 2017: adaptive at about full's perplexity "
-              "(text8 147 vs 144) in a fraction of the time",
-              lambda iv, row: iv["hi"] <= 1.05 and row["speed_over_full"] >= 2,
-              "hi ≤ 1.05 and ≥ 2× throughput"),
-        judge("hierarchical_huffman", "Grave et al. 2017: HSM by frequency behind full "
-              "(text8 166 vs 144)", *behind),
-        judge("importance_default", "Grave et al. 2017: importance sampling behind full "
-              "(text8 166 vs 144)", *behind),
-        judge("spherical_default", "de Brébisson & Vincent 2016: spherical softmax behind "
-              "log-softmax on language modelling", *behind),
-        judge("taylor_default", "de Brébisson & Vincent 2016: Taylor softmax behind "
-              "log-softmax on language modelling", *behind),
-        judge("class_default", "Goodman 2001, Mikolov et al. 2011: class-based softmax, a "
-              "small loss for a large speed-up",
-              lambda iv, row: iv["hi"] <= 1.10 and row["speed_over_full"] >= 2,
-              "hi ≤ 1.10 and ≥ 2× throughput"),
-        judge("nce_default", "Mnih & Teh 2012: NCE level with full",
-              lambda iv, row: iv["hi"] <= 1.05, "hi ≤ 1.05"),
-    ]  # fmt: skip
+        judge(
+            "adaptive_default",
+            "Grave et al. 2017: adaptive at about full's perplexity "
+            "(text8 147 vs 144) in a fraction of the time",
+            lambda iv, row: iv["hi"] <= 1.05 and row["speed_over_full"] >= 2,
+            "hi ≤ 1.05 and ≥ 2× throughput",
+        ),
+        judge(
+            "hierarchical_huffman",
+            "Grave et al. 2017: HSM by frequency behind full (text8 166 vs 144)",
+            *behind,
+        ),
+        judge(
+            "importance_default",
+            "Grave et al. 2017: importance sampling behind full (text8 166 vs 144)",
+            *behind,
+        ),
+        judge(
+            "spherical_default",
+            "de Brébisson & Vincent 2016: spherical softmax behind "
+            "log-softmax on language modelling",
+            *behind,
+        ),
+        judge(
+            "taylor_default",
+            "de Brébisson & Vincent 2016: Taylor softmax behind log-softmax on language modelling",
+            *behind,
+        ),
+        judge(
+            "class_default",
+            "Goodman 2001, Mikolov et al. 2011: class-based softmax, a "
+            "small loss for a large speed-up",
+            lambda iv, row: iv["hi"] <= 1.10 and row["speed_over_full"] >= 2,
+            "hi ≤ 1.10 and ≥ 2× throughput",
+        ),
+        judge(
+            "nce_default",
+            "Mnih & Teh 2012: NCE level with full",
+            lambda iv, row: iv["hi"] <= 1.05,
+            "hi ≤ 1.05",
+        ),
+    ]
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -258,9 +321,11 @@ def markdown(summary: dict[str, Any]) -> str:
     def minutes(s: float | None) -> str:
         return "not reached" if s is None else f"{s / 60:.0f} min"
 
-    head = ("| run | seeds (of plan) | validation after epoch 1 … 6 (mean) | test (mean ± sd) | "
-            "÷ full, 95% interval | tokens/s × full | min to full's epoch 1 / 6 | "
-            "SimLex ρ in / out (pairs) |")  # fmt: skip
+    head = (
+        "| run | seeds (of plan) | validation after epoch 1 … 6 (mean) | test (mean ± sd) | "
+        "÷ full, 95% interval | tokens/s × full | min to full's epoch 1 / 6 | "
+        "SimLex ρ in / out (pairs) |"
+    )
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for variant, row in summary["variants"].items():
         seeds = f"{row['runs']} of {len(row['planned_seeds'])}"
@@ -273,26 +338,35 @@ def markdown(summary: dict[str, Any]) -> str:
         ratio = "—"
         if iv is not None:
             mark = " (spread assumed: 1 seed)" if iv["assumed_spread"] else ""
-            ratio = (f"{iv['ratio']:.3f} [{iv['lo']:.3f}, {iv['hi']:.3f}]: "
-                     f"{iv['wording']}{mark}")  # fmt: skip
+            ratio = f"{iv['ratio']:.3f} [{iv['lo']:.3f}, {iv['hi']:.3f}]: {iv['wording']}{mark}"
         speed = num(row.get("speed_over_full"))
-        times = (f"{minutes(row.get('seconds_to_full_epoch1'))} / "
-                 f"{minutes(row.get('seconds_to_full_epoch6'))}" if iv is not None else "—")  # fmt: skip
+        times = (
+            f"{minutes(row.get('seconds_to_full_epoch1'))} / "
+            f"{minutes(row.get('seconds_to_full_epoch6'))}"
+            if iv is not None
+            else "—"
+        )
         sims = [row[f"simlex_{s}"] for s in ("input", "output")]
         simlex = " / ".join(num(s and s["rho"], ".3f") for s in sims)
         if sims[0] or sims[1]:
             known = next(s for s in sims if s)
             simlex += f" ({known['covered']}/{known['total']})"
         lr = "" if row["lrs"] == [20.0] else f" (lr {row['lrs']})"
-        lines.append(f"| `{variant}`{lr} | {seeds} | {vals} | {test} | {ratio} | {speed} | "
-                     f"{times} | {simlex} |")  # fmt: skip
-    left = [f"`{run}`: {'; '.join(problems)}" for row in summary["variants"].values()
-            for run, problems in row["left_out"].items()]  # fmt: skip
+        lines.append(
+            f"| `{variant}`{lr} | {seeds} | {vals} | {test} | {ratio} | {speed} | "
+            f"{times} | {simlex} |"
+        )
+    left = [
+        f"`{run}`: {'; '.join(problems)}"
+        for row in summary["variants"].values()
+        for run, problems in row["left_out"].items()
+    ]
     if left:
         lines += ["", "Left out of every mean, ratio and verdict: " + " · ".join(left) + "."]
     lines += ["", "| claim | verdict | numbers |", "|---|---|---|"]
-    lines += [f"| {v['claim']} | **{v['verdict']}** | {v['numbers']} |"
-              for v in summary["verdicts"]]  # fmt: skip
+    lines += [
+        f"| {v['claim']} | **{v['verdict']}** | {v['numbers']} |" for v in summary["verdicts"]
+    ]
     return "\n".join(lines)
 
 
@@ -324,8 +398,14 @@ def plot(by_variant: dict[str, list[dict[str, Any]]], summary: dict[str, Any], p
                 hours = [s / 3600 for s in run["seconds_by_epoch"]]
                 ax.plot(hours, run["val_by_epoch"], color=color, alpha=0.3, lw=0.8)
         hours = [s / 3600 for s in row["seconds_by_epoch"]]
-        ax.plot(hours, row["val_by_epoch"], "o-", color=color, ms=4,
-                label=f"{variant} ({row['runs']} seed{'s' if row['runs'] > 1 else ''})")  # fmt: skip
+        ax.plot(
+            hours,
+            row["val_by_epoch"],
+            "o-",
+            color=color,
+            ms=4,
+            label=f"{variant} ({row['runs']} seed{'s' if row['runs'] > 1 else ''})",
+        )
     ax.set_yscale("log")
     ax.set_xscale("log")
     ax.set_xlabel("training time, hours (optimizer steps only; one pinned thread)")

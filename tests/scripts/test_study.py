@@ -30,17 +30,40 @@ study_report = _load("study_report")
 PLAN_ARGS = {**study_report.PLAN, "lr": 20.0}
 
 
-def _write_run(root: Path, name: str, head: str, vals: list[float], test: float, speed: float,
-               seconds_per_epoch: float, **changes) -> None:  # fmt: skip
-    curve = [{"step": 100 * e, "val_ppl": v, "epoch_end": e, "train_seconds": seconds_per_epoch * e,
-              "lr": 20.0} for e, v in enumerate(vals, 1)]  # fmt: skip
+def _write_run(
+    root: Path,
+    name: str,
+    head: str,
+    vals: list[float],
+    test: float,
+    speed: float,
+    seconds_per_epoch: float,
+    **changes,
+) -> None:
+    curve = [
+        {
+            "step": 100 * e,
+            "val_ppl": v,
+            "epoch_end": e,
+            "train_seconds": seconds_per_epoch * e,
+            "lr": 20.0,
+        }
+        for e, v in enumerate(vals, 1)
+    ]
     results = {
-        "head": head, "head_options": {}, "val_ppl": vals[-1], "test_ppl": test,
-        "train_tokens_per_s": speed, "val_curve": curve, "args": dict(PLAN_ARGS),
+        "head": head,
+        "head_options": {},
+        "val_ppl": vals[-1],
+        "test_ppl": test,
+        "train_tokens_per_s": speed,
+        "val_curve": curve,
+        "args": dict(PLAN_ARGS),
         "git": {"commit": "abc123", "dirty": False},
-        "similarity": {side: {"measured": True, "spearman": 0.1, "covered": 990, "total": 999}
-                       for side in ("input", "output")},
-    }  # fmt: skip
+        "similarity": {
+            side: {"measured": True, "spearman": 0.1, "covered": 990, "total": 999}
+            for side in ("input", "output")
+        },
+    }
     for key, value in changes.items():
         results[key] = value
     (root / name).mkdir(parents=True)
@@ -48,8 +71,11 @@ def _write_run(root: Path, name: str, head: str, vals: list[float], test: float,
     (root / name / "run.json").write_text(json.dumps({"attempts": [{"lane": 0}]}))
 
 
-FULL = {1234: [260, 200, 180, 170, 150, 145], 1235: [262, 202, 181, 172, 152, 148],
-        1236: [258, 199, 179, 171, 149, 142]}  # fmt: skip
+FULL = {
+    1234: [260, 200, 180, 170, 150, 145],
+    1235: [262, 202, 181, 172, 152, 148],
+    1236: [258, 199, 179, 171, 149, 142],
+}
 
 
 @pytest.fixture
@@ -57,19 +83,56 @@ def runs(tmp_path) -> Path:
     root = tmp_path / "runs"
     for seed, vals in FULL.items():
         _write_run(root, f"full_chunked_s{seed}", "full", vals, vals[-1] - 8, 1350.0, 1550.0)
-    _write_run(root, "adaptive_default_s1234", "adaptive", [250, 196, 178, 168, 151, 146], 139.0,
-               5000.0, 420.0)  # fmt: skip
-    _write_run(root, "adaptive_default_s1235", "adaptive", [248, 197, 177, 169, 150, 147], 140.0,
-               4800.0, 430.0)  # fmt: skip
+    _write_run(
+        root,
+        "adaptive_default_s1234",
+        "adaptive",
+        [250, 196, 178, 168, 151, 146],
+        139.0,
+        5000.0,
+        420.0,
+    )
+    _write_run(
+        root,
+        "adaptive_default_s1235",
+        "adaptive",
+        [248, 197, 177, 169, 150, 147],
+        140.0,
+        4800.0,
+        430.0,
+    )
     # Unfinished: stopped after epoch 3 (no results.json yet, only the lane's folder).
     (root / "adaptive_default_s1236").mkdir()
     # Short: trained 20 steps, its only validation mid-epoch.
-    _write_run(root, "class_default_s1234", "class", [300.0], 290.0, 3000.0, 100.0,
-               val_curve=[{"step": 20, "val_ppl": 900.0, "train_seconds": 5.0, "final": True}])  # fmt: skip
-    _write_run(root, "cosine_default_s1234", "cosine", [270, 210, 190, 180, 160, 155], 150.0,
-               1300.0, 1600.0)  # fmt: skip
-    _write_run(root, "nce_default_s1234", "nce", [270, 210, 190, 180, 160, 155], 150.0, 1300.0,
-               1600.0, git={"commit": "abc123", "dirty": True})  # fmt: skip
+    _write_run(
+        root,
+        "class_default_s1234",
+        "class",
+        [300.0],
+        290.0,
+        3000.0,
+        100.0,
+        val_curve=[{"step": 20, "val_ppl": 900.0, "train_seconds": 5.0, "final": True}],
+    )
+    _write_run(
+        root,
+        "cosine_default_s1234",
+        "cosine",
+        [270, 210, 190, 180, 160, 155],
+        150.0,
+        1300.0,
+        1600.0,
+    )
+    _write_run(
+        root,
+        "nce_default_s1234",
+        "nce",
+        [270, 210, 190, 180, 160, 155],
+        150.0,
+        1300.0,
+        1600.0,
+        git={"commit": "abc123", "dirty": True},
+    )
     return root
 
 
@@ -78,8 +141,17 @@ def _report(runs: Path, tmp_path: Path) -> dict:
     results_md.write_text(
         f"# R\n\nbefore\n\n{study_report.START}\nold\n{study_report.END}\n\nafter\n"
     )
-    return study_report.main(["--runs", str(runs), "--out", str(tmp_path / "out"),
-                              "--results-md", str(results_md), "--no-plot"])  # fmt: skip
+    return study_report.main(
+        [
+            "--runs",
+            str(runs),
+            "--out",
+            str(tmp_path / "out"),
+            "--results-md",
+            str(results_md),
+            "--no-plot",
+        ]
+    )
 
 
 def test_table_ratios_and_marks_from_the_per_run_files(runs, tmp_path) -> None:
@@ -141,8 +213,9 @@ def test_ratio_interval_by_hand() -> None:
 @pytest.mark.parametrize("df", [1.0, 2.0, 2.7, 5.0, 30.0])
 def test_t_quantile_matches_scipy(df) -> None:
     scipy_stats = pytest.importorskip("scipy.stats")
-    assert study_report.t_quantile(0.975, df) == pytest.approx(scipy_stats.t.ppf(0.975, df),
-                                                                rel=1e-7)  # fmt: skip
+    assert study_report.t_quantile(0.975, df) == pytest.approx(
+        scipy_stats.t.ppf(0.975, df), rel=1e-7
+    )
 
 
 def test_wording_never_says_beats_for_an_interval_containing_one() -> None:
@@ -158,17 +231,36 @@ def test_queues_hold_every_planned_run_once() -> None:
 
 def test_runner_trains_copies_and_skips_finished_runs(tmp_path) -> None:
     work, results = tmp_path / "work", tmp_path / "results"
-    tiny = ("--data synthetic --synthetic-vocab-size 60 --synthetic-tokens 4000 --batch-size 4 "
-            f"--bptt 8 --embed-dim 16 --d-model 16 --max-steps 3 --cache-dir {tmp_path / 'c'}")  # fmt: skip
-    argv = [sys.executable, str(REPO / "scripts" / "study.py"), "--lane", "1", "--queue",
-            "adaptive_default_s1235", "--no-taskset", "--allow-dirty", "--work", str(work),
-            "--results", str(results), "--extra", tiny]  # fmt: skip
+    tiny = (
+        "--data synthetic --synthetic-vocab-size 60 --synthetic-tokens 4000 --batch-size 4 "
+        f"--bptt 8 --embed-dim 16 --d-model 16 --max-steps 3 --cache-dir {tmp_path / 'c'}"
+    )
+    argv = [
+        sys.executable,
+        str(REPO / "scripts" / "study.py"),
+        "--lane",
+        "1",
+        "--queue",
+        "adaptive_default_s1235",
+        "--no-taskset",
+        "--allow-dirty",
+        "--work",
+        str(work),
+        "--results",
+        str(results),
+        "--extra",
+        tiny,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     kept = results / "adaptive_default_s1235"
     assert sorted(p.name for p in kept.iterdir()) == [
-        "command.txt", "metrics.csv", "results.json", "run.json"]  # fmt: skip
+        "command.txt",
+        "metrics.csv",
+        "results.json",
+        "run.json",
+    ]
     res = json.loads((kept / "results.json").read_text())
     assert res["global_step"] == 3 and res["args"]["seed"] == 1235 and res["head"] == "adaptive"
     assert set(res["git"]) >= {"commit", "dirty"}
@@ -202,3 +294,12 @@ def test_git_state_is_dirty_only_when_the_code_differs(tmp_path) -> None:
     (tmp_path / "recipes" / "lm.py").write_text("x = 2\n")
     assert git_state(tmp_path)["dirty"] is True
     assert git_state(tmp_path / "missing")["commit"] is None
+
+
+def test_the_figure_is_drawn(runs, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text(f"{study_report.START}\n{study_report.END}\n")
+    study_report.main(["--runs", str(runs), "--out", str(tmp_path / "out"),
+                       "--results-md", str(results_md)])  # fmt: skip
+    assert (tmp_path / "out" / "validation_time.png").stat().st_size > 10_000
