@@ -37,6 +37,7 @@ from lm_heads import build_head
 from lm_heads.mixin import LMHeadMixin
 from recipes.models import LSTMLM, TransformerLM, adaptive_input
 from recipes.options import resolve as resolve_options
+from recipes.random_state import EvaluationKeepsRandomState, preserved_random_state
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -67,11 +68,7 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
         hp = resolve_options(options)
         super().__init__()
         self.save_hyperparameters({"vocab_size": vocab_size, "max_len": max_len, **hp})
-        if hp["lr_schedule"] == "plateau" and hp["warmup_steps"]:
-            raise ValueError("lr_schedule='plateau' takes no warmup_steps (use 'constant')")
-        if hp["lr_schedule"] == "plateau" and not hp["lr_decay"] > 1.0:
-            decay = hp["lr_decay"]
-            raise ValueError(f"lr_decay must be > 1 (the lr is divided by it), got {decay}")
+        _check_schedule(hp)
         head, head_options, input_layer = hp["head"], hp["head_options"], hp["input_layer"]
         embed_dim, d_model, tie_weights = hp["embed_dim"], hp["d_model"], hp["tie_weights"]
         out_features = embed_dim if tie_weights else None
@@ -141,6 +138,13 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._carried["test"] = None
 
+    def configure_callbacks(self) -> list[Callback]:
+        # Observing a run never changes it: validations inside fit restore the random streams.
+        # Lightning asks again at every validate/test: the trainer has the callback by then.
+        if any(isinstance(c, EvaluationKeepsRandomState) for c in self.trainer.callbacks):
+            return []
+        return [EvaluationKeepsRandomState()]
+
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
@@ -162,6 +166,17 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
             )
             schedule = {"scheduler": plateau, "monitor": "val_ppl", "interval": "epoch"}
             return {"optimizer": opt, "lr_scheduler": schedule}
+        if hp.lr_schedule == "step":
+            # Fixed in advance: epoch e (from 1) trains at lr / lr_decay ** (milestones <= e),
+            # whatever the validations say. Stepped at each epoch end; the checkpoint keeps its
+            # count of epochs, so a resumed run continues the same schedule.
+            milestones = sorted(hp.lr_milestones)
+
+            def divided(epochs_done: int) -> float:
+                return hp.lr_decay ** -sum(m <= epochs_done + 1 for m in milestones)
+
+            steps = torch.optim.lr_scheduler.LambdaLR(opt, divided)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": steps, "interval": "epoch"}}
         if hp.lr_schedule == "constant" and hp.warmup_steps == 0:
             return opt
         warmup, cosine = hp.warmup_steps, hp.lr_schedule == "cosine"
@@ -246,7 +261,8 @@ class TrainClock(Callback):
     ``seconds`` sums the time from each training batch's start to its end (forward, backward,
     optimizer step) on this rank, so validation, checkpoints and data loading do not count: the
     curve of validation perplexity against ``seconds`` compares heads by what training costs.
-    ``curve`` gets one point per validation during ``fit`` (not the sanity check).
+    ``curve`` gets one point per validation during ``fit`` (not the sanity check); one at an
+    epoch's end says which in ``epoch_end`` (1 = the first).
 
     With a budget, every rank stops after the step at which any rank crossed it (one boolean
     all-reduce per step, so ranks never disagree on the number of steps). ``tokens_per_s`` is the
@@ -254,6 +270,8 @@ class TrainClock(Callback):
 
     The clock is part of the checkpoint (``state_dict``): a resumed run continues its seconds,
     tokens and curve, so ``--max-time`` is a budget for the whole run, not for each restart.
+    A point's ``lr`` is the one its weights' last step trained at: Lightning steps an epoch-wise
+    scheduler (``step``) before the epoch-end validation, a plateau one after it.
     ``probe``, when given, adds its fields (e.g. word-similarity scores) to every curve point.
     """
 
@@ -270,8 +288,10 @@ class TrainClock(Callback):
         self.stopped_by_time = False
         self._first_step: tuple[float, int] | None = None  # (seconds, tokens)
         self._t0: float | None = None
+        self._step_lr: float | None = None  # the lr of the last training step
 
     def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, idx: int) -> None:
+        self._step_lr = current_lr(trainer)
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(
@@ -299,6 +319,7 @@ class TrainClock(Callback):
             "tokens": self.tokens,
             "curve": self.curve,
             "first_step": self._first_step,
+            "step_lr": self._step_lr,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -306,6 +327,7 @@ class TrainClock(Callback):
         self.curve = list(state["curve"])
         first = state["first_step"]
         self._first_step = None if first is None else (float(first[0]), int(first[1]))
+        self._step_lr = state.get("step_lr")  # absent from checkpoints of earlier versions
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -319,7 +341,10 @@ class TrainClock(Callback):
             return
         value = trainer.callback_metrics.get("val_ppl")
         if value is not None:
-            self.add_point(trainer, "val_ppl", float(value))
+            # epoch_end: which epoch this validation closes (none: a stop mid-epoch), so a report
+            # never takes a validation cut short by --max-time for an epoch's.
+            ended = {"epoch_end": trainer.current_epoch + 1} if trainer.is_last_batch else {}
+            self.add_point(trainer, "val_ppl", float(value), **ended)
 
     def add_point(self, trainer: L.Trainer, metric: str, value: float, **extra: Any) -> None:
         """Append ``{metric: value}`` at the trainer's step, with the clock, epoch and lr."""
@@ -332,7 +357,7 @@ class TrainClock(Callback):
             "epoch": step / max(1, trainer.num_training_batches),
             "train_seconds": self.seconds,
             "tokens": self.tokens,
-            "lr": current_lr(trainer),
+            "lr": self._step_lr if self._step_lr is not None else current_lr(trainer),
             metric: value,
             **extra,
         }
@@ -367,7 +392,8 @@ class SubsetValidation(Callback):
         if step == 0 or step % self.every or step == self._done_at:
             return
         self._done_at = step
-        self.clock.add_point(trainer, "val_subset_ppl", self.perplexity(trainer, module))
+        with preserved_random_state(module.device):  # the point must not change the training
+            self.clock.add_point(trainer, "val_subset_ppl", self.perplexity(trainer, module))
 
     @torch.no_grad()
     def perplexity(self, trainer: L.Trainer, module: Any) -> float:
@@ -601,6 +627,28 @@ class FinalCheckpoint(Callback):
         )
         if (last_step or last_batch or trainer.should_stop) and step % self.every != 0:
             trainer.save_checkpoint(self.path, weights_only=False)  # all of it, for --resume
+
+
+def _check_schedule(hp: dict[str, Any]) -> None:
+    """The schedule's options agree with each other (``ValueError`` says what to change)."""
+    schedule, milestones = hp["lr_schedule"], list(hp["lr_milestones"] or [])
+    if schedule in ("plateau", "step") and hp["warmup_steps"]:
+        raise ValueError(f"lr_schedule={schedule!r} takes no warmup_steps (use 'constant')")
+    if schedule in ("plateau", "step") and not hp["lr_decay"] > 1.0:
+        decay = hp["lr_decay"]
+        raise ValueError(f"lr_decay must be > 1 (the lr is divided by it), got {decay}")
+    if schedule != "step" and milestones:
+        raise ValueError(
+            f"lr_milestones {milestones} are read by lr_schedule='step' only, not "
+            f"{schedule!r}: add lr_schedule='step' or leave the milestones out"
+        )
+    if schedule == "step" and (
+        not milestones or milestones != sorted(set(milestones)) or milestones[0] < 2
+    ):
+        raise ValueError(
+            "lr_schedule='step' needs lr_milestones: increasing epochs (from 2; epoch 1 is the "
+            f"first) at whose start the lr is divided by lr_decay, e.g. [5, 6]; got {milestones}"
+        )
 
 
 def _backbone(hp: Any, out_features: int | None, embedding: torch.nn.Module | None) -> Any:

@@ -88,6 +88,7 @@ from recipes.preflight import (  # noqa: E402
     similarity_scores,
     warn_oversubscribed,
 )
+from recipes.provenance import git_state  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,6 +308,7 @@ def _results(
         "peak_memory_mib_before_final_val": ours["final_val"]["peak_mib_before"],
         "checkpoint_last": str(Path(args.output_dir) / "checkpoints" / "last.ckpt"),
         "args": recorded_args(args),
+        "git": git_state(),  # the code this result came from (recipes/provenance.py)
     }
     if not args.eval_only:
         # The final validation closes the curve (the epoch-end one when training ended there,

@@ -87,10 +87,13 @@ class OptimizerOptions:
     """learning rate (none: the optimizer's, 20 for sgd, 0.001 for adam and adamw)"""
     weight_decay: NonNegativeFloat = 0.0
     """weight decay"""
-    lr_schedule: Literal["constant", "cosine", "plateau"] = "plateau"
-    """plateau: divide the LR by --lr-decay when the epoch-end validation stops improving"""
+    lr_schedule: Literal["constant", "cosine", "plateau", "step"] = "plateau"
+    """plateau: divide the LR by --lr-decay when the epoch-end validation stops improving;
+    step: divide it at the start of each epoch of --lr-milestones"""
     lr_decay: PositiveFloat = 4.0
-    """plateau schedule: LR divisor"""
+    """plateau and step schedules: LR divisor"""
+    lr_milestones: list[PositiveInt] = field(default_factory=list)
+    """step schedule: the epochs (1 = the first) at whose start the LR is divided by --lr-decay"""
     lr_patience: NonNegativeInt = 0
     """plateau schedule: validations"""
     warmup_steps: NonNegativeInt = 0

@@ -10,13 +10,17 @@ validation at each epoch end (``val_ppl`` curve points), the final test perplexi
 throughput. Writes ``<out>.json`` (every run's epoch-end values, curve and command) and
 ``<out>.png`` (validation against steps), and prints the markdown tables that RESULTS.md quotes.
 ``--stopped`` adds runs stopped before their end, from their ``checkpoints/last.ckpt``: their
-epoch-end validations, marked unfinished, without a test perplexity.
+epoch-end validations, marked unfinished, without a test perplexity. Each validation is placed at
+the epoch it closed (a run continued from another's checkpoint starts at a later epoch), and a
+run with a ``results.json`` is finished only when it validated at the end of its last planned
+epoch: a run cut short by ``--max-steps`` (a smoke test) is marked short, and gives no ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
@@ -54,15 +58,18 @@ def load_runs(root: Path, stopped: bool = False) -> dict[str, list[dict[str, Any
 def _finished(folder: Path) -> dict[str, Any]:
     res = json.loads((folder / "results.json").read_text())
     curve = normalised_curve(res["val_curve"])
+    epoch_values = epoch_end_values(curve)
+    planned = res["args"].get("max_epochs") or 1
     return {
-        "finished": True,
+        # Its test is that of the planned length only if it validated at its last epoch's end.
+        "finished": len(epoch_values) >= planned and epoch_values[planned - 1] is not None,
         "head": res["head"],
         "head_options": res["head_options"],
         "head_structure": res["head_structure"],
         "input_layer": res.get("input_layer"),
         "tie_weights": res.get("tie_weights"),
         "steps": res["global_step"],
-        "epoch_val_ppl": epoch_end_values(curve),
+        "epoch_val_ppl": epoch_values,
         "val_ppl": res["val_ppl"],
         "test_ppl": res["test_ppl"],
         "tokens_per_s": res["train_tokens_per_s"],
@@ -116,12 +123,36 @@ def normalised_curve(curve: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for p in curve]  # fmt: skip
 
 
-def epoch_end_values(curve: list[dict[str, Any]]) -> list[float]:
-    """Whole-split validation perplexity after epoch 1, 2, … (the ``val_ppl`` points)."""
-    return [float(p["val_ppl"]) for p in curve if "val_ppl" in p]
+def epoch_end_values(curve: list[dict[str, Any]]) -> list[float | None]:
+    """Whole-split validation perplexity after epoch 1, 2, …; ``None`` for an epoch without one
+    (a run continued from another's checkpoint after epoch 1 has none for epoch 1).
+
+    A point's epoch: its ``epoch_end`` where recorded; else its ``epoch`` (steps / batches per
+    epoch) within a twentieth of a whole number ≥ 1 (a final validation in mid-epoch, such as a
+    smoke run's after 20 steps, is no epoch's); points of runs older than both, by position.
+    """
+    by_epoch: dict[int, float] = {}
+    for i, point in enumerate(p for p in curve if "val_ppl" in p):
+        if "epoch_end" in point:
+            epoch = int(point["epoch_end"])
+        elif "epoch" in point:
+            epoch = round(point["epoch"])
+            if epoch < 1 or abs(point["epoch"] - epoch) > 0.05:
+                continue
+        else:
+            epoch = i + 1
+        by_epoch[epoch] = float(point["val_ppl"])
+    last = max(by_epoch, default=0)
+    return [by_epoch.get(e) for e in range(1, last + 1)]
 
 
-def spread(values: list[float]) -> dict[str, Any]:
+def _known(values: Any) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+def spread(values: list[float]) -> dict[str, Any] | None:
+    if not values:
+        return None
     return {
         "mean": statistics.fmean(values),
         "min": min(values),
@@ -135,12 +166,13 @@ def summary(groups: dict[str, list[dict[str, Any]]], baseline: str = "full") -> 
     out: dict[str, Any] = {}
     base = groups.get(baseline)
     for name, runs in groups.items():
-        epochs = min(len(r["epoch_val_ppl"]) for r in runs)
+        # Runs with no epoch end (smoke runs) give no epoch values, and take none from the others.
+        epochs = min((len(r["epoch_val_ppl"]) for r in runs if r["epoch_val_ppl"]), default=0)
         row: dict[str, Any] = {
             "seeds": [r["seed"] for r in runs],
             "epochs": epochs,
             "val_ppl_by_epoch": [
-                spread([r["epoch_val_ppl"][e] for r in runs]) for e in range(epochs)
+                spread(_known(r["epoch_val_ppl"][e] for r in runs)) for e in range(epochs)
             ],
             "finished": all(r["finished"] for r in runs),
             "steps": [r["steps"] for r in runs],
@@ -149,11 +181,14 @@ def summary(groups: dict[str, list[dict[str, Any]]], baseline: str = "full") -> 
             else None,
             "tokens_per_s": spread([r["tokens_per_s"] for r in runs if r["tokens_per_s"]]),
         }
-        if base is not None and epochs >= 1:
-            full_epoch1 = statistics.fmean(r["epoch_val_ppl"][0] for r in base)
-            row["epoch1_over_full"] = row["val_ppl_by_epoch"][0]["mean"] / full_epoch1
-            full_speed = statistics.fmean(r["tokens_per_s"] for r in base)
-            row["speed_over_full"] = row["tokens_per_s"]["mean"] / full_speed
+        full_epoch1 = _known(r["epoch_val_ppl"][0] for r in base or [] if r["epoch_val_ppl"])
+        if full_epoch1 and epochs >= 1 and row["val_ppl_by_epoch"][0] is not None:
+            row["epoch1_over_full"] = row["val_ppl_by_epoch"][0]["mean"] / statistics.fmean(
+                full_epoch1
+            )
+        full_speeds = _known(r["tokens_per_s"] for r in base or [] if r["epoch_val_ppl"])
+        if full_speeds and epochs >= 1 and row["tokens_per_s"] is not None:
+            row["speed_over_full"] = row["tokens_per_s"]["mean"] / statistics.fmean(full_speeds)
         out[name] = row
     return out
 
@@ -166,7 +201,12 @@ def markdown(groups: dict[str, list[dict[str, Any]]], table: dict[str, Any]) -> 
     ]
     for name, row in table.items():
         runs = groups[name]
-        first, last = row["val_ppl_by_epoch"][0], row["val_ppl_by_epoch"][-1]
+        if not row["epochs"]:
+            steps = ", ".join(f"{n:,}" for n in row["steps"])
+            lines.append(f"| {name} | short: no epoch end (steps {steps}) | | | | | | |")
+            continue
+        first = row["val_ppl_by_epoch"][0] or {"mean": math.nan, "min": math.nan, "max": math.nan}
+        last = row["val_ppl_by_epoch"][-1]
         options = runs[0]["head_options"] or {}
         if runs[0]["input_layer"] == "adaptive":
             options = {**options, "input": "adaptive", "tied": runs[0]["tie_weights"]}
@@ -181,7 +221,7 @@ def markdown(groups: dict[str, list[dict[str, Any]]], table: dict[str, Any]) -> 
 
 
 def _test_or_stop(row: dict[str, Any]) -> str:
-    if row["test_ppl"] is not None:
+    if row["test_ppl"] is not None and row["finished"]:
         return f"{row['test_ppl']['mean']:.2f}"
     return f"stopped at step {', '.join(f'{n:,}' for n in row['steps'])}"
 
@@ -203,6 +243,8 @@ def plot(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
                 (p["step"], p["val_subset_ppl"]) for p in run["curve"] if "val_subset_ppl" in p
             ]
             whole = [(p["step"], p["val_ppl"]) for p in run["curve"] if "val_ppl" in p]
+            if not whole:
+                continue
             label = name if j == 0 else None
             if subset:
                 ax.plot(*zip(*subset, strict=True), color=color, alpha=0.45, lw=1, label=label)

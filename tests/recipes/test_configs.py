@@ -343,6 +343,13 @@ def test_shipped_config_means_what_it_says(cli, path: Path, tmp_path) -> None:
     if given["lr_schedule"] == "plateau":
         assert schedule["monitor"] == "val_ppl" and schedule["interval"] == "epoch"
         assert schedule["scheduler"].factor == pytest.approx(1 / given["lr_decay"])
+    elif given["lr_schedule"] == "step":  # per epoch, fixed in advance: epoch e at lr / decay^k
+        assert schedule["interval"] == "epoch"
+        divided = schedule["scheduler"].lr_lambdas[0]
+        expected_factors = [given["lr_decay"] ** -sum(m <= e for m in given["lr_milestones"])
+                            for e in range(1, given["max_epochs"] + 1)]  # fmt: skip
+        assert [divided(e) for e in range(given["max_epochs"])] == expected_factors
+        assert expected_factors[-1] < 1.0  # it ends annealed
     else:  # cosine with warm-up, per step: rises to lr, then decays to 0 at max_steps
         scheduler, warmup = schedule["scheduler"], given["warmup_steps"]
         assert schedule["interval"] == "step"

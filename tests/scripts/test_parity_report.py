@@ -85,3 +85,40 @@ def test_stopped_runs_come_from_their_checkpoint_marked_unfinished(tmp_path, cap
     assert lever["val_ppl_by_epoch"][0]["mean"] == 230.0
     assert lever["tokens_per_s"]["mean"] == pytest.approx(200.0)
     assert "stopped at step 150" in capsys.readouterr().out
+
+
+def test_a_continued_run_puts_each_validation_at_its_epoch(tmp_path, capsys) -> None:
+    # full6_s1235 was continued from full_s1235's checkpoint after epoch 1: its curve starts at
+    # epoch 2 (its committed points, results/parity.json). It was printed as its epoch 1.
+    full6 = json.loads((REPO / "results" / "parity.json").read_text())["runs"]["full6"][0]
+    curve = [p for p in full6["curve"] if "val_ppl" in p]
+    assert [round(p["epoch"], 3) for p in curve] == [2.0, 3.0, 4.0, 5.024, 6.024]
+    _run(tmp_path, "full_s1", "full", [260.0], 240.0, 1300.0)
+    _run(tmp_path, "full6_s1235", "full", [1.0], 140.15, 1330.0)
+    saved = json.loads((tmp_path / "full6_s1235" / "results.json").read_text())
+    saved |= {"val_curve": curve, "args": {"seed": 1235, "max_epochs": 6}}
+    (tmp_path / "full6_s1235" / "results.json").write_text(json.dumps(saved))
+    report = parity_report.main([str(tmp_path), "--out", str(tmp_path / "out"), "--no-plot"])
+    run = report["runs"]["full6"][0]
+    assert run["epoch_val_ppl"] == [None] + [p["val_ppl"] for p in curve]
+    assert run["finished"]
+    row = report["summary"]["full6"]
+    assert row["val_ppl_by_epoch"][0] is None and "epoch1_over_full" not in row
+    assert row["val_ppl_by_epoch"][1]["mean"] == pytest.approx(198.17708255656126)
+    out = capsys.readouterr().out
+    assert "| full6 |" in out and "198.18; " not in out.split("| full6 |")[1].split("|")[3]
+
+
+def test_a_smoke_run_is_short_not_finished(tmp_path, capsys) -> None:
+    _run(tmp_path, "full_s1", "full", [260.0], 240.0, 1300.0)
+    _run(tmp_path, "adaptive_s1", "adaptive", [1.0], 120.0, 5000.0)
+    smoke = json.loads((tmp_path / "adaptive_s1" / "results.json").read_text())
+    smoke |= {"global_step": 20, "args": {"seed": 1, "max_steps": 20, "max_epochs": 6},
+              "val_curve": [{"step": 20, "epoch": 20 / 2983, "val_ppl": 120.0, "lr": 20.0,
+                             "final": True}]}  # fmt: skip
+    (tmp_path / "adaptive_s1" / "results.json").write_text(json.dumps(smoke))
+    report = parity_report.main([str(tmp_path), "--out", str(tmp_path / "out"), "--no-plot"])
+    row = report["summary"]["adaptive"]
+    assert row["finished"] is False and row["epochs"] == 0
+    assert "epoch1_over_full" not in row and "speed_over_full" not in row  # no "0.462× full"
+    assert "| adaptive | short: no epoch end (steps 20) |" in capsys.readouterr().out

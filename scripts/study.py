@@ -1,0 +1,280 @@
+#!/usr/bin/env python
+"""Run the study's queue on one lane (docs/study/PLAN.md): resumable, one pinned thread.
+
+    python scripts/study.py --list                     # the runs, their commands and state
+    python scripts/study.py --lane 0                   # lane 0's queue, then lane 1's unclaimed
+    python scripts/study.py --lane 1
+    python scripts/study.py --fingerprint full_chunked_s1234   # first 20 steps, to the last digit
+
+Each run trains in ``runs/study/<name>/`` (checkpoints, logs; not committed) under
+``taskset -c <lane>`` with ``--threads 1``, and continues with ``--resume last`` when its
+``last.ckpt`` exists. A finished run's small files go to ``results/study/runs/<name>/``:
+``results.json``, ``metrics.csv`` (every restart's CSV log, in order), ``command.txt`` (the
+first start's; a restart adds ``--resume last``) and ``run.json`` (every start: lane, host, load
+average at start and end, exit status, commit, command); a run with
+``results.json`` there is done and skipped. A lane claims a run (``runs/study/claims/``) before
+starting it, so two lanes never train the same run. A dirty code tree is refused: every result
+must come from a commit (``--allow-dirty`` for tests only). Ctrl-C or SIGTERM stops the lane
+after the recipe saved ``last.ckpt``; starting the lane again continues there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from recipes.provenance import git_state  # noqa: E402
+
+CONFIG = REPO / "recipes" / "configs" / "study_wikitext2.yaml"
+WORK = REPO / "runs" / "study"
+RESULTS = REPO / "results" / "study" / "runs"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A head with its options, and the seeds the plan gives it."""
+
+    head: str
+    options: dict[str, Any]
+    seeds: tuple[int, ...]
+
+
+# The plan's table (docs/study/PLAN.md), by run-name prefix.
+STUDY_RUNS: dict[str, Variant] = {
+    "full_chunked": Variant("full", {"chunk_size": "auto"}, (1234, 1235, 1236)),
+    "adaptive_default": Variant("adaptive", {}, (1234, 1235, 1236)),
+    "adaptive_taildrop05": Variant("adaptive", {"tail_dropout": 0.5}, (1234, 1235, 1236)),
+    "class_default": Variant("class", {}, (1234, 1235)),
+    "hierarchical_huffman": Variant("hierarchical", {"tree": "huffman"}, (1234, 1235)),
+    "hierarchical_kary": Variant("hierarchical", {"tree": "kary"}, (1234, 1235)),
+    "importance_default": Variant("importance", {}, (1234, 1235)),
+    "nce_default": Variant("nce", {}, (1234, 1235)),
+    "spherical_default": Variant("spherical", {}, (1234, 1235)),
+    "taylor_default": Variant("taylor", {}, (1234, 1235)),
+    "cosine_default": Variant("cosine", {}, (1234,)),
+    "rbf_default": Variant("rbf", {}, (1234,)),
+    "prototypes_default": Variant("prototypes", {}, (1234,)),
+}
+
+QUEUES: tuple[tuple[str, ...], ...] = (
+    ("full_chunked_s1234", "spherical_default_s1234", "taylor_default_s1234",
+     "cosine_default_s1234", "full_chunked_s1235", "spherical_default_s1235",
+     "taylor_default_s1235", "full_chunked_s1236"),
+    ("adaptive_default_s1234", "adaptive_taildrop05_s1234", "class_default_s1234",
+     "hierarchical_huffman_s1234", "hierarchical_kary_s1234", "importance_default_s1234",
+     "nce_default_s1234", "rbf_default_s1234", "prototypes_default_s1234",
+     "adaptive_default_s1235", "adaptive_taildrop05_s1235", "class_default_s1235",
+     "hierarchical_huffman_s1235", "hierarchical_kary_s1235", "importance_default_s1235",
+     "nce_default_s1235", "adaptive_default_s1236", "adaptive_taildrop05_s1236"),
+)  # fmt: skip
+"""The plan's run order: lane 0's queue, lane 1's."""
+
+
+def all_runs() -> list[str]:
+    return [f"{prefix}_s{seed}" for prefix, v in STUDY_RUNS.items() for seed in v.seeds]
+
+
+def variant_of(name: str) -> tuple[Variant, int]:
+    prefix, _, seed = name.rpartition("_s")
+    if prefix not in STUDY_RUNS or not seed.isdigit():
+        raise SystemExit(f"{name!r} is not a study run; the runs are: {', '.join(all_runs())}")
+    return STUDY_RUNS[prefix], int(seed)
+
+
+def command(name: str, work: Path, config: Path, extra: list[str], lane: int | None) -> list[str]:
+    """The run's command line; ``--resume last`` when its ``last.ckpt`` exists."""
+    variant, seed = variant_of(name)
+    out = work / name
+    cmd = [] if lane is None else ["taskset", "-c", str(lane)]
+    cmd += ["python", "recipes/lm.py", "--config", _here(config), "--head", variant.head,
+            "--seed", str(seed), "--threads", "1", "--output-dir", _here(out),
+            "--logger", "csv", "--no-progress-bar"]  # fmt: skip
+    for key, value in variant.options.items():
+        cmd += ["--head-option", f"{key}={value}"]
+    cmd += extra
+    if (out / "checkpoints" / "last.ckpt").is_file():
+        cmd += ["--resume", "last"]
+    elif (out / "checkpoints").exists() or (out / "results.json").exists():
+        cmd += ["--overwrite"]  # a start that saved nothing to continue from
+    return cmd
+
+
+def _here(path: Path) -> str:
+    """``path`` relative to the checkout when inside it (commands run there, and are recorded)."""
+    path = path.absolute()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _executable(cmd: list[str]) -> list[str]:
+    """The recorded command with this interpreter in place of ``python``."""
+    return [sys.executable if part == "python" else part for part in cmd]
+
+
+def _claim(claims: Path, name: str, lane: int) -> bool:
+    """Take ``name`` for ``lane`` unless another lane holds it (an atomic create)."""
+    claims.mkdir(parents=True, exist_ok=True)
+    path = claims / f"{name}.lane"
+    try:
+        with path.open("x") as f:
+            f.write(f"{lane}\n")
+        return True
+    except FileExistsError:
+        return path.read_text().strip() == str(lane)
+
+
+def _merged_csv(out: Path) -> str | None:
+    """Every restart's ``logs/version_*/metrics.csv``, in order, under one header."""
+    versions = sorted(out.glob("logs/version_*/metrics.csv"),
+                      key=lambda p: int(p.parent.name.split("_")[1]))  # fmt: skip
+    if not versions:
+        return None
+    import csv
+    import io
+
+    rows, header = [], {}
+    for path in versions:
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                header.update(dict.fromkeys(row))
+                rows.append(row)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(header), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def run_one(name: str, args: argparse.Namespace) -> int:
+    """Train (or continue) ``name``; copy its small files when it finished. The exit status."""
+    out, keep = args.work / name, args.results / name
+    cmd = command(name, args.work, args.config, args.extra, None if args.no_taskset else args.lane)
+    git = git_state()
+    if git["dirty"] and not args.allow_dirty:
+        raise SystemExit(
+            f"the code differs from commit {git['commit']}: commit it first, so that {name}'s "
+            "result records the code it came from (docs/study/PLAN.md)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {
+        "run": name, "lane": args.lane, "host": socket.gethostname(), "git": git,
+        "command": shlex.join(cmd), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_average_start": os.getloadavg(),
+    }  # fmt: skip
+    print(f"[lane {args.lane}] {name}: {shlex.join(cmd)}", flush=True)
+    with (out / "log.txt").open("a") as log:
+        log.write(f"\n# {record['started']} {record['command']}\n")
+        log.flush()
+        rc = subprocess.run(_executable(cmd), stdout=log, stderr=subprocess.STDOUT,
+                            cwd=REPO).returncode  # fmt: skip
+    record |= {"ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "load_average_end": os.getloadavg(), "exit_status": rc}  # fmt: skip
+    attempts_path = out / "attempts.json"  # every start of the run, resumes included
+    attempts = json.loads(attempts_path.read_text()) if attempts_path.is_file() else []
+    attempts_path.write_text(json.dumps([*attempts, record], indent=1) + "\n")
+    if rc != 0 or not (out / "results.json").is_file():
+        print(f"[lane {args.lane}] {name}: exit status {rc}, see {out / 'log.txt'}", flush=True)
+        return rc or 1
+    keep.mkdir(parents=True, exist_ok=True)
+    (keep / "results.json").write_bytes((out / "results.json").read_bytes())
+    if (metrics := _merged_csv(out)) is not None:
+        (keep / "metrics.csv").write_text(metrics)
+    attempts.append(record)
+    (keep / "command.txt").write_text(attempts[0]["command"] + "\n")  # from the checkout's root
+    (keep / "run.json").write_text(json.dumps({"attempts": attempts}, indent=1) + "\n")
+    print(f"[lane {args.lane}] {name}: finished, files in {keep}", flush=True)
+    return 0
+
+
+def run_lane(args: argparse.Namespace) -> int:
+    own = list(args.queue) if args.queue else list(QUEUES[args.lane])
+    others = [] if args.queue else [n for q in QUEUES for n in q if n not in own]
+    for name in own + others:
+        variant_of(name)  # a typo stops the lane before anything runs
+    for name in own + others:
+        if (args.results / name / "results.json").is_file():
+            continue  # finished
+        if not _claim(args.work / "claims", name, args.lane):
+            continue  # the other lane's
+        rc = run_one(name, args)
+        if rc in (130, 143):  # stopped by Ctrl-C / SIGTERM: last.ckpt saved, stop the lane too
+            return rc
+    return 0
+
+
+def fingerprint(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The train loss of each of the first ``steps`` steps and a SHA-256 of the weights after
+    them, at this checkout's commit: equal outputs at two commits mean identical training."""
+    import csv
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        extra = [*args.extra, "--max-steps", str(args.steps), "--log-every", "1",
+                 "--final-val-batches", "1", "--checkpoint-every", str(args.steps + 1)]  # fmt: skip
+        cmd = command(name, out, args.config, extra, None if args.no_taskset else args.lane)
+        subprocess.run(_executable(cmd), check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        state = torch.load(out / name / "checkpoints" / "last.ckpt", weights_only=True)
+        digest = hashlib.sha256()
+        for key in sorted(state["state_dict"]):
+            digest.update(key.encode())
+            digest.update(state["state_dict"][key].cpu().contiguous().numpy().tobytes())
+        with next((out / name).glob("logs/version_*/metrics.csv")).open(newline="") as f:
+            losses = [row["train_loss"] for row in csv.DictReader(f) if row.get("train_loss")]
+    return {"run": name, "git": git_state(), "steps": args.steps, "train_loss": losses,
+            "weights_sha256": digest.hexdigest()}  # fmt: skip
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--lane", type=int, choices=(0, 1), help="core to pin to, and its queue")
+    p.add_argument("--list", action="store_true", help="print the queues and each run's state")
+    p.add_argument("--fingerprint", metavar="NAME", help="first --steps steps of a run")
+    p.add_argument("--steps", type=int, default=20, help="steps of --fingerprint")
+    p.add_argument("--queue", nargs="+", metavar="NAME", help="these runs instead of the lane's")
+    p.add_argument("--config", type=Path, default=CONFIG)
+    p.add_argument("--work", type=Path, default=WORK, help="run folders (checkpoints)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="committed per-run files")
+    p.add_argument("--no-taskset", action="store_true", help="do not pin (tests)")
+    p.add_argument("--allow-dirty", action="store_true", help="run on uncommitted code (tests)")
+    p.add_argument("--extra", default="", help="more recipe options, one string (tests)")
+    args = p.parse_args(argv)
+    args.extra = shlex.split(args.extra)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.list:
+        for lane, queue in enumerate(QUEUES):
+            for name in queue:
+                done = (args.results / name / "results.json").is_file()
+                started = (args.work / name / "checkpoints" / "last.ckpt").is_file()
+                state = "finished" if done else "started" if started else "to run"
+                print(f"lane {lane}  {name:30s} {state}")
+        return 0
+    if args.fingerprint:
+        print(json.dumps(fingerprint(args.fingerprint, args), indent=1))
+        return 0
+    if args.lane is None:
+        raise SystemExit("give --lane 0 or --lane 1 (or --list, --fingerprint NAME)")
+    return run_lane(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
