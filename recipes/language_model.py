@@ -140,10 +140,12 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         # Observing a run never changes it: validations inside fit restore the random streams.
-        # Lightning asks again at every validate/test: the trainer has the callback by then.
-        if any(isinstance(c, EvaluationKeepsRandomState) for c in self.trainer.callbacks):
-            return []
-        return [EvaluationKeepsRandomState()]
+        # The mixin's own callback (its metric bookkeeping) comes first; Lightning replaces a
+        # trainer callback of the same type by the model's, so asking again at validate/test
+        # never doubles one.
+        inherited = super().configure_callbacks()
+        callbacks = [inherited] if isinstance(inherited, Callback) else list(inherited)
+        return [*callbacks, EvaluationKeepsRandomState()]
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
