@@ -80,11 +80,12 @@ def peer_failure_message(error: BaseException, timeout_s: float, rank: int) -> s
     )
 
 
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """The seed of ``rank``'s stream at training step ``step`` (ranks ≥ 1): well mixed, so that
-    nearby ``(seed, rank, step)`` give unrelated streams (``seed + rank`` would make rank 1 of
-    ``--seed 1`` replay rank 0 of ``--seed 2``)."""
-    words = np.random.SeedSequence([seed % 2**63, rank, step]).generate_state(2, np.uint32)
+def step_seed(seed: int, rank: int, step: int, micro_batch: int = 0) -> int:
+    """The seed of ``rank``'s stream at training step ``step``, micro-batch ``micro_batch`` of
+    its accumulation window (ranks ≥ 1): well mixed, so that nearby keys give unrelated streams
+    (``seed + rank`` would make rank 1 of ``--seed 1`` replay rank 0 of ``--seed 2``)."""
+    key = [seed % 2**63, rank, step, micro_batch]
+    words = np.random.SeedSequence(key).generate_state(2, np.uint32)
     return int(words[0]) << 32 | int(words[1])
 
 
@@ -103,7 +104,14 @@ class RankSeeds(Callback):
 
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
+        self._step, self._micro_batch = -1, 0
 
     def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, idx: int) -> None:
-        if trainer.global_rank > 0:
-            torch.manual_seed(step_seed(self.seed, trainer.global_rank, trainer.global_step))
+        if trainer.global_rank == 0:
+            return
+        # Under gradient accumulation several batches share a global step: each gets its own
+        # stream. Checkpoints are written at step ends, so a resumed window starts at 0 again.
+        step = int(trainer.global_step)
+        self._micro_batch = self._micro_batch + 1 if step == self._step else 0
+        self._step = step
+        torch.manual_seed(step_seed(self.seed, trainer.global_rank, step, self._micro_batch))

@@ -162,6 +162,18 @@ def test_rank_zero_keeps_the_base_seed_and_other_ranks_resume_exactly() -> None:
     assert not torch.equal(_draws(1, step=5, seed=7), _draws(1, step=5, seed=8))
 
 
+def test_each_micro_batch_of_an_accumulated_step_draws_its_own_masks() -> None:
+    # Under gradient accumulation batches share a global step: keyed by the step alone, rank 1
+    # drew the same masks for every micro-batch of a window.
+    seeds = RankSeeds(7)
+    masks = []
+    for step in (5, 5, 6):
+        seeds.on_train_batch_start(_Trainer(1, step), None, None, 0)  # type: ignore[arg-type]
+        masks.append(torch.nn.functional.dropout(torch.ones(64), 0.5))
+    assert not torch.equal(masks[0], masks[1])
+    assert torch.equal(masks[2], _draws(1, step=6))  # a new window starts at micro-batch 0
+
+
 def test_the_recipe_trains_with_rank_seeds(tmp_path) -> None:
     from recipes.cli import parse_args
     from recipes.preflight import build_trainer
