@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
-from lm_heads.adaptive import AdaptiveSoftmaxHead
 from lm_heads.chunked_ce import resolve_chunk_size
-from lm_heads.full import FullSoftmaxHead
-from lm_heads.hierarchical import TreeSoftmaxHead
-from lm_heads.margin import LogitSoftmaxHead
+from lm_heads.heads.adaptive import AdaptiveSoftmaxHead
+from lm_heads.heads.full import FullSoftmaxHead
+from lm_heads.heads.hierarchical import TreeSoftmaxHead
+from lm_heads.heads.margin import LogitSoftmaxHead
 
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd": 0}
 GiB = 2**30
