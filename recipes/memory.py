@@ -20,8 +20,6 @@ these at large V and are left out.
 
 from __future__ import annotations
 
-import resource
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,12 +124,6 @@ def available_bytes(device: torch.device) -> int | None:
         return int(torch.cuda.mem_get_info(device)[0])
     known = [v for v in (_meminfo_available(), _cgroup_headroom()) if v is not None]
     return min(known) if known else None
-
-
-def current_rss() -> int:
-    """Peak resident set so far (bytes): the built model's parameters are in it."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
 
 
 def check_memory(
