@@ -21,12 +21,13 @@ the first builds, the others wait until the entry is complete and then build not
 ``filelock.SoftFileLease``: a marker created with ``O_CREAT | O_EXCL`` (atomic on local and NFS
 file systems) whose holder refreshes it every :data:`LOCK_HEARTBEAT` seconds; a holder that died
 is taken over (same host: its process is gone; other hosts: no refresh for :data:`LOCK_STALE`
-seconds). Measured (filelock 4.3, Linux): after SIGKILL of the holder, a waiter on the same host
-took the lease over in 0.03 s, and a dead holder's marker from another host after its lease
-duration (2.03 s for a 2 s lease); ``filelock.FileLock`` (``flock``) also frees at once on
-SIGKILL, but whether ``flock`` excludes across hosts depends on the shared file system's mount
-(Lustre without ``-o flock`` refuses it, BeeGFS keeps it node-local by default), and plain
-``SoftFileLock`` never frees another host's dead holder (it blocked until the timeout). Waiting
+seconds). Measured (filelock 4.3, one Linux host): after SIGKILL of the holder, a waiter took
+the lease over in 0.03 s, and a marker written as another host's after its lease duration (2.03 s
+for a 2 s lease); ``filelock.FileLock`` (``flock``) freed in 0.001 s after SIGKILL, and plain
+``SoftFileLock`` kept another host's dead holder until the waiter's timeout. ``flock`` is not
+used because whether it excludes across hosts is the shared file system's choice (Lustre mounted
+without ``-o flock`` refuses it; BeeGFS keeps it node-local by default), which one host cannot
+test; the lease needs only ``O_EXCL`` and ``rename``, as the atomic writes above do. Waiting
 longer than the timeout raises :class:`CacheLockTimeout` naming the holder. Correctness never rests
 on the lock (writes are atomic and identical): it saves work.
 """
