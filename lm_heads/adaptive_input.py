@@ -2,7 +2,7 @@ r"""Adaptive input embeddings (Baevski & Auli 2019, "Adaptive Input Representati
 Language Modeling"), on the clusters of the adaptive softmax and optionally tied to it.
 
 Words are ranked by corpus frequency and cut into the adaptive softmax's clusters (same
-``cutoffs``, same frequency permutation; :mod:`lm_heads.adaptive`): band 0 holds ranks
+``cutoffs``, same frequency permutation; :mod:`lm_heads.heads.adaptive`): band 0 holds ranks
 ``[0, c_1)`` and band ``i ≥ 1`` ranks ``[c_i, c_{i+1})`` (``c_{J+1} = V``). Band ``i`` stores
 ``k_i`` vectors of ``d_i = d // div_value^i`` dims and maps them to ``d`` with ``Q_i [d_i, d]``:
 
@@ -52,10 +52,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lm_heads._check import check_float, check_int
-from lm_heads.adaptive import AdaptiveSoftmaxHead
 from lm_heads.base import Head, check_ids
 from lm_heads.counts import as_counts, frequency_order
 from lm_heads.cutoffs import check_cutoffs, check_saved_cutoffs, default_cutoffs, projection_dims
+from lm_heads.heads.adaptive import AdaptiveSoftmaxHead
 
 __all__ = ["AdaptiveInput"]
 

@@ -16,16 +16,16 @@ from typing import Any
 
 from torch import Tensor
 
-from lm_heads.adaptive import AdaptiveSoftmaxHead
 from lm_heads.base import Head, HeadSpec
-from lm_heads.class_based import ClassBasedSoftmaxHead
 from lm_heads.counts import as_counts
-from lm_heads.full import FullSoftmaxHead
-from lm_heads.hierarchical import HierarchicalSoftmaxHead
-from lm_heads.margin import CosineSoftmaxHead, RBFSoftmaxHead
-from lm_heads.prototypes import HypersphericalPrototypeHead
-from lm_heads.sampled import ImportanceSamplingHead, NCEHead
-from lm_heads.spherical import SphericalSoftmaxHead, TaylorSoftmaxHead
+from lm_heads.heads.adaptive import AdaptiveSoftmaxHead
+from lm_heads.heads.class_based import ClassBasedSoftmaxHead
+from lm_heads.heads.full import FullSoftmaxHead
+from lm_heads.heads.hierarchical import HierarchicalSoftmaxHead
+from lm_heads.heads.margin import CosineSoftmaxHead, RBFSoftmaxHead
+from lm_heads.heads.prototypes import HypersphericalPrototypeHead
+from lm_heads.heads.sampled import ImportanceSamplingHead, NCEHead
+from lm_heads.heads.spherical import SphericalSoftmaxHead, TaylorSoftmaxHead
 
 HEADS: dict[str, type[Head]] = {
     "full": FullSoftmaxHead,

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from lm_heads.adaptive import AdaptiveSoftmaxHead
 from lm_heads.base import Head
+from lm_heads.heads.adaptive import AdaptiveSoftmaxHead
 
 __all__ = ["tie_weights"]
 

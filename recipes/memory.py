@@ -20,19 +20,17 @@ these at large V and are left out.
 
 from __future__ import annotations
 
-import resource
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lm_heads.adaptive import AdaptiveSoftmaxHead
 from lm_heads.chunked_ce import resolve_chunk_size
-from lm_heads.full import FullSoftmaxHead
-from lm_heads.hierarchical import TreeSoftmaxHead
-from lm_heads.margin import LogitSoftmaxHead
+from lm_heads.heads.adaptive import AdaptiveSoftmaxHead
+from lm_heads.heads.full import FullSoftmaxHead
+from lm_heads.heads.hierarchical import TreeSoftmaxHead
+from lm_heads.heads.margin import LogitSoftmaxHead
 
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd": 0}
 GiB = 2**30
@@ -126,12 +124,6 @@ def available_bytes(device: torch.device) -> int | None:
         return int(torch.cuda.mem_get_info(device)[0])
     known = [v for v in (_meminfo_available(), _cgroup_headroom()) if v is not None]
     return min(known) if known else None
-
-
-def current_rss() -> int:
-    """Peak resident set so far (bytes): the built model's parameters are in it."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
 
 
 def check_memory(

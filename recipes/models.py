@@ -25,9 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from lm_heads._check import check_int
-from lm_heads.adaptive import AdaptiveSoftmaxHead
 from lm_heads.adaptive_input import AdaptiveInput
 from lm_heads.base import Head
+from lm_heads.heads.adaptive import AdaptiveSoftmaxHead
 
 __all__ = ["LSTMLM", "TransformerLM", "adaptive_input"]
 

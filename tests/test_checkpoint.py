@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from typing import Any
 
 import lightning as L
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import lm_heads.adaptive
+import lm_heads.heads.adaptive
 from lm_heads import HEADS
 from lm_heads.mixin import STRUCTURE_KEY, LMHeadMixin
 from lm_heads.registry import HeadSpec, build_head
@@ -82,6 +83,9 @@ def test_every_head_loads_from_its_checkpoint_without_counts(case, tmp_path) -> 
     _trained_checkpoint(model, path)
     checkpoint = torch.load(path, weights_only=True)  # tensors and plain data only
     assert SPEC in checkpoint["state_dict"]
+    with zipfile.ZipFile(path) as archive:
+        pickled = b"".join(archive.read(n) for n in archive.namelist() if n.endswith(".pkl"))
+    assert b"lm_heads" not in pickled  # names no module: it loads after the modules move
     restored = HeadLM.load_from_checkpoint(path)  # strict: every key used, none missing
     assert type(restored.head) is type(model.head)
     assert restored.head.extra_repr() == model.head.extra_repr()
@@ -100,7 +104,7 @@ def test_auto_cutoffs_are_not_measured_again(tmp_path, monkeypatch) -> None:
         calls.append(args)
         return [7, 25] if len(calls) == 1 else [20, 40]  # "another machine" the second time
 
-    monkeypatch.setattr(lm_heads.adaptive, "choose_cutoffs", choose)
+    monkeypatch.setattr(lm_heads.heads.adaptive, "choose_cutoffs", choose)
     model = HeadLM("adaptive", COUNTS, {"cutoffs": "auto", "div_value": 2.0})
     assert model.head.bounds[1:-1] == [7, 25] and len(calls) == 1
     _trained_checkpoint(model, tmp_path / "auto.ckpt")

@@ -19,12 +19,12 @@ import pytest
 import torch
 from torch import nn
 
-import lm_heads.adaptive
+import lm_heads.heads.adaptive
 from lm_heads import build_head, head_options
 from lm_heads.base import RELEASE_DEFAULTS, SPEC_FORMAT, Head, HeadSpec
-from lm_heads.full import FullSoftmaxHead
+from lm_heads.heads.full import FullSoftmaxHead
+from lm_heads.heads.spherical import TaylorSoftmaxHead
 from lm_heads.mixin import STRUCTURE_KEY, LMHeadMixin
-from lm_heads.spherical import TaylorSoftmaxHead
 
 VOCAB, DIM = 60, 32
 COUNTS = (600.0 / torch.arange(1, VOCAB + 1)).round()[
@@ -128,7 +128,7 @@ def test_every_option_is_saved_with_the_format_version(monkeypatch) -> None:
     assert meta["options"]["div_value"] == 2.0  # the value its rule chose, not None
     assert build_head("class", DIM, VOCAB, counts=COUNTS).build_spec.options["num_classes"] > 0
     # So a later release with other defaults rebuilds the same head.
-    monkeypatch.setattr(lm_heads.adaptive, "default_div_value", lambda in_features: 8.0)
+    monkeypatch.setattr(lm_heads.heads.adaptive, "default_div_value", lambda in_features: 8.0)
     restored = HeadLM("adaptive")
     restored.load_state_dict(saved.state_dict())
     assert restored.head.div_value == 2.0

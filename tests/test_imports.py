@@ -85,3 +85,21 @@ def test_the_walk_finds_a_type_only_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_head_modules_answer_to_their_paths_before_the_heads_package() -> None:
+    import importlib
+    import pickle
+
+    from lm_heads.heads import MODULES
+
+    for name in MODULES:
+        old = importlib.import_module(f"lm_heads.{name}")
+        assert old is importlib.import_module(f"lm_heads.heads.{name}"), name
+    from lm_heads.adaptive import AdaptiveSoftmaxHead  # type: ignore[import-not-found]
+
+    import lm_heads
+
+    assert AdaptiveSoftmaxHead is lm_heads.AdaptiveSoftmaxHead
+    # A head pickled by 0.3 names its class by the old path.
+    assert pickle.loads(b"clm_heads.adaptive\nAdaptiveSoftmaxHead\n.") is AdaptiveSoftmaxHead

@@ -1,5 +1,6 @@
-import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -9,7 +10,7 @@ import pytest
 
 from lm_heads.data import CacheError, TokenCache, Vocabulary
 from lm_heads.data import cache as cache_module
-from lm_heads.data.cache import CacheLockTimeout, cache_key
+from lm_heads.data.cache import LOCK_HEARTBEAT, LOCK_STALE, CacheLockTimeout, cache_key
 
 
 def _filled(tmp_path, chunks=((0, 1, 2), (3,), (), (4, 5))):
@@ -107,9 +108,23 @@ def test_stale_temporaries_are_told_from_live_ones(tmp_path):
 
 
 # ------------------------------------------------------------------------- build lock
-def _holder_lock(cache, host, pid):
+def _holder_lock(cache, host, pid, lease=LOCK_STALE):
+    """A lock file as filelock's SoftFileLease writes it for a holder ``pid`` on ``host``."""
     cache.path.mkdir(parents=True, exist_ok=True)
-    cache.lock_path.write_text(json.dumps({"host": host, "pid": pid, "since": 0}))
+    marker = f"filelock/2\npid={pid}\nhost={host}\nmode=lease\ntoken=0f\nduration={lease!r}\n"
+    cache.lock_path.write_text(marker)
+
+
+# A builder holding the lock as build_lock does, killed with SIGKILL (filelock alone: importing
+# lm_heads.data would import torch and take seconds).
+_HOLD_AND_DIE = """
+import os, signal, sys, filelock
+path, stale, beat = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+lock = filelock.SoftFileLease(path, lease_duration=stale, heartbeat_interval=beat)
+lock.acquire()
+print("held", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
 
 
 def test_build_lock_is_exclusive_and_released(tmp_path):
@@ -126,26 +141,30 @@ def test_build_lock_is_exclusive_and_released(tmp_path):
 
 def test_build_lock_waits_for_a_completed_entry(tmp_path):
     cache, _ = _filled(tmp_path)
-    _holder_lock(cache, cache_module._HOST, os.getpid())  # held by a live process (us)
+    _holder_lock(cache, socket.gethostname(), os.getpid())  # held by a live process (us)
     with cache.build_lock(timeout=0.1) as mine:
         assert mine is False, "a complete entry is loaded, not rebuilt"
 
 
-def test_lock_of_a_dead_process_is_taken_over(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+def test_lock_of_a_killed_holder_is_taken_over_at_once(tmp_path):
     cache = TokenCache(tmp_path, "tiny", {"x": 1})
-    _holder_lock(cache, cache_module._HOST, dead.pid)
+    cache.path.mkdir(parents=True)
+    hold = [str(cache.lock_path), str(LOCK_STALE), str(LOCK_HEARTBEAT)]
+    held = subprocess.run([sys.executable, "-c", _HOLD_AND_DIE, *hold], text=True,
+                          capture_output=True)  # fmt: skip
+    assert held.returncode == -signal.SIGKILL and held.stdout == "held\n", held.stderr
+    assert cache.lock_path.is_file()  # left behind by the killed holder
+    start = time.monotonic()
     with cache.build_lock(timeout=5.0, poll=0.01) as mine:
-        assert mine
-        assert json.loads(cache.lock_path.read_text())["pid"] == os.getpid()
+        assert mine and time.monotonic() - start < 1.0  # its process is gone: no lease to wait out
+    assert not cache.lock_path.exists()
 
 
 def test_lock_of_another_host_is_stale_without_heartbeat(tmp_path):
     cache = TokenCache(tmp_path, "tiny", {"x": 1})
-    _holder_lock(cache, "elsewhere", 1)
+    _holder_lock(cache, "elsewhere", 1, lease=0.3)
     start = time.monotonic()
-    with cache.build_lock(timeout=5.0, poll=0.02, stale=0.3) as mine:
+    with cache.build_lock(timeout=5.0, poll=0.02, stale=0.3, heartbeat=0.1) as mine:
         assert mine and time.monotonic() - start >= 0.3
 
 
@@ -171,7 +190,7 @@ def test_clear_keeps_a_held_lock(tmp_path):
         assert mine is False  # complete: nothing to build
     with cache.build_lock(timeout=1.0):
         pass
-    _holder_lock(cache, cache_module._HOST, os.getpid())
+    _holder_lock(cache, socket.gethostname(), os.getpid())
     cache.clear()
     assert not cache.complete() and cache.lock_path.is_file()
     assert [p.name for p in cache.path.iterdir()] == [".build.lock"]

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from lm_heads import build_head
-from lm_heads.adaptive import AdaptiveSoftmaxHead
 from lm_heads.cutoffs import default_cutoffs
+from lm_heads.heads.adaptive import AdaptiveSoftmaxHead
 from tests.heads.utils import zipf_counts, zipf_targets
 
 D, V = 16, 200

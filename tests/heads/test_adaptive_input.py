@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lm_heads import AdaptiveInput, build_head
-from lm_heads.adaptive import AdaptiveSoftmaxHead
+from lm_heads.heads.adaptive import AdaptiveSoftmaxHead
 from lm_heads.mixin import LMHeadMixin
 from tests.heads.utils import zipf_counts
 

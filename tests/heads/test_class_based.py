@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lm_heads import build_head
-from lm_heads.class_based import ClassBasedSoftmaxHead
 from lm_heads.counts import equal_mass_bins, frequency_order
+from lm_heads.heads.class_based import ClassBasedSoftmaxHead
 from tests.heads.utils import zipf_counts
 
 V, D, C = 40, 6, 6

@@ -13,7 +13,7 @@ from lm_heads.chunked_ce import (
     linear_nll,
     resolve_chunk_size,
 )
-from lm_heads.full import FullSoftmaxHead
+from lm_heads.heads.full import FullSoftmaxHead
 
 D, V, N = 16, 50, 37
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lm_heads import build_head
-from lm_heads.hierarchical import HierarchicalSoftmaxHead, TreeSoftmaxHead
-from lm_heads.tree import binned_tree
+from lm_heads.heads.hierarchical import HierarchicalSoftmaxHead, TreeSoftmaxHead
+from lm_heads.heads.tree import binned_tree
 from tests.heads.utils import zipf_counts, zipf_targets
 
 V, D = 60, 5

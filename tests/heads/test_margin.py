@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from lm_heads.margin import CosineSoftmaxHead, RBFSoftmaxHead
+from lm_heads.heads.margin import CosineSoftmaxHead, RBFSoftmaxHead
 
 
 def explicit_cosine_logits(hidden, weight, scale):

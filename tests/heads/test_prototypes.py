@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lm_heads.prototypes import HypersphericalPrototypeHead, hyperspherical_prototypes
+from lm_heads.heads.prototypes import HypersphericalPrototypeHead, hyperspherical_prototypes
 
 
 def max_pairwise_cosine(points: torch.Tensor) -> float:

@@ -11,9 +11,9 @@ from scipy import stats
 
 from lm_heads import build_head
 from lm_heads.counts import frequency_order
-from lm_heads.full import FullSoftmaxHead
-from lm_heads.sampled import ImportanceSamplingHead, NCEHead
-from lm_heads.samplers import CategoricalSampler, log_uniform_probs, proposal_probs
+from lm_heads.heads.full import FullSoftmaxHead
+from lm_heads.heads.sampled import ImportanceSamplingHead, NCEHead
+from lm_heads.heads.samplers import CategoricalSampler, log_uniform_probs, proposal_probs
 from tests.heads.utils import zipf_counts, zipf_targets
 
 D, V = 16, 200

@@ -7,7 +7,7 @@ import torch
 from torch.func import functional_call
 
 from lm_heads import build_head
-from lm_heads.spherical import SphericalSoftmaxHead, TaylorSoftmaxHead, gram_matrix
+from lm_heads.heads.spherical import SphericalSoftmaxHead, TaylorSoftmaxHead, gram_matrix
 
 HEADS = [SphericalSoftmaxHead, TaylorSoftmaxHead]
 heads = pytest.mark.parametrize("cls", HEADS, ids=["spherical", "taylor"])
@@ -172,7 +172,7 @@ def test_bad_options() -> None:
 @heads
 def test_gram_path_never_computes_the_logits(cls, monkeypatch) -> None:
     # The loss and target_log_prob must not go through the [n, V] logits (that is the point).
-    import lm_heads.spherical as spherical
+    import lm_heads.heads.spherical as spherical
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the Gram path built [n, V] logits")

@@ -10,9 +10,9 @@ from torch import Tensor
 from lm_heads import build_head
 from lm_heads._check import check_bool, check_float, check_int
 from lm_heads.base import Head, check_finite
-from lm_heads.full import FullSoftmaxHead
-from lm_heads.linear import LinearVocabularyHead
-from lm_heads.sampled import ImportanceSamplingHead, NCEHead
+from lm_heads.heads.full import FullSoftmaxHead
+from lm_heads.heads.linear import LinearVocabularyHead
+from lm_heads.heads.sampled import ImportanceSamplingHead, NCEHead
 
 
 class _OffsetHead(Head):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lm_heads.counts import equal_mass_bins, frequency_order
-from lm_heads.tree import Tree, binned_tree, huffman_tree, tree_tensors
+from lm_heads.heads.tree import Tree, binned_tree, huffman_tree, tree_tensors
 from tests.heads.utils import zipf_counts
 
 TREES = {

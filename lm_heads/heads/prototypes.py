@@ -63,7 +63,7 @@ from torch import Tensor, nn
 
 from lm_heads._check import check_float, check_int
 from lm_heads.base import at_least_float32
-from lm_heads.margin import LogitSoftmaxHead
+from lm_heads.heads.margin import LogitSoftmaxHead
 
 __all__ = ["HypersphericalPrototypeHead", "hyperspherical_prototypes"]
 

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from lm_heads.base import linear_f32
 from lm_heads.chunked_ce import ChunkSize, check_loss_options, regularised_loss
-from lm_heads.linear import LinearVocabularyHead
+from lm_heads.heads.linear import LinearVocabularyHead
 
 
 class FullSoftmaxHead(LinearVocabularyHead):

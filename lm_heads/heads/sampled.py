@@ -1,8 +1,8 @@
 r"""Sampled heads: train on the target and ``K`` noise words, evaluate with the exact full softmax.
 
 Both heads keep the full head's ``W [V, d]`` and ``b [V]`` and draw ``K`` words ``s_1..s_K``
-i.i.d. from a proposal ``q`` (:mod:`lm_heads.samplers`), shared by the whole batch, so a training
-step costs one ``[n, d] × [d, K]`` matmul plus ``n`` target dot products instead of
+i.i.d. from a proposal ``q`` (:mod:`lm_heads.heads.samplers`), shared by the whole batch, so a
+training step costs one ``[n, d] × [d, K]`` matmul plus ``n`` target dot products instead of
 ``[n, d] × [d, V]``. With ``o_w = W_w·h + b_w`` and ``log(K·q_w)`` the log expected count of ``w``
 among the samples:
 
@@ -56,8 +56,8 @@ from torch import Tensor, nn
 from lm_heads._check import check_bool, check_float, check_int
 from lm_heads.base import at_least_float32, linear_f32
 from lm_heads.chunked_ce import ChunkSize
-from lm_heads.linear import LinearVocabularyHead
-from lm_heads.samplers import PROPOSALS, CategoricalSampler, proposal_probs
+from lm_heads.heads.linear import LinearVocabularyHead
+from lm_heads.heads.samplers import PROPOSALS, CategoricalSampler, proposal_probs
 
 
 class _SampledHead(LinearVocabularyHead):
@@ -173,7 +173,7 @@ class ImportanceSamplingHead(_SampledHead):
             ``sampled_softmax_loss`` does (see the module docstring).
         seed: base seed of the noise generator (plus the global rank under DDP).
         bias: learn a per-word bias.
-        chunk_size: evaluation mode of the exact softmax (see :mod:`lm_heads.linear`).
+        chunk_size: evaluation mode of the exact softmax (see :mod:`lm_heads.heads.linear`).
     """
 
     registered_name = "importance"
@@ -239,7 +239,7 @@ class NCEHead(_SampledHead):
         remove_accidental_hits: drop noise words equal to the token's target from its loss.
         seed: base seed of the noise generator (plus the global rank under DDP).
         bias: learn a per-word bias (initialised to ``−log V`` so that ``Z ≈ 1`` at the start).
-        chunk_size: evaluation mode of the exact softmax (see :mod:`lm_heads.linear`).
+        chunk_size: evaluation mode of the exact softmax (see :mod:`lm_heads.heads.linear`).
     """
 
     registered_name = "nce"

@@ -4,8 +4,8 @@
 initialisation, and the exact distribution ``softmax(o)`` with everything evaluation needs (the
 NLL, scores, argmax, sampling), naive or chunked by ``chunk_size`` through
 :mod:`lm_heads.chunked_ce`. Its subclasses differ only in their training objective: the full
-softmax's cross-entropy (:mod:`lm_heads.full`) or a sampled estimate of it
-(:mod:`lm_heads.sampled`).
+softmax's cross-entropy (:mod:`lm_heads.heads.full`) or a sampled estimate of it
+(:mod:`lm_heads.heads.sampled`).
 
 Evaluation never needs ``[n, V]`` at once: even the naive mode (whose *training* loss is the
 speed baseline) scores, predicts and samples chunk by chunk, with the same exact result.

@@ -12,11 +12,11 @@ References:
 
 Words sorted by frequency are cut into ``C`` contiguous classes of about equal unigram mass
 (:func:`~lm_heads.counts.equal_mass_bins`; default ``C = round(√V)``), so a token costs
-``O(d (C + |class|))``. This is the depth-2 frequency-binned tree of :mod:`lm_heads.hierarchical`
-(``binned_tree(counts, C, max_depth=2)``) and shares all its code: the root's children are the
-classes, each class node's children its words. A class holding a single (very frequent) word is
-that word's leaf directly under the root, which gives the same distribution
-(``p(w | class) = 1``) without a one-child softmax.
+``O(d (C + |class|))``. This is the depth-2 frequency-binned tree of
+:mod:`lm_heads.heads.hierarchical` (``binned_tree(counts, C, max_depth=2)``) and shares all its
+code: the root's children are the classes, each class node's children its words. A class
+holding a single (very frequent) word is that word's leaf directly under the root, which gives
+the same distribution (``p(w | class) = 1``) without a one-child softmax.
 
 Shape:
     - hidden: ``[..., d]``; target: ``[...]``; log_prob: ``[..., V]``
@@ -36,8 +36,8 @@ from torch import Tensor
 
 from lm_heads._check import check_int
 from lm_heads.counts import as_counts
-from lm_heads.hierarchical import TreeSoftmaxHead
-from lm_heads.tree import binned_tree
+from lm_heads.heads.hierarchical import TreeSoftmaxHead
+from lm_heads.heads.tree import binned_tree
 
 __all__ = ["ClassBasedSoftmaxHead"]
 

@@ -6,9 +6,9 @@ References:
     - Mikolov et al. (2013), "Distributed representations of words and phrases and their
       compositionality" (word2vec: a binary Huffman tree, frequent words on short paths).
     - Goodman (2001); Mikolov et al. (2011): the class-based softmax is the depth-2 case
-      (:mod:`lm_heads.class_based`).
+      (:mod:`lm_heads.heads.class_based`).
 
-Every word is one leaf of a tree (:mod:`lm_heads.tree`); internal node ``j`` is a softmax over
+Every word is one leaf of a tree (:mod:`lm_heads.heads.tree`); internal node ``j`` is a softmax over
 its children with logits ``W[r] · h + b[r]`` for its rows ``r ∈ offset[j] + [0, width[j])`` of
 one ``[E, d]`` matrix (one row per edge, ``E = V + N - 1``), and
 
@@ -36,7 +36,7 @@ Shape:
     - hidden: ``[..., d]``; target: ``[...]``
     - log_prob: ``[..., V]``, built from all ``E`` edge logits, one per-node log-sum-exp and a
       top-down sum per depth (evaluation only; the loss never builds ``[n, V]``)
-    - weight: ``[E, d]``, bias: ``[E]``; path buffers ``[V, D]`` (see :mod:`lm_heads.tree`)
+    - weight: ``[E, d]``, bias: ``[E]``; path buffers ``[V, D]`` (see :mod:`lm_heads.heads.tree`)
 
 DDP: all nodes share the one ``weight``/``bias`` pair, so every parameter gets a gradient (zero
 rows for nodes no token visited) on every step, whatever the targets. ``output_embeddings`` is
@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from lm_heads._check import check_int
 from lm_heads.base import Head, add_gumbel_, linear_f32
 from lm_heads.counts import as_counts
-from lm_heads.tree import Tree, binned_tree, huffman_tree, tree_tensors
+from lm_heads.heads.tree import Tree, binned_tree, huffman_tree, tree_tensors
 
 __all__ = ["HierarchicalSoftmaxHead", "TreeSoftmaxHead"]
 
@@ -75,12 +75,12 @@ class _Depth:
 
 
 class TreeSoftmaxHead(Head):
-    """Softmax over any :class:`~lm_heads.tree.Tree` whose leaves are the words.
+    """Softmax over any :class:`~lm_heads.heads.tree.Tree` whose leaves are the words.
 
     Args:
         in_features: ``d``.
         vocab_size: ``V``.
-        tree: the tree (e.g. from :func:`~lm_heads.tree.huffman_tree`).
+        tree: the tree (e.g. from :func:`~lm_heads.heads.tree.huffman_tree`).
         ignore_index: target value that is ignored.
         gather_width: nodes at most this wide are computed by a per-token gather and ``bmm``,
             wider ones by sorting tokens by node (see the module docstring).
