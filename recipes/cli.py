@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import re
 import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
-from typing import Any, Literal, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from jsonargparse import (
@@ -111,12 +113,59 @@ set_loader(PARSER_MODE, _load_config, exceptions=(yaml.YAMLError,))
 
 
 class Parser(ArgumentParser):
-    """jsonargparse's parser, reporting a mistake as one paragraph (no usage dump)."""
+    """jsonargparse's parser, reporting a mistake as one paragraph (no usage dump), and a value
+    that does not fit its option's type as a sentence in words (not Python's type names)."""
 
     def error(self, message: str, ex: Exception | None = None) -> Any:  # type: ignore[override]
         if not self.exit_on_error:  # jsonargparse probing a value: it catches the exception
             return super().error(message, ex)
-        usage_exit(f"{message} (see {self.prog} --help)", self.prog)
+        usage_exit(self._plain(message) or f"{message} (see {self.prog} --help)", self.prog)
+
+    def _plain(self, message: str) -> str | None:
+        """``--lr: expected a number > 0 or none, got 'abc'`` for jsonargparse's dump of a value
+        that fits none of the option's types; ``None`` for any other message."""
+        key = re.match(r'Parser key "([^"]+)":', message)
+        action = next((a for a in self._actions if key and a.dest == key[1]), None)
+        hint = getattr(action, "_typehint", None)
+        if action is None or hint is None:
+            return None
+        # The value as jsonargparse quotes it: the last "Given value:" of a Union (a list's items
+        # come first), or what a single type's message names.
+        given = re.findall(r"(?:Given|Got) value: (.*)", message)
+        for pattern in _VALUE_IN_MESSAGE:
+            given = given or re.findall(pattern, message)
+        name = (action.option_strings or [f"--{action.dest}"])[0]
+        got = f", got {given[-1].strip()!r}" if given else ""
+        return f"{name}: expected {describe_type(hint)}{got}"
+
+
+def describe_type(hint: Any) -> str:
+    """An option's type in words: ``PositiveInt | None`` is "a whole number > 0 or none"."""
+    if get_origin(hint) in (Union, UnionType):
+        return " or ".join(describe_type(h) for h in get_args(hint))
+    if get_origin(hint) is Literal:
+        values = [str(v) for v in get_args(hint)]
+        return values[0] if len(values) == 1 else "one of " + ", ".join(values)
+    if get_origin(hint) is list:
+        return f"a list, each {describe_type(get_args(hint)[0])}" if get_args(hint) else "a list"
+    if hint is type(None):
+        return "none"
+    if hint is dict or get_origin(hint) is dict:
+        return "a mapping, e.g. {key: value}"
+    base = getattr(hint, "_type", hint)  # jsonargparse's restricted numbers: e.g. PositiveInt
+    words = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+    limits = [f"{_OPERATORS[op]} {bound:g}" for op, bound in getattr(hint, "_restrictions", [])]
+    return " ".join(
+        [words.get(base, getattr(base, "__name__", str(base))), " and ".join(limits)]
+    ).strip()
+
+
+_VALUE_IN_MESSAGE = (
+    r"Not of type \w+: (.*?) does not conform",
+    r"with base 10: '(.*)'",
+    r"Not of type \w+: (\S+) not an integer",
+)
+_OPERATORS = {operator.gt: ">", operator.ge: ">=", operator.lt: "<", operator.le: "<="}
 
 
 def build_parser() -> ArgumentParser:
@@ -319,10 +368,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Namespace:
 
 def _dashed(arg: str) -> str:
     """``--max_steps`` as ``--max-steps``: both spellings work, as in generate.py and evaluate.py
-    (jsonargparse's own ``--print_config`` keeps its underscore)."""
-    if not arg.startswith("--") or arg.startswith("--print_config"):
+    (jsonargparse's own ``--print_config`` takes its underscore in either spelling)."""
+    if not arg.startswith("--"):
         return arg
     name, sep, value = arg.partition("=")
+    if name in ("--print_config", "--print-config"):
+        return "--print_config" + sep + value
     return name.replace("_", "-") + sep + value
 
 
