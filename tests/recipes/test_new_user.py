@@ -25,29 +25,27 @@ def _usage_error(cli, argv: list[str], capsys) -> str:
 
 # 8. A value that does not fit its option: one sentence in words, no Python type names.
 @pytest.mark.parametrize(
-    ("argv", "sentence"),
+    ("option", "value", "expected"),
     [
-        (["--lr", "abc"], "--lr: expected a number > 0 or none, got 'abc'"),
-        (["--lr", "-1"], "--lr: expected a number > 0 or none, got '-1'"),
-        (["--threads", "0"], "--threads: expected a whole number > 0 or none, got '0'"),
-        (["--devices", "0"], "--devices: expected a whole number > 0 or auto, got '0'"),
-        (["--optimizer", "sgdd"], "--optimizer: expected one of adam, adamw, sgd or none, got 'sgdd'"),
-        (["--logger", "foo"], "--logger: expected one of csv, tensorboard, wandb, mlflow or a list"),
-        (["--eval-batch-size", "0"], "--eval-batch-size: expected a whole number > 0 or none, got '0'"),
-        (["--max-time", "-5"], "--max-time: expected a number > 0 or none, got '-5'"),
-        (["--curve-every", "0"], "--curve-every: expected a whole number > 0 or none, got '0'"),
-        (["--max-size", "0"], "--max-size: expected a whole number > 0 or none, got '0'"),
-        (["--limit-val-batches", "0"],
-         "--limit-val-batches: expected a whole number > 0 or a number > 0 and <= 1 or none, got '0'"),
-        (["--batch-size", "2.5"], "--batch-size: expected a whole number > 0, got '2.5'"),
-        (["--model", "lsmt"], "--model: expected one of lstm, transformer, got 'lsmt'"),
+        ("--lr", "abc", "a number > 0 or none"),
+        ("--lr", "-1", "a number > 0 or none"),
+        ("--threads", "0", "a whole number > 0 or none"),
+        ("--devices", "0", "a whole number > 0 or auto"),
+        ("--optimizer", "sgdd", "one of adam, adamw, sgd or none"),
+        ("--logger", "foo", "one of csv, tensorboard, wandb, mlflow or a list, each one of csv, "
+         "tensorboard, wandb, mlflow or none"),
+        ("--eval-batch-size", "0", "a whole number > 0 or none"),
+        ("--max-time", "-5", "a number > 0 or none"),
+        ("--curve-every", "0", "a whole number > 0 or none"),
+        ("--max-size", "0", "a whole number > 0 or none"),
+        ("--limit-val-batches", "0", "a whole number > 0 or a number > 0 and <= 1 or none"),
+        ("--batch-size", "2.5", "a whole number > 0"),
+        ("--model", "lsmt", "one of lstm, transformer"),
     ],
 )  # fmt: skip
-def test_a_wrong_value_is_one_plain_sentence(cli, capsys, argv: list[str], sentence: str) -> None:
-    err = _usage_error(cli, argv, capsys)
-    assert f"recipes/lm.py: error: {sentence}" in err
-    for dump in ("Parser key", "Union", "<class", "typing.", "Positive", "NoneType"):
-        assert dump not in err, err
+def test_a_wrong_value_is_one_plain_sentence(cli, capsys, option, value, expected) -> None:
+    err = _usage_error(cli, [option, value], capsys)
+    assert err == f"recipes/lm.py: error: {option}: expected {expected}, got {value!r}"
 
 
 def test_describe_type_reads_any_declared_type(cli) -> None:
