@@ -13,12 +13,15 @@ against the head's signature here, before anything runs.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import operator
+import os
 import re
 import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
+from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -43,6 +46,8 @@ from recipes import options
 # Nothing here imports torch or lightning: a mistake on the command line is reported at once.
 # Lightning's limit/interval convention: an int counts batches, a float is a fraction of them.
 Limit = PositiveInt | restricted_number_type("UnitFraction", float, [(">", 0.0), ("<=", 1.0)])
+DATA_NAMES = ("auto", "synthetic", "wikitext-2", "wikitext-103", "lm1b")
+"""``--data`` values that name a corpus rather than a folder (``lm_heads.data.DATA_CHOICES``)."""
 LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
 PRECISIONS = (
     "64-true",
@@ -352,18 +357,44 @@ def parse_args(argv: Sequence[str] | None = None) -> Namespace:
     Exits with status 2 and one paragraph on a mistake.
     """
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args([_dashed(a) for a in argv])
+    argv = [_dashed(a) for a in (sys.argv[1:] if argv is None else argv)]
+    try:
+        args = parser.parse_args(argv)
+    except UnicodeDecodeError:  # jsonargparse reads --config FILE as text
+        usage_exit(_not_a_config(argv))
     for key, value in args.items():
         if key != "config":  # jsonargparse's int/float subclasses would not load weights_only
             args[key] = json.loads(json.dumps(value))
     if isinstance(args.logger, str):
         args.logger = [args.logger]
     try:
-        check_args(args)
+        check_args(args, parser.get_defaults())
     except UsageError as err:
         usage_exit(err)
     return args
+
+
+def _not_a_config(argv: list[str]) -> str:
+    """The sentence for a ``--config FILE`` that is not text (a checkpoint, often)."""
+    given = [
+        a.partition("=")[2] or b
+        for a, b in zip(argv, [*argv[1:], ""], strict=True)
+        if a.startswith("--config")
+    ]
+    files = [f for f in given if Path(f).is_file() and not _is_text(Path(f))]
+    name = files[0] if files else " ".join(given)
+    return (
+        f"--config {name} is not a text file (YAML or an earlier run's results.json) but binary "
+        "data, e.g. a checkpoint: continue from a checkpoint with --resume CHECKPOINT"
+    )
+
+
+def _is_text(path: Path) -> bool:
+    try:
+        path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _dashed(arg: str) -> str:
@@ -377,8 +408,9 @@ def _dashed(arg: str) -> str:
     return name.replace("_", "-") + sep + value
 
 
-def check_args(args: Namespace) -> None:
-    """Raise :class:`UsageError` for options that are fine alone but not together."""
+def check_args(args: Namespace, defaults: Namespace | None = None) -> None:
+    """Raise :class:`UsageError` for options that are fine alone but not together, or that
+    would be dropped silently (``defaults``: the parser's, to tell which options were given)."""
     if args.precision not in PRECISIONS:
         raise UsageError(f"--precision {args.precision!r} is not one of {', '.join(PRECISIONS)}")
     if args.max_epochs is not None and args.max_epochs < 1:
@@ -403,7 +435,140 @@ def check_args(args: Namespace) -> None:
         raise UsageError("--overwrite starts afresh and --resume continues: give only one")
     if args.grad_clip < 0:
         raise UsageError(f"--grad-clip must be >= 0 (0: off), got {args.grad_clip}")
+    if args.max_size is not None and args.max_size < 3:
+        raise UsageError(
+            f"--max-size {args.max_size} counts <unk> and <eos>, so it keeps no word: give 3 "
+            "or more (or leave it out to keep every word)"
+        )
+    try:
+        codecs.lookup(args.encoding)
+    except LookupError:
+        raise UsageError(
+            f"--encoding {args.encoding!r} is not a text encoding Python knows; e.g. utf-8, "
+            "latin-1, cp1252"
+        ) from None
+    _check_hardware(args)
+    if defaults is not None:
+        _check_not_dropped(args, defaults)
+    check_paths(args)
     _check_head(args.head, args.head_options)
+
+
+ONLY_WITH: dict[str, tuple[str, tuple[Any, ...] | None]] = {
+    "curve_batches": ("curve_every", None),
+}
+"""Options that do something only when another option takes one of some values (``None``: when
+that option is given at all). The model's options declare it in their field's
+``metadata["only_with"]`` (recipes/options.py); these are the rest."""
+
+
+def only_with() -> dict[str, tuple[str, tuple[Any, ...] | None]]:
+    """Every option that applies only with some values of another, and those values."""
+    declared = {
+        f.name: f.metadata["only_with"]
+        for group in options.MODEL_GROUPS
+        for f in fields(group)
+        if "only_with" in f.metadata
+    }
+    return declared | ONLY_WITH
+
+
+def _check_not_dropped(args: Namespace, defaults: Namespace) -> None:
+    """Refuse an option that was given but would do nothing with the others chosen."""
+    for name, (other, values) in only_with().items():
+        if args[name] == defaults[name]:
+            continue
+        if values is None and args[other] is None:
+            raise UsageError(
+                f"{_flag(name)} does nothing without {_flag(other)}: add {_flag(other)} N, or "
+                f"drop {_flag(name)}"
+            )
+        if values is not None and args[other] not in values:
+            wanted = " or ".join(f"{_flag(other)} {v}" for v in values)
+            raise UsageError(
+                f"{_flag(name)} does nothing with {_flag(other)} {args[other]} (it applies to "
+                f"{wanted} only): drop {_flag(name)}, or choose {wanted}"
+            )
+    given = [n for n in ("min_count", "max_size") if args[n] != defaults[n]]
+    if given and args.data == "synthetic":
+        raise UsageError(
+            f"{_flag(given[0])} does nothing with --data synthetic (its vocabulary is "
+            f"--synthetic-vocab-size words): drop {_flag(given[0])}, or give a corpus as --data"
+        )
+
+
+def _check_hardware(args: Namespace) -> None:
+    """Contradictions among the hardware options that Lightning would resolve silently."""
+    if "single" in args.strategy and (args.num_nodes > 1 or args.devices not in (1, "auto")):
+        raise UsageError(
+            f"--strategy {args.strategy} runs one process, but --devices {args.devices} "
+            f"--num-nodes {args.num_nodes} asks for more: give --devices 1, or a multi-process "
+            "strategy such as --strategy ddp"
+        )
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_paths(args: Namespace) -> None:
+    """The files and folders the options name: checked before torch loads (seconds), so that a
+    mistyped path is reported at once rather than after the imports and the data."""
+    if args.data not in DATA_NAMES:
+        data = Path(args.data).expanduser()
+        if not data.exists():
+            raise UsageError(
+                f"--data {args.data} is neither one of {', '.join(DATA_NAMES)} nor an existing "
+                "directory with train/valid/test files"
+            )
+        if not data.is_dir():
+            raise UsageError(
+                f"--data {args.data} is a file; give the directory holding the train, valid and "
+                "test files"
+            )
+    check_output_dir(Path(args.output_dir))
+    resolve_resume(args, Path(args.output_dir))
+    if args.similarity is not None:
+        similarity = Path(args.similarity).expanduser()
+        if not similarity.exists():
+            raise UsageError(f"--similarity {args.similarity}: the file does not exist")
+        if similarity.is_dir():
+            raise UsageError(
+                f"--similarity {args.similarity} is a directory; give the word-similarity file "
+                "(e.g. SimLex-999.txt)"
+            )
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """The run must be able to create ``out_dir`` (or write in it): checked now, not at the first
+    checkpoint after the data has loaded."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(
+            f"--output-dir {out_dir} is a file; give a directory (it will hold checkpoints/, "
+            "logs/ and results.json)"
+        )
+    existing = out_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--output-dir {out_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "it" if existing == out_dir.absolute() else f"its parent {existing}"
+        raise UsageError(
+            f"--output-dir {out_dir}: {where} is not writable by this user; choose an "
+            "--output-dir in a folder you can write to (or fix its permissions)"
+        )
+
+
+def resolve_resume(args: Namespace, out_dir: Path) -> Path | None:
+    """The checkpoint ``--resume`` names (``last``: ``out_dir``'s last.ckpt), which must exist."""
+    if args.resume is None:
+        return None
+    path = out_dir / "checkpoints" / "last.ckpt" if args.resume == "last" else Path(args.resume)
+    if not path.is_file():
+        what = "no checkpoint at" if args.resume == "last" else "no such checkpoint:"
+        raise UsageError(f"--resume {args.resume}: {what} {path}")
+    return path
 
 
 def _check_head(head: str, given: dict[str, Any]) -> None:

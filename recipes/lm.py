@@ -74,6 +74,7 @@ from recipes.preflight import (  # noqa: E402
     build_data,
     build_model,
     build_trainer,
+    check_splits,
     load_similarity,
     prepare_output_dir,
     resolve_resume,
@@ -136,6 +137,7 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     # exits at once, and the others give up after --dist-timeout (main) instead of waiting.
     rank, out_dir = launch_rank(_devices_per_node(args)), Path(args.output_dir)
     prepare_output_dir(out_dir, args, rank)
+    check_splits(args.data)
     similarity = load_similarity(args.similarity)
     resume = resolve_resume(args, out_dir)
     ckpt = read_checkpoint(resume, "--resume") if resume is not None else None

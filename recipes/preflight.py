@@ -25,9 +25,11 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lm_heads.data import LMDataModule
+from lm_heads.data.sources import LOCAL_NAMES, SPLITS, find_split_files
 from lm_heads.similarity import find_simlex, load_pairs, pairs_name, word_similarity
 from recipes.checkpoint import CheckpointExtras, FitTimer
-from recipes.cli import UsageError, recorded_args
+from recipes.cli import DATA_NAMES, UsageError, check_output_dir, recorded_args
+from recipes.cli import resolve_resume as resolve_resume  # lm.py's import
 from recipes.distributed import RankSeeds
 from recipes.language_model import (
     FinalCheckpoint,
@@ -49,12 +51,7 @@ LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "ml
 # Files
 def prepare_output_dir(out_dir: Path, args: Namespace, rank: int) -> None:
     """Refuse a file, or an earlier run unless ``--resume`` or ``--overwrite`` says what to do."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(
-            f"--output-dir {out_dir} is a file; give a directory (it will hold checkpoints/, "
-            "logs/ and results.json)"
-        )
-    _check_writable(out_dir)
+    check_output_dir(out_dir)
     earlier = [p for p in (out_dir / "checkpoints", out_dir / "results.json") if p.exists()]
     # Lightning itself resumes a SLURM-requeued job from its hpc_ckpt_*.ckpt (scripts/slurm_lm.sh).
     requeued = any(out_dir.glob("hpc_ckpt_*.ckpt"))
@@ -70,32 +67,6 @@ def prepare_output_dir(out_dir: Path, args: Namespace, rank: int) -> None:
     if rank == 0:
         for path in earlier:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
-def _check_writable(out_dir: Path) -> None:
-    """The run must be able to create ``out_dir`` (or write in it): checked now, not at the first
-    checkpoint after the data has loaded."""
-    existing = out_dir.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"--output-dir {out_dir}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        where = "it" if existing == out_dir.absolute() else f"its parent {existing}"
-        raise UsageError(
-            f"--output-dir {out_dir}: {where} is not writable by this user; choose an "
-            "--output-dir in a folder you can write to (or fix its permissions)"
-        )
-
-
-def resolve_resume(args: Namespace, out_dir: Path) -> Path | None:
-    if args.resume is None:
-        return None
-    path = out_dir / "checkpoints" / "last.ckpt" if args.resume == "last" else Path(args.resume)
-    if not path.is_file():
-        what = "no checkpoint at" if args.resume == "last" else "no such checkpoint:"
-        raise UsageError(f"--resume {args.resume}: {what} {path}")
-    return path
 
 
 def load_similarity(path: str | None) -> tuple[str, list[tuple[str, str, float]]] | None:
@@ -270,6 +241,21 @@ def build_data(args: Namespace, world_size: int) -> LMDataModule:
     check_lengths(dm, world_size)
     check_vocabulary(dm, args.min_count)
     return dm
+
+
+def check_splits(data: str) -> None:
+    """A local ``--data`` folder must hold all three splits (the recipe reports test perplexity):
+    every missing one is named at once, before anything is read."""
+    if data in DATA_NAMES:
+        return
+    missing = [split for split in SPLITS if not find_split_files(Path(data).expanduser(), split)]
+    if missing:
+        names = ", ".join(f"{split} ({' or '.join(LOCAL_NAMES[split][:2])})" for split in missing)
+        raise UsageError(
+            f"data directory {data} lacks the split(s) {names}: the recipe trains on train, "
+            "validates on valid and reports test perplexity, so add each file (a sharded split "
+            "may be a folder of that name)"
+        )
 
 
 def check_vocabulary(dm: LMDataModule, min_count: int) -> None:

@@ -3,6 +3,11 @@ paths checked at once, no advice that trains on garbage, a run that says what it
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 
@@ -65,3 +70,118 @@ def test_print_config_in_either_spelling(cli, capsys, spelling: str) -> None:
         cli.parse_args(["--lr", "0.5", spelling])
     assert exc.value.code == 0
     assert "lr: 0.5" in capsys.readouterr().out
+
+
+# 9. A mistyped path is reported before torch loads (the README promises under a second).
+def test_path_mistakes_are_reported_before_torch_loads(repo, tmp_path) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    cases = {
+        "--data": "neither one of auto",
+        "--resume": "no such checkpoint",
+        "--similarity": "the file does not exist",
+        "--output-dir": "is a file",
+    }
+    probe = (
+        "import runpy, sys\n"
+        "from pathlib import Path\n"
+        f"cases = {cases!r}\n"
+        "for option, message in cases.items():\n"
+        f"    path = {str(afile)!r} if option == '--output-dir' else '/no/such/path'\n"
+        "    sys.argv = ['recipes/lm.py', option, path]\n"
+        "    try:\n"
+        "        runpy.run_path('recipes/lm.py', run_name='__main__')\n"
+        "    except SystemExit as exit:\n"
+        "        print(option, exit.code, 'torch' in sys.modules, flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(repo)})  # fmt: skip
+    assert done.stdout.split("\n")[:4] == [f"{o} 2 False" for o in cases], done.stdout + done.stderr
+    errors = done.stderr.strip().splitlines()
+    assert len(errors) == 4 and all(m in e for m, e in zip(cases.values(), errors, strict=True))
+
+
+def test_unwritable_output_dir_is_refused_by_the_parser(cli, tmp_path, capsys, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() == 0:  # root writes anywhere but on a read-only file system: pretend one
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and Path(p) != locked)
+    try:
+        err = _usage_error(cli, ["--output-dir", str(locked / "run")], capsys)
+    finally:
+        locked.chmod(0o755)
+    assert f"its parent {locked} is not writable by this user" in err
+
+
+def test_an_empty_data_folder_names_every_missing_split(lm, tiny_args, tmp_path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        lm.main([*tiny_args, "--data", str(tmp_path / "empty")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "lacks the split(s) train (wiki.train.tokens or train.txt), valid (" in err
+    assert "test (wiki.test.tokens or test.txt)" in err
+    assert "GPU available" not in capsys.readouterr().out  # before the Trainer is built
+
+
+# 10. A checkpoint given as --config, and --max-size below 3: a sentence, not a traceback.
+def test_a_checkpoint_given_as_config(cli, tmp_path, capsys) -> None:
+    checkpoint = tmp_path / "last.ckpt"
+    checkpoint.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)  # torch.save's zip
+    for argv in (["--config", str(checkpoint)], [f"--config={checkpoint}"]):
+        err = _usage_error(cli, argv, capsys)
+        assert f"--config {checkpoint} is not a text file" in err
+        assert "--resume CHECKPOINT" in err
+
+
+@pytest.mark.parametrize("size", ["1", "2"])
+def test_max_size_that_keeps_no_word(cli, capsys, size: str) -> None:
+    err = _usage_error(cli, ["--max-size", size], capsys)
+    assert f"--max-size {size} counts <unk> and <eos>, so it keeps no word: give 3 or more" in err
+
+
+# 13. Options that would be dropped silently are refused, naming the option.
+@pytest.mark.parametrize(
+    ("argv", "sentence"),
+    [
+        (["--devices", "2", "--strategy", "single_device"],
+         "--strategy single_device runs one process, but --devices 2"),
+        (["--num-heads", "8"],
+         "--num-heads does nothing with --model lstm (it applies to --model transformer only)"),
+        (["--positions", "sinusoidal"], "--positions does nothing with --model lstm"),
+        (["--model", "transformer", "--no-carry-state"],
+         "--carry-state does nothing with --model transformer (it applies to --model lstm only)"),
+        (["--lr-schedule", "constant", "--lr-decay", "2"],
+         "--lr-decay does nothing with --lr-schedule constant"),
+        (["--lr-schedule", "cosine", "--max-steps", "9", "--lr-patience", "2"],
+         "--lr-patience does nothing with --lr-schedule cosine"),
+        (["--curve-batches", "5"], "--curve-batches does nothing without --curve-every"),
+        (["--data", "synthetic", "--min-count", "3"],
+         "--min-count does nothing with --data synthetic"),
+        (["--encoding", "foo-8"], "--encoding 'foo-8' is not a text encoding Python knows"),
+    ],
+)  # fmt: skip
+def test_an_option_that_would_do_nothing_is_refused(cli, capsys, argv, sentence) -> None:
+    assert sentence in _usage_error(cli, argv, capsys)
+
+
+def test_options_that_apply_are_accepted(cli) -> None:
+    args = cli.parse_args(["--model", "transformer", "--num-heads", "8", "--positions",
+                           "sinusoidal", "--lr-decay", "2", "--curve-every", "100",
+                           "--curve-batches", "5", "--encoding", "latin-1",
+                           "--max-size", "3"])  # fmt: skip
+    assert (args.num_heads, args.lr_decay, args.curve_batches, args.max_size) == (8, 2.0, 5, 3)
+
+
+def test_only_with_declarations_name_real_options(cli) -> None:
+    names = {a.dest for a in cli.build_parser()._actions}
+    for option, (other, _values) in cli.only_with().items():
+        assert {option, other} <= names
+    assert cli.only_with()["lr_decay"][0] == "lr_schedule"
+
+
+def test_corpus_names_match_the_data_package(cli) -> None:
+    from lm_heads.data.datamodule import DATA_CHOICES
+
+    assert set(cli.DATA_NAMES) == set(DATA_CHOICES)

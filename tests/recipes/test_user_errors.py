@@ -53,7 +53,7 @@ def test_bad_similarity_file_stops_before_training(lm, tiny_args, tmp_path, caps
 def test_data_without_test_split(lm, tiny_args, tmp_path, capsys) -> None:
     corpus = write_corpus(tmp_path / "corpus")
     (corpus / "test.txt").unlink()
-    _fails(lm, [*tiny_args, "--data", str(corpus)], capsys, "has no test split")
+    _fails(lm, [*tiny_args, "--data", str(corpus)], capsys, "lacks the split(s) test")
     _not_trained(tmp_path / "run")
 
 
@@ -250,7 +250,7 @@ def test_output_dir_rules_on_every_rank(tmp_path) -> None:
 
 # 11. Mistakes that used to surface as a traceback after the data had loaded.
 def test_negative_weight_decay(lm, tiny_args, tmp_path, capsys) -> None:
-    _fails(lm, [*tiny_args, "--weight-decay", "-1"], capsys, "weight_decay")
+    _fails(lm, [*tiny_args, "--weight-decay", "-1"], capsys, "--weight-decay")
     _not_trained(tmp_path / "run")
 
 
