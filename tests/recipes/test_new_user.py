@@ -3,12 +3,19 @@ paths checked at once, no advice that trains on garbage, a run that says what it
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from recipe_helpers import write_corpus
+
+from lm_heads.data import DataUnavailableError
+from lm_heads.data.sources import LocalTextSource
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +192,35 @@ def test_corpus_names_match_the_data_package(cli) -> None:
     from lm_heads.data.datamodule import DATA_CHOICES
 
     assert set(cli.DATA_NAMES) == set(DATA_CHOICES)
+
+
+# 11. Compressed or binary "text" is named for what it is (latin-1 would train on the bytes).
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (gzip.compress(b"the cat sat\n" * 50), "is gzip-compressed, not text: unpack it (gunzip"),
+        (bz2.compress(b"the cat sat\n" * 50), "is bzip2-compressed, not text: unpack it (bunzip2"),
+        (lzma.compress(b"the cat sat\n" * 50), "is xz-compressed, not text: unpack it (unxz"),
+        (b"PK\x03\x04" + b"\x00" * 60, "is a zip archive, not text: unpack it (unzip"),
+        (b"\x00" * 4096, "holds binary data, not text (NUL bytes in its first 4,096 bytes)"),
+        (bytes(range(1, 32)) * 100, "holds binary data, not text (control characters"),
+        ("the cat\n".encode("utf-16"), "--encoding utf-16"),
+    ],
+)
+def test_binary_or_compressed_text_is_named(tmp_path, content: bytes, message: str) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    (corpus / "train.txt").write_bytes(content)
+    with pytest.raises(DataUnavailableError, match=r"train\.txt") as error:
+        LocalTextSource.open(corpus, encoding="latin-1")  # the advice that trained on garbage
+    assert message in str(error.value)
+    assert "--encoding latin-1" not in str(error.value)
+
+
+def test_text_in_utf16_and_with_escapes_is_still_text(tmp_path) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    (corpus / "valid.txt").write_bytes("the cat sat\tdown\n".encode("utf-16"))
+    (corpus / "test.txt").write_bytes(b"colour \x1b[1mbold\x1b[0m text\r\n\x0c")
+    with pytest.raises(DataUnavailableError, match="--encoding utf-16"):
+        LocalTextSource.open(corpus)  # valid.txt begins with UTF-16's byte-order mark
+    (corpus / "valid.txt").write_text("the cat sat\n")
+    assert LocalTextSource.open(corpus).has_split("test")
