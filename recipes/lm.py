@@ -301,8 +301,9 @@ def _print_summary(r: dict[str, Any], path: Path) -> None:
     lines = [
         f"head            {r['head']} {r['head_options'] or ''}",
         f"head structure  {r['head_structure']}",
-        f"data            {r['data_description']} (V={r['vocab_size']})",
-        f"steps           {r['global_step']} on {r['world_size']} rank(s)",
+        f"data            {r['data_description'].removeprefix('data: ')} (V={r['vocab_size']})",
+        f"steps           {r['global_step']} on {r['world_size']} rank(s)"
+        + (" (stopped by --max-time)" if r.get("stopped_by_time") else ""),
         f"val ppl         {fmt(r['val_ppl'])}",
         f"test ppl        {fmt(r['test_ppl'])}",
     ]
@@ -324,9 +325,12 @@ def _print_summary(r: dict[str, Any], path: Path) -> None:
                 lines.append(f"similarity {side:7s}not measured: {s.get('reason')}")
     lines += [
         f"tokens/s        {fmt(r['train_tokens_per_s'], ',.0f')} (training, all ranks)",
-        f"train time      {fmt(r['train_seconds'], '.1f')} s (fit, whole run)",
+        f"training steps  {fmt(r['train_step_seconds'], '.1f')} s (whole run)",
+        f"fit time        {fmt(r['train_seconds'], '.1f')} s (training with its validations and "
+        "checkpoints, whole run)",
         f"peak memory     {fmt(r['peak_memory_mib'], ',.0f')} MiB ({r['peak_memory_kind']})",
         f"wall time       {fmt(r['wall_seconds'], '.1f')} s",
+        f"checkpoint      {r['checkpoint_last']}",
         f"results         {path}",
     ]
     print("\n".join(lines), flush=True)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import logging
 import math
 import os
 import shutil
 import sys
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ import lightning as L
 import torch
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
 from lm_heads.data import LMDataModule
 from lm_heads.data.sources import LOCAL_NAMES, SPLITS, find_split_files
@@ -147,6 +150,49 @@ def _strategy(args: Namespace) -> Any:
     return args.strategy
 
 
+LIGHTNING_NOISE = (
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "💡 Tip:",  # advertisements for litlogger / litmodels
+    "`Trainer(val_check_interval=1.0)` was configured",  # the recipe's own, documented choice
+    "Trainer already configured with model summary callbacks",  # the recipe's Summary
+)
+"""Lightning's info lines that say nothing about this run (the threads and memory lines do)."""
+
+
+class _DropLightningNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().lstrip().startswith(LIGHTNING_NOISE)
+
+
+def quiet_lightning() -> None:
+    """Silence exactly the lines of :data:`LIGHTNING_NOISE` and two warnings that every run
+    printed: Lightning's ``_pytree`` deprecation (its own code, under newer torch), and the
+    checkpoint folder "exists and is not empty" (the recipe decides about earlier runs itself:
+    :func:`prepare_output_dir`). Other messages and warnings pass."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningNoise) for f in logger.filters):
+            logger.addFilter(_DropLightningNoise())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
+class Summary(ModelSummary):
+    """Lightning's model summary without its FLOPs column and total, which are 0 unless the
+    model sets ``example_input_array`` (ours cannot: the head needs targets)."""
+
+    @staticmethod
+    def summarize(  # type: ignore[override]
+        summary_data: list[tuple[str, list[str]]], *args: Any, total_flops: int, **kwargs: Any
+    ) -> None:
+        kept = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(*args, total_flops, *kept)
+        table = "\n".join(line for line in table.splitlines() if "Total Flops" not in line)
+        logging.getLogger("lightning.pytorch.callbacks.model_summary").info("\n" + table)
+
+
 def build_trainer(
     args: Namespace, out_dir: Path, resuming: bool, rank: int
 ) -> tuple[L.Trainer, dict[str, Any]]:
@@ -175,7 +221,10 @@ def build_trainer(
         ours["stop"],  # before FinalCheckpoint, which saves last.ckpt when it stops training
         FinalCheckpoint(out_dir / "checkpoints" / "last.ckpt", args.checkpoint_every),
         RankSeeds(args.seed),  # each rank's own dropout masks
+        LearningRateMonitor(logging_interval="step"),  # an lr column in metrics.csv
     ]
+    if rank == 0:
+        callbacks.append(Summary(max_depth=1))
     if args.curve_every is not None:
         callbacks.append(SubsetValidation(args.curve_every, args.curve_batches, ours["clock"]))
     if progress:
@@ -184,6 +233,7 @@ def build_trainer(
         callbacks.append(LineProgress(args.log_every, ours["clock"]))
     limits = {f"limit_{k}_batches": args[f"limit_{k}_batches"] for k in ("train", "val", "test")}
     loggers = build_loggers(args.logger, out_dir)  # its UsageError is not a hardware problem
+    quiet_lightning()
     try:
         trainer = L.Trainer(
             accelerator=args.accelerator,
@@ -202,7 +252,7 @@ def build_trainer(
             default_root_dir=out_dir,
             log_every_n_steps=args.log_every,
             enable_progress_bar=progress,
-            enable_model_summary=rank == 0,
+            enable_model_summary=rank == 0,  # the Summary callback
             use_distributed_sampler=False,  # the data deals the windows to ranks itself
             num_sanity_val_steps=0 if resuming else 2,
             **{k: v for k, v in limits.items() if v is not None},
@@ -272,6 +322,14 @@ def check_vocabulary(dm: LMDataModule, min_count: int) -> None:
             f"(--min-count {min_count}): every word became <unk>, and a perplexity over two "
             f"symbols says nothing; {advice}"
         )
+    if min_count > 1 or dm.max_size is not None:
+        print(
+            f"note: --min-count {min_count}"
+            + (f" --max-size {dm.max_size}" if dm.max_size is not None else "")
+            + f" keeps {words:,} words and makes the rest <unk> ({unk_share:.1%} of the training "
+            "tokens): perplexities compare only between runs with the same vocabulary",
+            flush=True,
+        )
     if unk_share > 0.25:
         print(
             f"recipes/lm.py: warning: {unk_share:.0%} of the training tokens are <unk> (the "
@@ -288,6 +346,12 @@ def check_lengths(dm: LMDataModule, world_size: int) -> None:
     shapes |= {s: (dm.eval_batch_size, "--eval-batch-size") for s in ("valid", "test")}
     for split, (streams, option) in shapes.items():
         tokens = int(dm.splits[split].shape[0])
+        if tokens == 0:
+            files = getattr(dm.source, "split_files", lambda name: [name])(split)
+            raise UsageError(
+                f"the {split} split is empty: {', '.join(map(str, files))} holds no text; "
+                "give that file the corpus's text"
+            )
         per_stream = tokens // streams if split == "train" else math.ceil(tokens / streams)
         batches = per_stream // dm.bptt if split == "train" else math.ceil(per_stream / dm.bptt)
         if per_stream < dm.bptt or batches < 1:

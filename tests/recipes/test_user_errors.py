@@ -301,7 +301,7 @@ def test_more_ranks_times_threads_than_cpus_is_warned_about(capsys, monkeypatch)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     warn_oversubscribed(parse_args(["--devices", "3", "--accelerator", "cpu"]), 1)
     err = capsys.readouterr().err
-    assert "3 rank(s) x 1 thread(s) need 3 CPUs, but this process may use 2" in err
+    assert "3 ranks x 1 thread(s) need 3 CPUs, but this process may use 2" in err
     assert "--devices 2 or fewer" in err
     warn_oversubscribed(parse_args(["--devices", "2", "--accelerator", "cpu"]), 1)
     assert capsys.readouterr().err == ""
