@@ -4,9 +4,14 @@ paths checked at once, no advice that trains on garbage, a run that says what it
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
+import io
+import logging
 import lzma
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +229,159 @@ def test_text_in_utf16_and_with_escapes_is_still_text(tmp_path) -> None:
         LocalTextSource.open(corpus)  # valid.txt begins with UTF-16's byte-order mark
     (corpus / "valid.txt").write_text("the cat sat\n")
     assert LocalTextSource.open(corpus).has_split("test")
+
+
+# 12., 15. and 16. One short run on a local corpus: what it prints, and what it no longer prints.
+@pytest.fixture(scope="module")
+def short_run(lm, tmp_path_factory):
+    """A 12-step run (one epoch, --log-every 5) with --min-count and --max-time, its output."""
+    from recipe_helpers import TINY
+
+    root = tmp_path_factory.mktemp("short")
+    corpus = write_corpus(root / "corpus")
+    argv = [*TINY, "--cache-dir", str(root / "cache"), "--output-dir", str(root / "run"),
+            "--data", str(corpus), "--min-count", "70", "--max-steps", "-1", "--max-epochs", "1",
+            "--limit-train-batches", "12", "--log-every", "5", "--max-time", "3600"]  # fmt: skip
+    out, err = io.StringIO(), io.StringIO()
+    logged = logging.StreamHandler(err)  # Lightning's lines go through logging, not sys.stdout
+    logging.getLogger("lightning").addHandler(logged)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            results = lm.main(argv)
+    finally:
+        logging.getLogger("lightning").removeHandler(logged)
+    return results, out.getvalue(), err.getvalue(), root
+
+
+def test_the_end_of_a_run_says_what_it_does(short_run) -> None:
+    results, out, _, _ = short_run
+    lines = out.splitlines()
+    steps = [line.split()[1] for line in lines if line.startswith("step ") and "ETA" in line]
+    assert steps == ["5/12", "10/12", "12/12"]  # the last step too, not only each 5th
+    val = f"step 12  val_ppl {results['val_curve'][-1]['val_ppl']:.2f}"
+    assert val in lines  # the epoch end's validation perplexity, in the console
+    assert lines.index(val) > lines.index(next(x for x in lines if x.startswith("step 12/12")))
+    assert any(x.startswith("test of the final weights (") for x in lines)
+
+
+def test_the_summary_names_what_happened(short_run) -> None:
+    _, out, _, root = short_run
+    assert "data            local text from" in out and "data: local" not in out.split("head ")[-1]
+    assert f"checkpoint      {root / 'run' / 'checkpoints' / 'last.ckpt'}" in out
+    assert "training steps  " in out and "fit time        " in out and "train time" not in out
+    assert "stopped by --max-time" not in out  # it ended at its epoch
+
+
+def test_a_smaller_vocabulary_is_noted(short_run) -> None:
+    _, out, _, _ = short_run
+    assert "note: --min-count 70 keeps" in out
+    assert "perplexities compare only between runs with the same vocabulary" in out
+
+
+def test_no_noise(short_run) -> None:
+    _, out, err, _ = short_run
+    for noise in ("GPU available", "TPU available", "litlogger", "val_check_interval",
+                  "LeafSpec", "FLOPs", "Total Flops", "Trainer already configured"):  # fmt: skip
+        assert noise not in out + err, noise
+    assert "Trainable params" in err  # the model summary itself stays
+
+
+def test_metrics_csv_has_an_lr_column(short_run) -> None:
+    _, _, _, root = short_run
+    (metrics,) = (root / "run" / "logs").rglob("metrics.csv")
+    assert "lr-SGD" in metrics.read_text().splitlines()[0].split(",")
+
+
+def test_summary_reports_a_max_time_stop(lm, capsys) -> None:
+    lm._print_summary(
+        {"head": "full", "head_options": {}, "head_structure": "", "data_description": "data: x",
+         "vocab_size": 5, "global_step": 7, "world_size": 1, "val_ppl": 2.0, "test_ppl": 2.0,
+         "entropy_floor_ppl": None, "train_tokens_per_s": 1.0, "train_seconds": 9.0,
+         "train_step_seconds": 5.0, "stopped_by_time": True, "peak_memory_mib": 1.0,
+         "peak_memory_kind": "rss", "wall_seconds": 10.0, "checkpoint_last": "c/last.ckpt"},
+        Path("r.json"),
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "steps           7 on 1 rank(s) (stopped by --max-time)" in out
+    assert "data            x (V=5)" in out
+
+
+def test_an_empty_train_file_is_called_empty(lm, tiny_args, tmp_path, capsys) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    (corpus / "train.txt").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        lm.main([*tiny_args, "--data", str(corpus)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"the train split is empty: {corpus / 'train.txt'} holds no text" in err
+    assert "--bptt" not in err
+
+
+def test_unknown_prompt_words_are_named(trained, capsys) -> None:
+    from recipe_helpers import load_recipe
+
+    load_recipe("generate").main(["--checkpoint", str(trained), "--prompt", "w3 zzz w7 qqq zzz"])
+    err = capsys.readouterr().err
+    assert "2 prompt word(s) are not in the model's vocabulary and become <unk>: zzz, qqq" in err
+
+
+def test_one_rank_with_too_many_threads_is_not_told_about_ranks() -> None:
+    from recipes.threads import oversubscription
+
+    warning = oversubscription(2, 1, environ={}, affinity=1, quota=None)
+    assert warning is not None and warning.startswith("2 threads need 2 CPUs")
+    assert "rank" not in warning
+
+
+def test_signals_are_named_and_a_second_ctrl_c_exits_130(capsys) -> None:
+    import signal
+
+    from recipes.language_model import StopOnSignal
+
+    stop = StopOnSignal()
+    stop.request(signal.SIGTERM)
+    assert "SIGTERM: stopping after this step" in capsys.readouterr().err
+    assert "Ctrl-C again" not in capsys.readouterr().err
+    stop = StopOnSignal()
+    stop.request(signal.SIGINT)
+    assert "(Ctrl-C again to stop at once" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        stop.request(signal.SIGINT)
+    assert exc.value.code == 130
+
+
+# 14. The README's command lines work as written.
+def _readme_commands(repo: Path) -> list[list[str]]:
+    """Every ``python recipes/lm.py ...`` line of the README's code blocks, as arguments."""
+    text = (repo / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
+    lines = " ".join(blocks).replace("\\\n", " ").splitlines()
+    commands = [line.split("#")[0] for line in lines if "python recipes/lm.py" in line]
+    return [shlex.split(c.split("python recipes/lm.py", 1)[1].split(">")[0]) for c in commands]
+
+
+def test_readme_commands_parse(cli, repo, monkeypatch, capsys) -> None:
+    commands = _readme_commands(repo)
+    assert len(commands) >= 10
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(cli, "check_paths", lambda args: None)  # DIR, runs/lm: the user's paths
+    shipped = {f"recipes/configs/{p.name}" for p in (repo / "recipes" / "configs").glob("*.yaml")}
+    for argv in commands:
+        config = argv[argv.index("--config") + 1] if "--config" in argv else None
+        if config is not None and config not in shipped:
+            continue  # my.yaml, runs/lm/results.json: written by an earlier command
+        try:
+            cli.parse_args(argv)
+        except SystemExit as exit:  # --print_config exits 0; a mistake, 2
+            assert exit.code == 0, argv
+    assert "error" not in capsys.readouterr().err
+
+
+def test_readme_says_what_its_commands_need(repo) -> None:
+    text = (repo / "README.md").read_text()
+    mlflow = next(line for line in text.splitlines() if "--logger" in line and "mlflow" in line)
+    assert '".[loggers]"' in mlflow  # .[dev] does not install mlflow or wandb
+    lm1b = [line for line in text.splitlines() if "configs/lm1b.yaml --data DIR" in line]
+    assert any("cutoffs=auto" in line for line in lm1b)  # 200,000 cutoff needs all of LM1B
+    assert "first line says which data" not in text
+    assert "`--print-config`" in text
