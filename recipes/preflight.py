@@ -184,11 +184,18 @@ class Summary(ModelSummary):
     model sets ``example_input_array`` (ours cannot: the head needs targets)."""
 
     @staticmethod
-    def summarize(  # type: ignore[override]
-        summary_data: list[tuple[str, list[str]]], *args: Any, total_flops: int, **kwargs: Any
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
     ) -> None:
         kept = [column for column in summary_data if column[0] != "FLOPs"]
-        table = _format_summary_table(*args, total_flops, *kept)
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size,
+                                      total_training_modes, total_flops, *kept)  # fmt: skip
         table = "\n".join(line for line in table.splitlines() if "Total Flops" not in line)
         logging.getLogger("lightning.pytorch.callbacks.model_summary").info("\n" + table)
 

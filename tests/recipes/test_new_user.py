@@ -244,12 +244,12 @@ def short_run(lm, tmp_path_factory):
             "--limit-train-batches", "12", "--log-every", "5", "--max-time", "3600"]  # fmt: skip
     out, err = io.StringIO(), io.StringIO()
     logged = logging.StreamHandler(err)  # Lightning's lines go through logging, not sys.stdout
-    logging.getLogger("lightning").addHandler(logged)
+    logging.getLogger("lightning.pytorch").addHandler(logged)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             results = lm.main(argv)
     finally:
-        logging.getLogger("lightning").removeHandler(logged)
+        logging.getLogger("lightning.pytorch").removeHandler(logged)
     return results, out.getvalue(), err.getvalue(), root
 
 
