@@ -13,12 +13,17 @@ against the head's signature here, before anything runs.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
+import operator
+import os
 import re
 import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
-from typing import Any, Literal, get_type_hints
+from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from jsonargparse import (
@@ -41,6 +46,8 @@ from recipes import options
 # Nothing here imports torch or lightning: a mistake on the command line is reported at once.
 # Lightning's limit/interval convention: an int counts batches, a float is a fraction of them.
 Limit = PositiveInt | restricted_number_type("UnitFraction", float, [(">", 0.0), ("<=", 1.0)])
+DATA_NAMES = ("auto", "synthetic", "wikitext-2", "wikitext-103", "lm1b")
+"""``--data`` values that name a corpus rather than a folder (``lm_heads.data.DATA_CHOICES``)."""
 LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
 PRECISIONS = (
     "64-true",
@@ -111,12 +118,59 @@ set_loader(PARSER_MODE, _load_config, exceptions=(yaml.YAMLError,))
 
 
 class Parser(ArgumentParser):
-    """jsonargparse's parser, reporting a mistake as one paragraph (no usage dump)."""
+    """jsonargparse's parser, reporting a mistake as one paragraph (no usage dump), and a value
+    that does not fit its option's type as a sentence in words (not Python's type names)."""
 
     def error(self, message: str, ex: Exception | None = None) -> Any:  # type: ignore[override]
         if not self.exit_on_error:  # jsonargparse probing a value: it catches the exception
             return super().error(message, ex)
-        usage_exit(f"{message} (see {self.prog} --help)", self.prog)
+        usage_exit(self._plain(message) or f"{message} (see {self.prog} --help)", self.prog)
+
+    def _plain(self, message: str) -> str | None:
+        """``--lr: expected a number > 0 or none, got 'abc'`` for jsonargparse's dump of a value
+        that fits none of the option's types; ``None`` for any other message."""
+        key = re.match(r'Parser key "([^"]+)":', message)
+        action = next((a for a in self._actions if key and a.dest == key[1]), None)
+        hint = getattr(action, "_typehint", None)
+        if action is None or hint is None:
+            return None
+        # The value as jsonargparse quotes it: the last "Given value:" of a Union (a list's items
+        # come first), or what a single type's message names.
+        given = re.findall(r"(?:Given|Got) value: (.*)", message)
+        for pattern in _VALUE_IN_MESSAGE:
+            given = given or re.findall(pattern, message)
+        name = (action.option_strings or [f"--{action.dest}"])[0]
+        got = f", got {given[-1].strip()!r}" if given else ""
+        return f"{name}: expected {describe_type(hint)}{got}"
+
+
+def describe_type(hint: Any) -> str:
+    """An option's type in words: ``PositiveInt | None`` is "a whole number > 0 or none"."""
+    if get_origin(hint) in (Union, UnionType):
+        return " or ".join(describe_type(h) for h in get_args(hint))
+    if get_origin(hint) is Literal:
+        values = [str(v) for v in get_args(hint)]
+        return values[0] if len(values) == 1 else "one of " + ", ".join(values)
+    if get_origin(hint) is list:
+        return f"a list, each {describe_type(get_args(hint)[0])}" if get_args(hint) else "a list"
+    if hint is type(None):
+        return "none"
+    if hint is dict or get_origin(hint) is dict:
+        return "a mapping, e.g. {key: value}"
+    base = getattr(hint, "_type", hint)  # jsonargparse's restricted numbers: e.g. PositiveInt
+    words = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+    limits = [f"{_OPERATORS[op]} {bound:g}" for op, bound in getattr(hint, "_restrictions", [])]
+    return " ".join(
+        [words.get(base, getattr(base, "__name__", str(base))), " and ".join(limits)]
+    ).strip()
+
+
+_VALUE_IN_MESSAGE = (
+    r"Not of type \w+: (.*?) does not conform",
+    r"with base 10: '(.*)'",
+    r"Not of type \w+: (\S+) not an integer",
+)
+_OPERATORS = {operator.gt: ">", operator.ge: ">=", operator.lt: "<", operator.le: "<="}
 
 
 def build_parser() -> ArgumentParser:
@@ -303,31 +357,60 @@ def parse_args(argv: Sequence[str] | None = None) -> Namespace:
     Exits with status 2 and one paragraph on a mistake.
     """
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args([_dashed(a) for a in argv])
+    argv = [_dashed(a) for a in (sys.argv[1:] if argv is None else argv)]
+    try:
+        args = parser.parse_args(argv)
+    except UnicodeDecodeError:  # jsonargparse reads --config FILE as text
+        usage_exit(_not_a_config(argv))
     for key, value in args.items():
         if key != "config":  # jsonargparse's int/float subclasses would not load weights_only
             args[key] = json.loads(json.dumps(value))
     if isinstance(args.logger, str):
         args.logger = [args.logger]
     try:
-        check_args(args)
+        check_args(args, parser.get_defaults())
     except UsageError as err:
         usage_exit(err)
     return args
 
 
+def _not_a_config(argv: list[str]) -> str:
+    """The sentence for a ``--config FILE`` that is not text (a checkpoint, often)."""
+    given = [
+        a.partition("=")[2] or b
+        for a, b in zip(argv, [*argv[1:], ""], strict=True)
+        if a.startswith("--config")
+    ]
+    files = [f for f in given if Path(f).is_file() and not _is_text(Path(f))]
+    name = files[0] if files else " ".join(given)
+    return (
+        f"--config {name} is not a text file (YAML or an earlier run's results.json) but binary "
+        "data, e.g. a checkpoint: continue from a checkpoint with --resume CHECKPOINT"
+    )
+
+
+def _is_text(path: Path) -> bool:
+    try:
+        path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _dashed(arg: str) -> str:
     """``--max_steps`` as ``--max-steps``: both spellings work, as in generate.py and evaluate.py
-    (jsonargparse's own ``--print_config`` keeps its underscore)."""
-    if not arg.startswith("--") or arg.startswith("--print_config"):
+    (jsonargparse's own ``--print_config`` takes its underscore in either spelling)."""
+    if not arg.startswith("--"):
         return arg
     name, sep, value = arg.partition("=")
+    if name in ("--print_config", "--print-config"):
+        return "--print_config" + sep + value
     return name.replace("_", "-") + sep + value
 
 
-def check_args(args: Namespace) -> None:
-    """Raise :class:`UsageError` for options that are fine alone but not together."""
+def check_args(args: Namespace, defaults: Namespace | None = None) -> None:
+    """Raise :class:`UsageError` for options that are fine alone but not together, or that
+    would be dropped silently (``defaults``: the parser's, to tell which options were given)."""
     if args.precision not in PRECISIONS:
         raise UsageError(f"--precision {args.precision!r} is not one of {', '.join(PRECISIONS)}")
     if args.max_epochs is not None and args.max_epochs < 1:
@@ -352,7 +435,143 @@ def check_args(args: Namespace) -> None:
         raise UsageError("--overwrite starts afresh and --resume continues: give only one")
     if args.grad_clip < 0:
         raise UsageError(f"--grad-clip must be >= 0 (0: off), got {args.grad_clip}")
+    if args.max_size is not None and args.max_size < 3:
+        raise UsageError(
+            f"--max-size {args.max_size} counts <unk> and <eos>, so it keeps no word: give 3 "
+            "or more (or leave it out to keep every word)"
+        )
+    try:
+        codecs.lookup(args.encoding)
+    except LookupError:
+        raise UsageError(
+            f"--encoding {args.encoding!r} is not a text encoding Python knows; e.g. utf-8, "
+            "latin-1, cp1252"
+        ) from None
+    _check_hardware(args)
+    if defaults is not None:
+        _check_not_dropped(args, defaults)
+    check_paths(args)
     _check_head(args.head, args.head_options)
+
+
+ONLY_WITH: dict[str, tuple[str, tuple[Any, ...] | None]] = {
+    "curve_batches": ("curve_every", None),
+}
+"""Options that do something only when another option takes one of some values (``None``: when
+that option is given at all). The model's options declare it in their field's
+``metadata["only_with"]`` (recipes/options.py); these are the rest."""
+
+
+def only_with() -> dict[str, tuple[str, tuple[Any, ...] | None]]:
+    """Every option that applies only with some values of another, and those values."""
+    declared = {
+        f.name: f.metadata["only_with"]
+        for group in options.MODEL_GROUPS
+        for f in fields(group)
+        if "only_with" in f.metadata
+    }
+    return declared | ONLY_WITH
+
+
+def _check_not_dropped(args: Namespace, defaults: Namespace) -> None:
+    """Refuse an option that was given but would do nothing with the others chosen."""
+    for name, (other, values) in only_with().items():
+        if args[name] == defaults[name]:
+            continue
+        if values is None and args[other] is None:
+            raise UsageError(
+                f"{_flag(name)} does nothing without {_flag(other)}: add {_flag(other)} N, or "
+                f"drop {_flag(name)}"
+            )
+        if values is not None and args[other] not in values:
+            wanted = " or ".join(f"{_flag(other)} {v}" for v in values)
+            raise UsageError(
+                f"{_flag(name)} does nothing with {_flag(other)} {args[other]} (it applies to "
+                f"{wanted} only): drop {_flag(name)}, or choose {wanted}"
+            )
+    given = [n for n in ("min_count", "max_size") if args[n] != defaults[n]]
+    if given and args.data == "synthetic":
+        raise UsageError(
+            f"{_flag(given[0])} does nothing with --data synthetic (its vocabulary is "
+            f"--synthetic-vocab-size words): drop {_flag(given[0])}, or give a corpus as --data"
+        )
+
+
+def _check_hardware(args: Namespace) -> None:
+    """Contradictions among the hardware options that Lightning would resolve silently."""
+    if "single" in args.strategy and (args.num_nodes > 1 or args.devices not in (1, "auto")):
+        raise UsageError(
+            f"--strategy {args.strategy} runs one process, but --devices {args.devices} "
+            f"--num-nodes {args.num_nodes} asks for more: give --devices 1, or a multi-process "
+            "strategy such as --strategy ddp"
+        )
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_paths(args: Namespace) -> None:
+    """The files and folders the options name: checked before torch loads (seconds), so that a
+    mistyped path is reported at once rather than after the imports and the data."""
+    if args.data not in DATA_NAMES:
+        data = Path(args.data).expanduser()
+        if not data.exists():
+            raise UsageError(
+                f"--data {args.data} is neither one of {', '.join(DATA_NAMES)} nor an existing "
+                "directory with train/valid/test files"
+            )
+        if not data.is_dir():
+            raise UsageError(
+                f"--data {args.data} is a file; give the directory holding the train, valid and "
+                "test files"
+            )
+    check_output_dir(Path(args.output_dir))
+    check_resume_exists(args, Path(args.output_dir))
+    if args.similarity is not None:
+        similarity = Path(args.similarity).expanduser()
+        if not similarity.exists():
+            raise UsageError(f"--similarity {args.similarity}: the file does not exist")
+        if similarity.is_dir():
+            raise UsageError(
+                f"--similarity {args.similarity} is a directory; give the word-similarity file "
+                "(e.g. SimLex-999.txt)"
+            )
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """The run must be able to create ``out_dir`` (or write in it): checked now, not at the first
+    checkpoint after the data has loaded."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(
+            f"--output-dir {out_dir} is a file; give a directory (it will hold checkpoints/, "
+            "logs/ and results.json)"
+        )
+    existing = out_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--output-dir {out_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "it" if existing == out_dir.absolute() else f"its parent {existing}"
+        raise UsageError(
+            f"--output-dir {out_dir}: {where} is not writable by this user; choose an "
+            "--output-dir in a folder you can write to (or fix its permissions)"
+        )
+
+
+def check_resume_exists(args: Namespace, out_dir: Path) -> None:
+    """A checkpoint for ``--resume`` exists (``last``: ``out_dir``'s last.ckpt or one of SLURM's
+    hpc_ckpt_N.ckpt). Which of them is continued, by step, is ``preflight.resolve_resume``'s
+    choice: that reads the checkpoints, so it waits for torch."""
+    if args.resume is None:
+        return
+    if args.resume == "last":
+        path = out_dir / "checkpoints" / "last.ckpt"
+        if not path.is_file() and not any(out_dir.glob("hpc_ckpt_*.ckpt")):
+            raise UsageError(f"--resume last: no checkpoint at {path}")
+    elif not Path(args.resume).is_file():
+        raise UsageError(f"--resume {args.resume}: no such checkpoint: {args.resume}")
 
 
 def _check_head(head: str, given: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,7 @@ def evaluate(
     except (MisconfigurationException, ValueError, RuntimeError) as error:
         raise UsageError(f"--accelerator {accelerator} does not work here: {error}") from None
     loader = DataLoader(batches, batch_size=None)
+    print(f"evaluating {len(batches):,} batches of {ids.size:,} tokens ...", flush=True)
     ppl = float(trainer.test(model, dataloaders=loader, verbose=False)[0]["test_ppl"])
     scores = {
         "checkpoint": str(checkpoint),
@@ -175,11 +177,17 @@ def decompose_nll(
         raise UsageError(f"--cutoffs {cutoffs}: {error}") from None
     model.eval()
     carry, state = bool(model.hparams.get("carry_state", False)), None
+    total, start, shown = len(loader), time.perf_counter(), time.perf_counter()
+    print(f"decomposing the NLL: {total:,} batches ...", flush=True)
     with torch.no_grad():
-        for inputs, targets in loader:
+        for done, (inputs, targets) in enumerate(loader, start=1):
             inputs, targets = inputs.to(model.device), targets.to(model.device)
             hidden, state = model(inputs, state if carry else None)
             parts.update_from_head(head, hidden, targets)
+            if time.perf_counter() - shown > 30 and done < total:  # a line every 30 s at most
+                shown, pace = time.perf_counter(), (time.perf_counter() - start) / done
+                print(f"  {done:,}/{total:,} batches, about {(total - done) * pace:.0f} s left",
+                      flush=True)  # fmt: skip
     result = parts.compute()
     return result, NLLDecomposition.table(result)
 

@@ -69,6 +69,14 @@ def generate(
 
     model, vocabulary, _ = load_model(Path(checkpoint), vocab)
     ids = [vocabulary.eos_id] + [vocabulary.stoi.get(w, vocabulary.unk_id) for w in prompt.split()]
+    unknown = [w for w in dict.fromkeys(prompt.split()) if w not in vocabulary.stoi]
+    if unknown:
+        print(
+            f"recipes/generate.py: note: {len(unknown)} prompt word(s) are not in the model's "
+            f"vocabulary and become <unk>: {', '.join(unknown)}",
+            file=sys.stderr,
+            flush=True,
+        )
     tokens = torch.tensor([ids])
     max_len = getattr(model.backbone, "max_len", None)  # Transformer: its longest context
     generator = torch.Generator().manual_seed(seed)

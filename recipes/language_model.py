@@ -502,11 +502,12 @@ class StopOnSignal(Callback):
 
     def request(self, signum: int, frame: Any = None) -> None:
         if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # asked twice: stop now
+            raise SystemExit(128 + signum)  # asked twice: stop now, with the shell's status 130
         self.received = signum
+        again = "Ctrl-C again" if signum == signal.SIGINT else "Ctrl-C (SIGINT)"
         print(
             f"\n{signal.Signals(signum).name}: stopping after this step and saving last.ckpt "
-            "(Ctrl-C again to stop at once, without saving)",
+            f"({again} to stop at once, without saving)",
             file=sys.stderr,
             flush=True,
         )

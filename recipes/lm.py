@@ -82,6 +82,7 @@ from recipes.preflight import (  # noqa: E402
     build_data,
     build_model,
     build_trainer,
+    check_splits,
     load_similarity,
     prepare_output_dir,
     resolve_resume,
@@ -145,6 +146,7 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     # exits at once, and the others give up after --dist-timeout (main) instead of waiting.
     rank, out_dir = launch_rank(_devices_per_node(args)), Path(args.output_dir)
     prepare_output_dir(out_dir, args, rank)
+    check_splits(args.data)
     similarity = load_similarity(args.similarity)
     resume = resolve_resume(args, out_dir)
     ckpt = read_checkpoint(resume, "--resume") if resume is not None else None
@@ -343,8 +345,9 @@ def _print_summary(r: dict[str, Any], path: Path) -> None:
     lines = [
         f"head            {r['head']} {r['head_options'] or ''}",
         f"head structure  {r['head_structure']}",
-        f"data            {r['data_description']} (V={r['vocab_size']})",
-        f"steps           {r['global_step']} on {r['world_size']} rank(s)",
+        f"data            {r['data_description'].removeprefix('data: ')} (V={r['vocab_size']})",
+        f"steps           {r['global_step']} on {r['world_size']} rank(s)"
+        + (" (stopped by --max-time)" if r.get("stopped_by_time") else ""),
         f"val ppl         {fmt(r['val_ppl'])}",
         f"test ppl        {fmt(r['test_ppl'])}",
     ]
@@ -367,9 +370,12 @@ def _print_summary(r: dict[str, Any], path: Path) -> None:
     lines += [
         f"tokens/s        {fmt(r['train_tokens_per_s'], ',.0f')} (training, all ranks, "
         "slowest rank's time)",
-        f"train time      {fmt(r['train_seconds'], '.1f')} s (fit, whole run)",
+        f"training steps  {fmt(r['train_step_seconds'], '.1f')} s (whole run)",
+        f"fit time        {fmt(r['train_seconds'], '.1f')} s (training with its validations and "
+        "checkpoints, whole run)",
         f"peak memory     {fmt(r['peak_memory_mib'], ',.0f')} MiB ({r['peak_memory_kind']})",
         f"wall time       {fmt(r['wall_seconds'], '.1f')} s",
+        f"checkpoint      {r['checkpoint_last']}",
         f"results         {path}",
     ]
     print("\n".join(lines), flush=True)

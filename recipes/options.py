@@ -63,18 +63,26 @@ class BackboneOptions:
     """hidden size"""
     num_layers: PositiveInt = 2
     """LSTM layers / Transformer blocks"""
-    num_heads: PositiveInt = 4
+    num_heads: PositiveInt = field(default=4, metadata={"only_with": ("model", ("transformer",))})
     """attention heads (transformer only)"""
-    positions: Literal["learned", "sinusoidal"] = "learned"
+    positions: Literal["learned", "sinusoidal"] = field(
+        default="learned", metadata={"only_with": ("model", ("transformer",))}
+    )
     """transformer position encoding"""
     dropout: Fraction = 0.2
     """dropout probability in [0, 1)"""
     tie_weights: bool = False
     """share input embedding and head output rows"""
-    carry_state: bool = True
+    carry_state: bool = field(default=True, metadata={"only_with": ("model", ("lstm",))})
     """LSTM: carry the recurrent state from one BPTT window to the next"""
     compile: bool = False
     """torch.compile the model"""
+
+
+PLATEAU = ("lr_schedule", ("plateau",))
+"""``metadata["only_with"]`` of an option that only some values of another use (here: the
+schedules that read it): ``recipes/cli.py`` refuses it, given with any other value."""
+DECAYING = ("lr_schedule", ("plateau", "step"))
 
 
 @dataclass(frozen=True)
@@ -90,11 +98,13 @@ class OptimizerOptions:
     lr_schedule: Literal["constant", "cosine", "plateau", "step"] = "plateau"
     """plateau: divide the LR by --lr-decay when the epoch-end validation stops improving;
     step: divide it at the start of each epoch of --lr-milestones"""
-    lr_decay: PositiveFloat = 4.0
+    lr_decay: PositiveFloat = field(default=4.0, metadata={"only_with": DECAYING})
     """plateau and step schedules: LR divisor"""
-    lr_milestones: list[PositiveInt] = field(default_factory=list)
+    lr_milestones: list[PositiveInt] = field(
+        default_factory=list, metadata={"only_with": ("lr_schedule", ("step",))}
+    )
     """step schedule: the epochs (1 = the first) at whose start the LR is divided by --lr-decay"""
-    lr_patience: NonNegativeInt = 0
+    lr_patience: NonNegativeInt = field(default=0, metadata={"only_with": PLATEAU})
     """plateau schedule: validations"""
     warmup_steps: NonNegativeInt = 0
     """linear LR warm-up steps"""

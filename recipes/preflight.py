@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import logging
 import math
 import os
 import shutil
 import sys
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,14 @@ import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
 from lm_heads.data import LMDataModule
+from lm_heads.data.sources import LOCAL_NAMES, SPLITS, find_split_files
 from lm_heads.similarity import find_simlex, load_pairs, pairs_name, word_similarity
 from recipes.checkpoint import CheckpointExtras, FitTimer, newest_checkpoint
-from recipes.cli import UsageError, recorded_args
+from recipes.cli import DATA_NAMES, UsageError, check_output_dir, recorded_args
 from recipes.distributed import RankSeeds
 from recipes.language_model import (
     FinalCheckpoint,
@@ -51,12 +55,7 @@ LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "ml
 # Files
 def prepare_output_dir(out_dir: Path, args: Namespace, rank: int) -> None:
     """Refuse a file, or an earlier run unless ``--resume`` or ``--overwrite`` says what to do."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(
-            f"--output-dir {out_dir} is a file; give a directory (it will hold checkpoints/, "
-            "logs/ and results.json)"
-        )
-    _check_writable(out_dir)
+    check_output_dir(out_dir)
     # A SLURM-requeued job resumes from its hpc_ckpt_N.ckpt by itself (resolve_resume).
     hpc = hpc_checkpoints(out_dir)
     requeued = bool(hpc) and SLURMEnvironment.detect() and not args.overwrite
@@ -74,22 +73,6 @@ def prepare_output_dir(out_dir: Path, args: Namespace, rank: int) -> None:
     if rank == 0:
         for path in earlier:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
-def _check_writable(out_dir: Path) -> None:
-    """The run must be able to create ``out_dir`` (or write in it): checked now, not at the first
-    checkpoint after the data has loaded."""
-    existing = out_dir.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"--output-dir {out_dir}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        where = "it" if existing == out_dir.absolute() else f"its parent {existing}"
-        raise UsageError(
-            f"--output-dir {out_dir}: {where} is not writable by this user; choose an "
-            "--output-dir in a folder you can write to (or fix its permissions)"
-        )
 
 
 def resolve_resume(args: Namespace, out_dir: Path) -> Path | None:
@@ -188,6 +171,56 @@ def _strategy(args: Namespace) -> Any:
     return args.strategy
 
 
+LIGHTNING_NOISE = (
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "💡 Tip:",  # advertisements for litlogger / litmodels
+    "`Trainer(val_check_interval=1.0)` was configured",  # the recipe's own, documented choice
+    "Trainer already configured with model summary callbacks",  # the recipe's Summary
+)
+"""Lightning's info lines that say nothing about this run (the threads and memory lines do)."""
+
+
+class _DropLightningNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().lstrip().startswith(LIGHTNING_NOISE)
+
+
+def quiet_lightning() -> None:
+    """Silence exactly the lines of :data:`LIGHTNING_NOISE` and two warnings that every run
+    printed: Lightning's ``_pytree`` deprecation (its own code, under newer torch), and the
+    checkpoint folder "exists and is not empty" (the recipe decides about earlier runs itself:
+    :func:`prepare_output_dir`). Other messages and warnings pass."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningNoise) for f in logger.filters):
+            logger.addFilter(_DropLightningNoise())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
+class Summary(ModelSummary):
+    """Lightning's model summary without its FLOPs column and total, which are 0 unless the
+    model sets ``example_input_array`` (ours cannot: the head needs targets)."""
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        kept = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size,
+                                      total_training_modes, total_flops, *kept)  # fmt: skip
+        table = "\n".join(line for line in table.splitlines() if "Total Flops" not in line)
+        logging.getLogger("lightning.pytorch.callbacks.model_summary").info("\n" + table)
+
+
 def build_trainer(
     args: Namespace, out_dir: Path, resuming: bool, rank: int
 ) -> tuple[L.Trainer, dict[str, Any]]:
@@ -216,7 +249,10 @@ def build_trainer(
         ours["stop"],  # before FinalCheckpoint, which saves last.ckpt when it stops training
         FinalCheckpoint(out_dir / "checkpoints" / "last.ckpt", args.checkpoint_every),
         RankSeeds(args.seed),  # each rank's own dropout masks
+        LearningRateMonitor(logging_interval="step"),  # an lr column in metrics.csv
     ]
+    if rank == 0:
+        callbacks.append(Summary(max_depth=1))
     if args.curve_every is not None:
         callbacks.append(SubsetValidation(args.curve_every, args.curve_batches, ours["clock"]))
     if progress:
@@ -225,6 +261,7 @@ def build_trainer(
         callbacks.append(LineProgress(args.log_every, ours["clock"]))
     limits = {f"limit_{k}_batches": args[f"limit_{k}_batches"] for k in ("train", "val", "test")}
     loggers = build_loggers(args.logger, out_dir)  # its UsageError is not a hardware problem
+    quiet_lightning()
     try:
         trainer = L.Trainer(
             accelerator=args.accelerator,
@@ -243,7 +280,7 @@ def build_trainer(
             default_root_dir=out_dir,
             log_every_n_steps=args.log_every,
             enable_progress_bar=progress,
-            enable_model_summary=rank == 0,
+            enable_model_summary=rank == 0,  # the Summary callback
             use_distributed_sampler=False,  # the data deals the windows to ranks itself
             num_sanity_val_steps=0 if resuming else 2,
             **{k: v for k, v in limits.items() if v is not None},
@@ -284,6 +321,21 @@ def build_data(args: Namespace, world_size: int) -> LMDataModule:
     return dm
 
 
+def check_splits(data: str) -> None:
+    """A local ``--data`` folder must hold all three splits (the recipe reports test perplexity):
+    every missing one is named at once, before anything is read."""
+    if data in DATA_NAMES:
+        return
+    missing = [split for split in SPLITS if not find_split_files(Path(data).expanduser(), split)]
+    if missing:
+        names = ", ".join(f"{split} ({' or '.join(LOCAL_NAMES[split][:2])})" for split in missing)
+        raise UsageError(
+            f"data directory {data} lacks the split(s) {names}: the recipe trains on train, "
+            "validates on valid and reports test perplexity, so add each file (a sharded split "
+            "may be a folder of that name)"
+        )
+
+
 def check_vocabulary(dm: LMDataModule, min_count: int) -> None:
     """Refuse a vocabulary of nothing but ``<unk>`` and ``<eos>`` (its perplexity of ~1.3 means
     nothing), and warn when most of the text became ``<unk>``."""
@@ -297,6 +349,14 @@ def check_vocabulary(dm: LMDataModule, min_count: int) -> None:
             f"the vocabulary of {dm.description} holds no word besides <unk> and <eos> "
             f"(--min-count {min_count}): every word became <unk>, and a perplexity over two "
             f"symbols says nothing; {advice}"
+        )
+    if min_count > 1 or dm.max_size is not None:
+        print(
+            f"note: --min-count {min_count}"
+            + (f" --max-size {dm.max_size}" if dm.max_size is not None else "")
+            + f" keeps {words:,} words and makes the rest <unk> ({unk_share:.1%} of the training "
+            "tokens): perplexities compare only between runs with the same vocabulary",
+            flush=True,
         )
     if unk_share > 0.25:
         print(
@@ -314,6 +374,12 @@ def check_lengths(dm: LMDataModule, world_size: int) -> None:
     shapes |= {s: (dm.eval_batch_size, "--eval-batch-size") for s in ("valid", "test")}
     for split, (streams, option) in shapes.items():
         tokens = int(dm.splits[split].shape[0])
+        if tokens == 0:
+            files = getattr(dm.source, "split_files", lambda name: [name])(split)
+            raise UsageError(
+                f"the {split} split is empty: {', '.join(map(str, files))} holds no text; "
+                "give that file the corpus's text"
+            )
         per_stream = tokens // streams if split == "train" else math.ceil(tokens / streams)
         batches = per_stream // dm.bptt if split == "train" else math.ceil(per_stream / dm.bptt)
         if per_stream < dm.bptt or batches < 1:

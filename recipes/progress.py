@@ -22,6 +22,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.trainer.states import TrainerFn
 
 from recipes.language_model import TrainClock, current_lr
 
@@ -84,19 +85,53 @@ class ProgressStats:
 
 
 class LineProgress(Callback):
-    """One line per ``every`` training steps: a log-friendly progress report without ``\\r``."""
+    """One line per ``every`` training steps: a log-friendly progress report without ``\\r``;
+    also the last step, each epoch end's validation perplexity, and a line as the final
+    validation and test start (minutes on a large corpus, else silent)."""
 
     def __init__(self, every: int, clock: TrainClock) -> None:
         self.every = every
         self.stats = ProgressStats(clock)
+        self._printed_step = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self.stats.start(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        step = trainer.global_step
-        if trainer.is_global_zero and step % self.every == 0:
+        if trainer.global_step % self.every == 0:
+            self._print_step(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._print_step(trainer)  # runs shorter than --log-every, or ending between lines
+
+    def _print_step(self, trainer: L.Trainer) -> None:
+        if trainer.is_global_zero and trainer.global_step != self._printed_step:
+            self._printed_step = trainer.global_step
             print(self.line(trainer), flush=True)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn == TrainerFn.FITTING:  # an epoch end's: after its last step's line
+            self._print_step(trainer)
+        else:
+            self._say(trainer, "final validation", trainer.num_val_batches)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._say(trainer, "test", trainer.num_test_batches)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        ppl = trainer.callback_metrics.get("val_ppl")
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if fitting and ppl is not None and trainer.is_global_zero:
+            print(f"step {trainer.global_step:,}  val_ppl {float(ppl):.2f}", flush=True)
+
+    @staticmethod
+    def _say(trainer: L.Trainer, what: str, batches: list[int | float]) -> None:
+        if trainer.is_global_zero:
+            count = sum(batches)
+            size = f" ({int(count):,} batches per rank)" if math.isfinite(count) else ""
+            print(f"{what} of the final weights{size} ...", flush=True)
 
     def line(self, trainer: L.Trainer) -> str:
         f = self.stats.fields(trainer)

@@ -179,9 +179,13 @@ def oversubscription(
         if sharing > 1
         else f"use --threads {cpus} or fewer"
     )
+    need = (
+        f"{sharing} ranks x {threads_per_rank} thread(s) need {sharing * threads_per_rank} CPUs"
+        if sharing > 1
+        else f"{threads_per_rank} threads need {threads_per_rank} CPUs"
+    )
     return (
-        f"{sharing} rank(s) x {threads_per_rank} thread(s) need {sharing * threads_per_rank} "
-        f"CPUs, but this process may use {cpus} ({where}): the threads will slow each other "
+        f"{need}, but this process may use {cpus} ({where}): the threads will slow each other "
         f"down; {fewer}"
     )
 

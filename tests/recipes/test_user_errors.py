@@ -53,7 +53,7 @@ def test_bad_similarity_file_stops_before_training(lm, tiny_args, tmp_path, caps
 def test_data_without_test_split(lm, tiny_args, tmp_path, capsys) -> None:
     corpus = write_corpus(tmp_path / "corpus")
     (corpus / "test.txt").unlink()
-    _fails(lm, [*tiny_args, "--data", str(corpus)], capsys, "has no test split")
+    _fails(lm, [*tiny_args, "--data", str(corpus)], capsys, "lacks the split(s) test")
     _not_trained(tmp_path / "run")
 
 
@@ -253,7 +253,7 @@ def test_output_dir_rules_on_every_rank(tmp_path, monkeypatch) -> None:
 
 # 11. Mistakes that used to surface as a traceback after the data had loaded.
 def test_negative_weight_decay(lm, tiny_args, tmp_path, capsys) -> None:
-    _fails(lm, [*tiny_args, "--weight-decay", "-1"], capsys, "weight_decay")
+    _fails(lm, [*tiny_args, "--weight-decay", "-1"], capsys, "--weight-decay")
     _not_trained(tmp_path / "run")
 
 
@@ -304,7 +304,7 @@ def test_more_ranks_times_threads_than_cpus_is_warned_about(capsys, monkeypatch)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     warn_oversubscribed(parse_args(["--devices", "3", "--accelerator", "cpu"]), 1)
     err = capsys.readouterr().err
-    assert "3 rank(s) x 1 thread(s) need 3 CPUs, but this process may use 2" in err
+    assert "3 ranks x 1 thread(s) need 3 CPUs, but this process may use 2" in err
     assert "--devices 2 or fewer" in err
     warn_oversubscribed(parse_args(["--devices", "2", "--accelerator", "cpu"]), 1)
     assert capsys.readouterr().err == ""
