@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import functools
+import importlib.util
 import json
 import operator
 import os
@@ -187,11 +189,11 @@ def build_parser() -> ArgumentParser:
     head = p.add_argument_group("head")
     _add_fields(head, options.HeadOptions)
     _head_option(head.add_argument)
-    _data(p.add_argument_group("data").add_argument)
+    _data(p.add_argument_group("data"))
     _add_fields(p.add_argument_group("model"), options.BackboneOptions)
     _add_fields(p.add_argument_group("optimizer"), options.OptimizerOptions)
-    _optimisation(p.add_argument_group("optimisation").add_argument)
-    _hardware_and_run(p.add_argument_group("hardware and run").add_argument)
+    _optimisation(p.add_argument_group("optimisation"))
+    _hardware_and_run(p.add_argument_group("hardware and run"))
     return p
 
 
@@ -206,23 +208,12 @@ def _head_option(add: Any) -> None:
     )
 
 
-def _data(add: Any) -> None:
-    """The data and the word-similarity file."""
-    add(
-        "--data",
-        type=str,
-        default="auto",
-        help="auto | synthetic | wikitext-2 | wikitext-103 | lm1b | a directory with "
-        "train/valid/test files (auto: WikiText-2 from ../shared/data, else synthetic)",
-    )
-    add("--encoding", type=str, default="utf-8", help="text encoding of local data files")
-    add("--cache-dir", type=str | None, default=None, help="token/vocab cache folder")
-    add("--min-count", type=PositiveInt, default=1, help="rarer words become <unk>")
-    add("--max-size", type=PositiveInt | None, default=None, help="keep the top-N words")
-    add("--synthetic-vocab-size", type=PositiveInt, default=10_000, help="synthetic words")
-    add("--synthetic-tokens", type=PositiveInt, default=1_000_000, help="synthetic train tokens")
-    add("--num-workers", type=NonNegativeInt, default=0, help="DataLoader workers")
-    add(
+def _data(group: Any) -> None:
+    """The data (``LMDataModule``'s options) and the word-similarity file."""
+    data = ("data", "encoding", "cache_dir", "min_count", "max_size", "synthetic_vocab_size",
+            "synthetic_tokens", "num_workers")  # fmt: skip
+    _add_fields(group, data_options(), data)
+    group.add_argument(
         "--similarity",
         "--simlex",
         type=str | None,
@@ -231,31 +222,55 @@ def _data(add: Any) -> None:
     )
 
 
-def _add_fields(group: Any, cls: type) -> None:
-    """One option per field of the dataclass ``cls`` (``recipes/options.py``): its type, its
-    default, and the docstring under it as the help."""
+def data_options() -> type:
+    """``lm_heads.data.options.DataOptions``, the data options' one declaration, without
+    importing ``lm_heads`` (whose ``__init__`` loads torch: seconds before a typo is reported).
+    The module is registered under its own name, so the package later imports this same one."""
+    name = "lm_heads.data.options"
+    if name not in sys.modules:
+        package = importlib.util.find_spec("lm_heads")  # finds, without importing it
+        assert package is not None and package.origin is not None, "lm_heads is not installed"
+        path = Path(package.origin).parent / "data" / "options.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name].DataOptions  # type: ignore[no-any-return]
+
+
+def _add_fields(group: Any, cls: type, names: Sequence[str] | None = None) -> None:
+    """One option per field of the dataclass ``cls`` (``recipes/options.py``, or ``names`` of
+    them): its type, its default, and the docstring under it as the help."""
     hints, docs = get_type_hints(cls), options.attribute_docs(cls)
-    for f in fields(cls):
-        names = (f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ()))
+    chosen = {f.name: f for f in fields(cls)}
+    for f in [chosen[name] for name in names] if names is not None else fields(cls):
+        flags = (f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ()))
         default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
         if hints[f.name] is bool:
             kind: dict[str, Any] = {"action": ActionYesNo(no_prefix="no-")}
         else:
-            kind = {"type": hints[f.name]}
-        group.add_argument(*names, dest=f.name, default=default, help=docs[f.name], **kind)
+            kind = {"type": _parsed_type(hints[f.name], f.metadata.get("minimum"))}
+        group.add_argument(*flags, dest=f.name, default=default, help=docs[f.name], **kind)
 
 
-def _optimisation(add: Any) -> None:
+def _parsed_type(hint: Any, minimum: int | None) -> Any:
+    """The type the command line parses: a path is text, and an ``int`` with a ``minimum``
+    (``lm_heads.data.options``) jsonargparse's restricted int, refused as the option is read."""
+    if get_origin(hint) in (Union, UnionType):
+        kept = [
+            _parsed_type(h, minimum) for h in get_args(hint) if get_origin(h) is not os.PathLike
+        ]
+        return functools.reduce(operator.or_, kept)
+    if hint is int and minimum is not None:
+        return {0: NonNegativeInt, 1: PositiveInt}[minimum]
+    return hint
+
+
+def _optimisation(group: Any) -> None:
     """Batches, gradient clipping and the training length."""
+    add = group.add_argument
     add("--grad-clip", type=float, default=0.25, help="max gradient norm (0: off)")
-    add("--batch-size", type=PositiveInt, default=20, help="windows per step per rank")
-    add(
-        "--eval-batch-size",
-        type=PositiveInt | None,
-        default=10,
-        help="validation/test streams, split across ranks (none: --batch-size)",
-    )
-    add("--bptt", type=PositiveInt, default=35, help="tokens per window")
+    _add_fields(group, data_options(), ("batch_size", "eval_batch_size", "bptt"))
     add("--max-steps", type=int, default=-1, help="optimizer steps; -1: none (--max-epochs)")
     add("--max-epochs", type=int | None, default=2, help="epochs (none: no limit)")
     add(
@@ -267,8 +282,9 @@ def _optimisation(add: Any) -> None:
     )
 
 
-def _hardware_and_run(add: Any) -> None:
+def _hardware_and_run(group: Any) -> None:
     """Devices, precision, seeds, output, resume, evaluation and logging."""
+    add = group.add_argument
     add("--accelerator", type=str, default="auto", help="auto | cpu | gpu | cuda | mps | ...")
     add("--devices", type=PositiveInt | Literal["auto"], default=1, help="devices per node")
     add("--num-nodes", type=PositiveInt, default=1, help="nodes")
@@ -283,8 +299,8 @@ def _hardware_and_run(add: Any) -> None:
     )
     add("--precision", type=str, default="32-true", help=" | ".join(PRECISIONS[:6]) + " | ...")
     add("--threads", type=PositiveInt | None, default=None, help="CPU threads per rank")
+    _add_fields(group, data_options(), ("seed",))
 
-    add("--seed", type=int, default=1234, help="random seed")
     add("--output-dir", type=str, default="runs/lm", help="checkpoints, logs, results.json")
     add("--resume", type=str | None, default=None, help="checkpoint path, or 'last'")
     add(

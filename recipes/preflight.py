@@ -371,7 +371,7 @@ def check_vocabulary(dm: LMDataModule, min_count: int) -> None:
 def check_lengths(dm: LMDataModule, world_size: int) -> None:
     """Every split must fill at least one window per stream (and one batch per rank)."""
     shapes = {"train": (dm.batch_size * world_size, "--batch-size")}
-    shapes |= {s: (dm.eval_batch_size, "--eval-batch-size") for s in ("valid", "test")}
+    shapes |= {s: (dm.eval_streams, "--eval-batch-size") for s in ("valid", "test")}
     for split, (streams, option) in shapes.items():
         tokens = int(dm.splits[split].shape[0])
         if tokens == 0:

@@ -18,6 +18,7 @@ except ImportError as _error:
 from lm_heads.data.cache import CacheError, CacheLockTimeout, TokenCache
 from lm_heads.data.corpus import SentenceCorpus, write_corpus
 from lm_heads.data.datamodule import IGNORE_INDEX, BatchOrderSampler, LMDataModule, StreamBatches
+from lm_heads.data.options import DataOptions
 from lm_heads.data.sources import (
     DataUnavailableError,
     HubTextSource,
@@ -37,6 +38,7 @@ __all__ = [
     "BatchOrderSampler",
     "CacheError",
     "CacheLockTimeout",
+    "DataOptions",
     "DataUnavailableError",
     "HubTextSource",
     "LMDataModule",

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lm_heads.data import build
 from lm_heads.data.cache import CacheError, TokenCache
+from lm_heads.data.options import DataOptions
 from lm_heads.data.sources import (
     HUB_DATASETS,
     DataUnavailableError,
@@ -177,85 +178,29 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-class LMDataModule(L.LightningDataModule):
+class LMDataModule(DataOptions, L.LightningDataModule):
     """Word-level language-modelling data for Lightning (or plain loops).
 
-    Args:
-        data: ``"auto"`` (WikiText-2 if a local copy or the Hub has it, else the synthetic
-            language), ``"synthetic"``, ``"wikitext-2"``, ``"wikitext-103"``, ``"lm1b"`` (local
-            copy first, then the Hub), or a path to a folder with train/valid/test text files
-            (a split may be sharded: a ``train/`` folder of files, as One Billion Word).
-        batch_size: streams per rank (the global batch is ``batch_size * world_size``).
-        bptt: tokens per stream per batch.
-        eval_batch_size: validation/test streams in all, split across ranks (default
-            ``batch_size``); must be at least the world size.
-        cache_dir: where token ids and the vocabulary are cached (default
-            ``$LM_HEADS_CACHE`` or ``~/.cache/lm_heads``).
-        min_count, max_size: vocabulary options (see :class:`Vocabulary`).
-        synthetic_vocab_size, synthetic_classes, synthetic_tokens: the synthetic language: words,
-            latent classes and training tokens (validation and test get a tenth each).
-        seed: synthetic language seed and shuffle seed.
-        shuffle: permute training batches per epoch (breaks recurrent state carry-over).
-        num_workers: DataLoader workers (batches are cheap slices of a memmap: 0 is fine).
-        encoding: text encoding of local data files (an undecodable line is an error).
-        build_workers: processes that count and encode the files (shards) of a local corpus
-            when the cache is built (default: one per usable core, at most one per file).
-        progress: print the build's progress (tokens/s, ETA) to stderr.
-        lock_timeout: longest wait, in seconds, for another process (rank, node) that is
-            building the same cache entry (default ``$LM_HEADS_CACHE_LOCK_TIMEOUT`` or 4 h).
+    Its parameters are the fields of :class:`~lm_heads.data.options.DataOptions` (``data``,
+    ``batch_size`` and ``bptt`` also by position), with the defaults ``recipes/lm.py`` runs:
+    ``data`` is ``"auto"`` (WikiText-2 if a local copy or the Hub has it, else the synthetic
+    language), ``"synthetic"``, ``"wikitext-2"``, ``"wikitext-103"``, ``"lm1b"`` (local copy
+    first, then the Hub), or a folder with train/valid/test text files (a split may be sharded:
+    a ``train/`` folder of files, as One Billion Word). ``batch_size`` is streams per rank (the
+    global batch is ``batch_size * world_size``); the ``eval_batch_size`` validation/test
+    streams are split across ranks, so there must be at least as many as ranks. The synthetic
+    language gets a tenth of ``synthetic_tokens`` each for validation and test; ``seed`` seeds
+    it and the shuffle. ``cache_dir`` defaults to ``$LM_HEADS_CACHE`` or ``~/.cache/lm_heads``.
+
+    Since 0.3 the defaults are the recipe's (``batch_size`` 20, not 32; ``eval_batch_size`` 10,
+    not ``batch_size``; ``synthetic_tokens`` 1M, not 2M; ``seed`` 1234, not 0), declared once.
     """
 
-    def __init__(
-        self,
-        data: str | os.PathLike[str] = "auto",
-        batch_size: int = 32,
-        bptt: int = 35,
-        *,
-        eval_batch_size: int | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        min_count: int = 1,
-        max_size: int | None = None,
-        synthetic_vocab_size: int = 10_000,
-        synthetic_classes: int = 64,
-        synthetic_tokens: int = 2_000_000,
-        seed: int = 0,
-        shuffle: bool = False,
-        num_workers: int = 0,
-        encoding: str = "utf-8",
-        build_workers: int | None = None,
-        progress: bool = True,
-        lock_timeout: float | None = None,
-    ) -> None:
-        super().__init__()
-        workers = build_workers
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
-            raise ValueError(f"build_workers must be None or a positive int, got {workers!r}")
-        if workers is not None and workers < 1:
-            raise ValueError(f"build_workers must be None or a positive int, got {build_workers!r}")
-        for name, value in (("batch_size", batch_size), ("bptt", bptt)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be a positive int, got {eval_batch_size!r}")
-        if synthetic_tokens < 1:
-            raise ValueError(f"synthetic_tokens must be positive, got {synthetic_tokens}")
-        self.data = str(data)
-        self.batch_size = batch_size
-        self.bptt = bptt
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.cache_dir = cache_dir
-        self.min_count = min_count
-        self.max_size = max_size
-        self.synthetic_vocab_size = synthetic_vocab_size
-        self.synthetic_classes = min(synthetic_classes, synthetic_vocab_size)
-        self.synthetic_tokens = synthetic_tokens
-        self.seed = seed
-        self.shuffle = shuffle
-        self.num_workers = num_workers
-        self.encoding = encoding
-        self.build_workers = build_workers
-        self.progress = progress
-        self.lock_timeout = lock_timeout
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        L.LightningDataModule.__init__(self)
+        self.data = os.fspath(self.data)
+        self.synthetic_classes = min(self.synthetic_classes, self.synthetic_vocab_size)
 
         self.description: str = ""
         self.source: TextSource | None = None
@@ -266,6 +211,11 @@ class LMDataModule(L.LightningDataModule):
         self._train_sampler: BatchOrderSampler | None = None
 
     # ------------------------------------------------------------------ public facts
+    @property
+    def eval_streams(self) -> int:
+        """Validation/test streams in all: ``eval_batch_size``, or ``batch_size`` when ``None``."""
+        return self.eval_batch_size or self.batch_size
+
     @property
     def vocab_size(self) -> int:
         return len(self._require_vocab())
@@ -301,7 +251,7 @@ class LMDataModule(L.LightningDataModule):
         """Pick the source (once) and the cache entry; cheap unless the Hub must be probed."""
         if self._cache is not None:
             return self._cache
-        data = self.data
+        data = os.fspath(self.data)
         vocab_opts = {"min_count": self.min_count, "max_size": self.max_size}
         if data == "synthetic":
             self._use_synthetic("requested")
@@ -510,14 +460,14 @@ class LMDataModule(L.LightningDataModule):
                 self._split(split), self.batch_size, self.bptt, rank=rank, world_size=world,
                 start_id=start_id,
             )  # fmt: skip
-        if self.eval_batch_size < world:
+        if self.eval_streams < world:
             raise ValueError(
-                f"eval_batch_size {self.eval_batch_size} is smaller than the {world} ranks that "
+                f"eval_batch_size {self.eval_streams} is smaller than the {world} ranks that "
                 "share its streams; raise eval_batch_size (--eval-batch-size) to at least that"
             )
-        share = np.array_split(np.arange(self.eval_batch_size), world)[rank]
+        share = np.array_split(np.arange(self.eval_streams), world)[rank]
         return StreamBatches(
-            self._split(split), self.eval_batch_size, self.bptt, pad_tail=True, start_id=start_id,
+            self._split(split), self.eval_streams, self.bptt, pad_tail=True, start_id=start_id,
             rows=slice(int(share[0]), int(share[-1]) + 1),
         )  # fmt: skip
 

@@ -378,3 +378,41 @@ def test_every_data_option_reaches_the_data_module(cli) -> None:
     (group,) = [g for g in parser._action_groups if g.title == "data"]
     others = {a.dest for a in group._group_actions} - set(got)
     assert others == {"similarity"}
+
+
+def test_data_options_have_one_default(cli) -> None:
+    """Each data option the command line has is LMDataModule's parameter, with its very default,
+    type and help: ``LMDataModule()`` in a notebook is the recipe's data (0.3 had batch_size 20
+    vs 32, eval_batch_size 10 vs None, synthetic_tokens 1M vs 2M, seed 1234 vs 0)."""
+    import inspect
+
+    from lm_heads.data import DataOptions, LMDataModule
+    from recipes.options import attribute_docs
+
+    parameters = inspect.signature(LMDataModule).parameters
+    actions = {a.dest: a for a in cli.build_parser()._actions}
+    shared = set(parameters) & set(actions)
+    assert shared >= {"data", "batch_size", "eval_batch_size", "bptt", "seed", "synthetic_tokens",
+                      "min_count", "max_size", "cache_dir", "encoding", "num_workers"}  # fmt: skip
+    for name in shared:
+        assert actions[name].default == parameters[name].default, name
+        assert actions[name].help == attribute_docs(DataOptions)[name], name
+    recipe = LMDataModule()
+    assert (recipe.batch_size, recipe.eval_batch_size, recipe.synthetic_tokens, recipe.seed) == (
+        20, 10, 1_000_000, 1234,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--batch-size", "0"), ("--min-count", "0"), ("--num-workers", "-1"), ("--max-size", "0")],
+)
+def test_data_option_minimum_is_checked_while_parsing(cli, capsys, option, value) -> None:
+    from lm_heads.data import LMDataModule
+
+    with pytest.raises(SystemExit) as exit:
+        cli.parse_args([option, value])
+    assert exit.value.code == 2
+    assert f"{option}: expected a whole number >" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=option[2:].replace("-", "_")):
+        LMDataModule(**{option[2:].replace("-", "_"): int(value)})
