@@ -42,10 +42,16 @@ class CheckpointExtras(Callback):
         per_epoch = trainer.num_training_batches
         checkpoint["batching"] = {
             **batching(trainer, int(self.args["batch_size"])),
-            # Saves happen at a step's end: "processed" counts the step just taken.
-            "epoch_batches_done": int(trainer.fit_loop.epoch_loop.batch_progress.current.processed),
+            "epoch_batches_done": _batches_processed(trainer),
             "epoch_batches": int(per_epoch) if math.isfinite(per_epoch) else None,
         }
+
+
+def _batches_processed(trainer: L.Trainer) -> int:
+    """Batches of this epoch whose step finished (a save at a step's end counts that step)."""
+    current = trainer.fit_loop.epoch_loop.batch_progress.current
+    # Lightning annotates ``current`` as the base tracker; a batch's is a _ProcessedTracker.
+    return int(current.processed)  # type: ignore[attr-defined]
 
 
 def batching(trainer: L.Trainer, batch_size: int) -> dict[str, int]:

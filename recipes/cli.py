@@ -22,7 +22,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -50,7 +50,8 @@ from recipes import options
 Limit = PositiveInt | restricted_number_type("UnitFraction", float, [(">", 0.0), ("<=", 1.0)])
 DATA_NAMES = ("auto", "synthetic", "wikitext-2", "wikitext-103", "lm1b")
 """``--data`` values that name a corpus rather than a folder (``lm_heads.data.DATA_CHOICES``)."""
-LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
+Logger = Literal["csv", "tensorboard", "wandb", "mlflow"]
+LOGGERS = get_args(Logger)
 PRECISIONS = (
     "64-true",
     "32-true",
@@ -123,7 +124,7 @@ class Parser(ArgumentParser):
     """jsonargparse's parser, reporting a mistake as one paragraph (no usage dump), and a value
     that does not fit its option's type as a sentence in words (not Python's type names)."""
 
-    def error(self, message: str, ex: Exception | None = None) -> Any:  # type: ignore[override]
+    def error(self, message: str, ex: Exception | None = None) -> Any:
         if not self.exit_on_error:  # jsonargparse probing a value: it catches the exception
             return super().error(message, ex)
         usage_exit(self._plain(message) or f"{message} (see {self.prog} --help)", self.prog)
@@ -235,7 +236,7 @@ def data_options() -> type:
         assert spec is not None and spec.loader is not None
         sys.modules[name] = module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-    return sys.modules[name].DataOptions  # type: ignore[no-any-return]
+    return sys.modules[name].DataOptions
 
 
 def _add_fields(group: Any, cls: type, names: Sequence[str] | None = None) -> None:
@@ -245,7 +246,7 @@ def _add_fields(group: Any, cls: type, names: Sequence[str] | None = None) -> No
     chosen = {f.name: f for f in fields(cls)}
     for f in [chosen[name] for name in names] if names is not None else fields(cls):
         flags = (f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ()))
-        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+        default = options.field_default(f)
         if hints[f.name] is bool:
             kind: dict[str, Any] = {"action": ActionYesNo(no_prefix="no-")}
         else:
@@ -353,7 +354,7 @@ def _hardware_and_run(group: Any) -> None:
     add("--log-every", type=PositiveInt, default=10, help="steps between logged metrics")
     add(
         "--logger",
-        type=Literal[LOGGERS] | list[Literal[LOGGERS]] | None,
+        type=Logger | list[Logger] | None,
         default=None,
         help="logger(s) by name: csv, or a list, e.g. [csv,mlflow] (default: csv, and "
         "tensorboard if installed)",

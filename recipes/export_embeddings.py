@@ -59,7 +59,7 @@ def export(
     tables = {"input": model.backbone.embedding.weight, "output": model.head.output_embeddings()}
     wanted = ["input", "output"] if which == "both" else [which]
     if tables["output"] is None:
-        why = f"head {model.hparams.head!r} has no output embedding per word"
+        why = f"head {model.hparams['head']!r} has no output embedding per word"
         if which == "output":
             raise UsageError(f"{checkpoint}: {why}; export --which input")
         print(f"output.vec not written: {why}", flush=True)

@@ -106,7 +106,7 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
         return self.backbone(tokens, state)
 
     def _hidden(self, tokens: torch.Tensor, stage: str) -> torch.Tensor:
-        if not self.hparams.carry_state:
+        if not self.hparams["carry_state"]:
             return self(tokens)[0]
         hidden, state = self(tokens, self._carried.get(stage))
         self._carried[stage] = _detach(state)
@@ -150,38 +150,42 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        if hp.optimizer == "adam":
+        if hp["optimizer"] == "adam":
             opt: torch.optim.Optimizer = torch.optim.Adam(
-                params, lr=hp.lr, weight_decay=hp.weight_decay
+                params, lr=hp["lr"], weight_decay=hp["weight_decay"]
             )
-        elif hp.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp["optimizer"] == "adamw":
+            opt = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
+        elif hp["optimizer"] == "sgd":
+            opt = torch.optim.SGD(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
         else:
-            raise ValueError(f"optimizer must be adam, adamw or sgd, got {hp.optimizer!r}")
-        if hp.lr_schedule == "plateau":
+            raise ValueError(f"optimizer must be adam, adamw or sgd, got {hp['optimizer']!r}")
+        if hp["lr_schedule"] == "plateau":
             # pytorch/examples' annealing: lr /= lr_decay whenever an epoch's validation
             # perplexity is not strictly below the best so far (threshold 0, patience 0).
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode="min", factor=1.0 / hp.lr_decay, patience=hp.lr_patience, threshold=0.0
+                opt,
+                mode="min",
+                factor=1.0 / hp["lr_decay"],
+                patience=hp["lr_patience"],
+                threshold=0.0,
             )
             schedule = {"scheduler": plateau, "monitor": "val_ppl", "interval": "epoch"}
             return {"optimizer": opt, "lr_scheduler": schedule}
-        if hp.lr_schedule == "step":
+        if hp["lr_schedule"] == "step":
             # Fixed in advance: epoch e (from 1) trains at lr / lr_decay ** (milestones <= e),
             # whatever the validations say. Stepped at each epoch end; the checkpoint keeps its
             # count of epochs, so a resumed run continues the same schedule.
-            milestones = sorted(hp.lr_milestones)
+            milestones = sorted(hp["lr_milestones"])
 
             def divided(epochs_done: int) -> float:
-                return hp.lr_decay ** -sum(m <= epochs_done + 1 for m in milestones)
+                return hp["lr_decay"] ** -sum(m <= epochs_done + 1 for m in milestones)
 
             steps = torch.optim.lr_scheduler.LambdaLR(opt, divided)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": steps, "interval": "epoch"}}
-        if hp.lr_schedule == "constant" and hp.warmup_steps == 0:
+        if hp["lr_schedule"] == "constant" and hp["warmup_steps"] == 0:
             return opt
-        warmup, cosine = hp.warmup_steps, hp.lr_schedule == "cosine"
+        warmup, cosine = hp["warmup_steps"], hp["lr_schedule"] == "cosine"
         # A --max-time budget alone has no step total (inf): only cosine needs one (check_args).
         total = max(1, int(self.trainer.estimated_stepping_batches)) if cosine else 1
 
@@ -216,6 +220,7 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
             # of every save, and would make a checkpoint several files.)
             stacked = torch.stack(state)  # [2, layers, B, d]
             gathered = self.all_gather(stacked) if self.trainer.world_size > 1 else stacked[None]
+            assert isinstance(gathered, torch.Tensor)  # all_gather of a tensor is one tensor
             checkpoint["carried_state"] = {
                 "state": gathered.cpu(),  # [world, 2, layers, B, d]
                 "batches_in_epoch": self._train_batches_in_epoch,
@@ -414,7 +419,9 @@ class SubsetValidation(Callback):
         carry = module.hparams.get("carry_state", False)
         try:
             with trainer.precision_plugin.val_step_context():
-                for i, (inputs, targets) in enumerate(trainer.datamodule.val_dataloader()):
+                # Lightning's data connector sets trainer.datamodule; Trainer does not declare it.
+                loader = trainer.datamodule.val_dataloader()  # type: ignore[attr-defined]
+                for i, (inputs, targets) in enumerate(loader):
                     if i >= self.batches:
                         break
                     inputs, targets = inputs.to(module.device), targets.to(module.device)
@@ -460,7 +467,7 @@ HPC_CHECKPOINT = "hpc_ckpt_{}.ckpt"
 def hpc_checkpoints(folder: Path) -> list[Path]:
     """The ``hpc_ckpt_N.ckpt`` files in ``folder``, in the order of ``N``."""
     numbered = [p for p in folder.glob(HPC_CHECKPOINT.format("*")) if _hpc_number(p) is not None]
-    return sorted(numbered, key=_hpc_number)
+    return sorted(numbered, key=lambda path: _hpc_number(path) or 0)
 
 
 def _hpc_number(path: Path) -> int | None:

@@ -79,6 +79,7 @@ from recipes.distributed import (  # noqa: E402
 from recipes.language_model import LanguageModel, TrainingStopped, time_to_target  # noqa: E402
 from recipes.memory import check_memory, describe_memory  # noqa: E402
 from recipes.preflight import (  # noqa: E402
+    RunState,
     build_data,
     build_model,
     build_trainer,
@@ -165,7 +166,7 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
 
     trainer, ours = build_trainer(args, out_dir, resuming=resume is not None, rank=rank)
     dm = build_data(args, trainer.world_size)
-    ours["extras"].vocab = dm.vocab
+    ours.extras.vocab = dm.vocab
     if rank == 0:
         print(f"{dm.description} [--data {args.data}]", flush=True)
     model = build_model(args, dm)
@@ -175,18 +176,20 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         raise UsageError(str(error)) from None
     if rank == 0:
         print(describe_memory(memory, free), flush=True)
-    if ckpt is not None:
+    if resume is not None and ckpt is not None:
+        assert dm.vocab is not None  # build_data set it up
         check_resume(ckpt, resume, model, dm.vocab)
-    if ckpt is not None and not args.eval_only:  # evaluation is the same on any world size
-        change = check_batching(ckpt, resume, batching(trainer, args.batch_size))
-        if change is not None and rank == 0:
-            print(f"recipes/lm.py: warning: {change}", file=sys.stderr, flush=True)
-    ours["clock"].probe = lambda: _similarity_point(model, dm, similarity)
+        if not args.eval_only:  # evaluation is the same on any world size
+            change = check_batching(ckpt, resume, batching(trainer, args.batch_size))
+            if change is not None and rank == 0:
+                print(f"recipes/lm.py: warning: {change}", file=sys.stderr, flush=True)
+    ours.clock.probe = lambda: _similarity_point(model, dm, similarity)
 
     train_loss = None
     if args.eval_only:
+        assert ckpt is not None  # check_args: --eval-only needs --resume
         model.load_state_dict(ckpt["state_dict"])
-        ours["timer"].load_state_dict(ckpt.get("callbacks", {}).get("FitTimer", {}))
+        ours.timer.load_state_dict(ckpt.get("callbacks", {}).get("FitTimer", {}))
     else:
         del ckpt  # Lightning reads it again
         with warnings.catch_warnings():
@@ -199,22 +202,22 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
                 trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
             except TrainingStopped as stop:
                 _interrupted(stop.signum, trainer, out_dir, argv)
-        if ours["stop"].stopped_by is not None:  # stopped at the run's last step: no epoch end
-            _interrupted(ours["stop"].stopped_by, trainer, out_dir, argv)
+        if ours.stop.stopped_by is not None:  # stopped at the run's last step: no epoch end
+            _interrupted(ours.stop.stopped_by, trainer, out_dir, argv)
         train_loss = _last_train_loss(trainer)  # read before validate() clears callback_metrics
-        ours["tokens_per_s"] = _agreed_tokens_per_s(trainer, ours["clock"].tokens_per_s)
+        ours.tokens_per_s = _agreed_tokens_per_s(trainer, ours.clock.tokens_per_s)
     val_ppl = (
-        _epoch_end_val_ppl(ours["clock"].curve, trainer) if args.final_val_batches is None else None
+        _epoch_end_val_ppl(ours.clock.curve, trainer) if args.final_val_batches is None else None
     )
     fit_peak = _peak_memory_mib(trainer.strategy.root_device)[0]
-    ours["final_val"] = {"seconds": None, "peak_mib_before": fit_peak}  # None: epoch end's reused
+    ours.peak_mib_before_final_val = fit_peak
     if val_ppl is None:
         if args.final_val_batches is not None:
             trainer.limit_val_batches = args.final_val_batches
         val_start = time.perf_counter()
         val = trainer.validate(model, datamodule=dm, ckpt_path=_exactly(trainer), verbose=False)
         val_ppl = float(val[0]["val_ppl"])
-        ours["final_val"]["seconds"] = time.perf_counter() - val_start
+        ours.final_val_seconds = time.perf_counter() - val_start
     test = trainer.test(model, datamodule=dm, ckpt_path=_exactly(trainer), verbose=False)
     if not trainer.is_global_zero:
         return None
@@ -274,10 +277,10 @@ def _interrupted(
 
 
 def _results(
-    args: Any, trainer: L.Trainer, model: LanguageModel, dm: Any, ours: dict[str, Any],
+    args: Any, trainer: L.Trainer, model: LanguageModel, dm: Any, ours: RunState,
     val_ppl: float, test_ppl: float, train_loss: float | None,
 ) -> dict[str, Any]:  # fmt: skip
-    clock = ours["clock"]
+    clock = ours.clock
     peak, peak_what = _peak_memory_mib(trainer.strategy.root_device)  # model is back on CPU
     results: dict[str, Any] = {
         "head": args.head,
@@ -298,16 +301,16 @@ def _results(
         "test_ppl": test_ppl,
         "entropy_floor_ppl": getattr(dm, "entropy_floor_ppl", None),
         "train_loss_last": train_loss,
-        "train_tokens_per_s": ours.get("tokens_per_s"),
-        "train_seconds": ours["timer"].seconds,  # the whole run, across resumes
+        "train_tokens_per_s": ours.tokens_per_s,
+        "train_seconds": ours.timer.seconds,  # the whole run, across resumes
         "stopped_by_time": clock.stopped_by_time,
         "train_step_seconds": clock.seconds,
         "peak_memory_mib": peak,
         "peak_memory_kind": peak_what,
         "wall_seconds": time.perf_counter() - _START,
         # The final validation's time, and the peak memory before it (peak_memory_mib includes it).
-        "final_val_seconds": ours["final_val"]["seconds"],
-        "peak_memory_mib_before_final_val": ours["final_val"]["peak_mib_before"],
+        "final_val_seconds": ours.final_val_seconds,
+        "peak_memory_mib_before_final_val": ours.peak_mib_before_final_val,
         "checkpoint_last": str(Path(args.output_dir) / "checkpoints" / "last.ckpt"),
         "args": recorded_args(args),
         "git": git_state(),  # the code this result came from (recipes/provenance.py)
@@ -315,7 +318,7 @@ def _results(
     if not args.eval_only:
         # The final validation closes the curve (the epoch-end one when training ended there,
         # with the lr it was trained at); its point is marked so plots can tell.
-        if ours["final_val"]["seconds"] is not None:  # a new validation, not the epoch end's
+        if ours.final_val_seconds is not None:  # a new validation, not the epoch end's
             clock.add_point(trainer, "val_ppl", val_ppl)
         clock.curve[-1]["final"] = True
     results["val_curve"] = clock.curve

@@ -73,10 +73,10 @@ def score_shape(head: Any, tokens: int) -> tuple[int, int]:
     if isinstance(head, TreeSoftmaxHead):
         # Each level scores the children of one node per token: its widest node bounds that.
         width, depth = head.node_width.long(), head.node_depth.long()
-        widest = torch.zeros(int(depth.max()) + 1, dtype=torch.long).scatter_reduce(
+        per_depth = torch.zeros(int(depth.max()) + 1, dtype=torch.long).scatter_reduce(
             0, depth, width, reduce="amax"
         )
-        return tokens, int(widest.sum())
+        return tokens, int(per_depth.sum())
     if isinstance(head, LogitSoftmaxHead):
         return tokens, vocab
     return tokens, 0

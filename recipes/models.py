@@ -78,7 +78,7 @@ class LSTMLM(nn.Module):
         self.out_features = out_features or d_model
         self.proj = nn.Linear(d_model, self.out_features) if self.out_features != d_model else None
         if embedding is None:
-            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+            nn.init.uniform_(self.embedding.get_parameter("weight"), -0.1, 0.1)
 
     def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
         """``tokens [B, T]`` (and the previous window's state) → hidden ``[B, T, out]``, state."""
@@ -131,7 +131,7 @@ class TransformerLM(nn.Module):
         self.max_len = max_len
         self.embedding = _input_layer(embedding, vocab_size, embed_dim)
         if embedding is None:
-            nn.init.normal_(self.embedding.weight, std=0.02)
+            nn.init.normal_(self.embedding.get_parameter("weight"), std=0.02)
         self.in_proj = nn.Linear(embed_dim, d_model) if embed_dim != d_model else None
         self.positions = positions
         if positions == "learned":

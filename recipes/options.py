@@ -17,9 +17,9 @@ import ast
 import inspect
 import itertools
 import textwrap
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from functools import cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from jsonargparse.typing import (
     NonNegativeFloat,
@@ -29,7 +29,10 @@ from jsonargparse.typing import (
     restricted_number_type,
 )
 
-Fraction = restricted_number_type("Fraction", float, [(">=", 0.0), ("<", 1.0)])
+if TYPE_CHECKING:  # a restricted float at run time, made by a call mypy cannot follow
+    Fraction = float
+else:
+    Fraction = restricted_number_type("Fraction", float, [(">=", 0.0), ("<", 1.0)])
 
 BACKBONE_OPTIMIZER = {"lstm": "sgd", "transformer": "adamw"}
 """The optimizer of each backbone when ``--optimizer`` is not given."""
@@ -120,11 +123,12 @@ def option_names() -> list[str]:
 
 def defaults() -> dict[str, Any]:
     """Each option's default, as declared."""
-    return {
-        f.name: f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
-        for group in MODEL_GROUPS
-        for f in fields(group)
-    }
+    return {f.name: field_default(f) for group in MODEL_GROUPS for f in fields(group)}
+
+
+def field_default(f: Field[Any]) -> Any:
+    """The default of the dataclass field ``f``: its value, or a new one of its factory."""
+    return f.default_factory() if callable(f.default_factory) else f.default
 
 
 def resolve(options: dict[str, Any]) -> dict[str, Any]:

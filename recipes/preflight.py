@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import warnings
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -221,17 +222,29 @@ class Summary(ModelSummary):
         logging.getLogger("lightning.pytorch.callbacks.model_summary").info("\n" + table)
 
 
+@dataclass
+class RunState:
+    """The run's own callbacks, which the recipe reads back after ``fit``, and what it measures
+    after them for ``results.json``."""
+
+    clock: TrainClock
+    timer: FitTimer
+    extras: CheckpointExtras
+    stop: StopOnSignal
+    tokens_per_s: float | None = None
+    """training tokens per second over all ranks (None: no step was timed)"""
+    final_val_seconds: float | None = None
+    """the final validation's time (None: the epoch end's validation was reused)"""
+    peak_mib_before_final_val: float | None = None
+
+
 def build_trainer(
     args: Namespace, out_dir: Path, resuming: bool, rank: int
-) -> tuple[L.Trainer, dict[str, Any]]:
-    """The Trainer and the callbacks the recipe reads back (``clock``, ``timer``, ``extras``)."""
+) -> tuple[L.Trainer, RunState]:
+    """The Trainer, and the callbacks the recipe reads back as a :class:`RunState`."""
     progress = sys.stdout.isatty() if args.progress_bar is None else args.progress_bar
-    ours = {
-        "clock": TrainClock(args.max_time),
-        "timer": FitTimer(),
-        "extras": CheckpointExtras(recorded_args(args)),
-        "stop": StopOnSignal(),
-    }
+    ours = RunState(TrainClock(args.max_time), FitTimer(), CheckpointExtras(recorded_args(args)),
+                    StopOnSignal())  # fmt: skip
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
         filename="step{step}",
@@ -242,11 +255,11 @@ def build_trainer(
         enable_version_counter=False,  # one last.ckpt, overwritten (never last-v1.ckpt)
     )
     callbacks = [
-        ours["clock"],  # before FinalCheckpoint, which saves last.ckpt when the clock stops
-        ours["timer"],
-        ours["extras"],
+        ours.clock,  # before FinalCheckpoint, which saves last.ckpt when the clock stops
+        ours.timer,
+        ours.extras,
         checkpoint,
-        ours["stop"],  # before FinalCheckpoint, which saves last.ckpt when it stops training
+        ours.stop,  # before FinalCheckpoint, which saves last.ckpt when it stops training
         FinalCheckpoint(out_dir / "checkpoints" / "last.ckpt", args.checkpoint_every),
         RankSeeds(args.seed),  # each rank's own dropout masks
         LearningRateMonitor(logging_interval="step"),  # an lr column in metrics.csv
@@ -254,11 +267,11 @@ def build_trainer(
     if rank == 0:
         callbacks.append(Summary(max_depth=1))
     if args.curve_every is not None:
-        callbacks.append(SubsetValidation(args.curve_every, args.curve_batches, ours["clock"]))
+        callbacks.append(SubsetValidation(args.curve_every, args.curve_batches, ours.clock))
     if progress:
-        callbacks.append(RecipeProgressBar(ours["clock"]))
+        callbacks.append(RecipeProgressBar(ours.clock))
     else:
-        callbacks.append(LineProgress(args.log_every, ours["clock"]))
+        callbacks.append(LineProgress(args.log_every, ours.clock))
     limits = {f"limit_{k}_batches": args[f"limit_{k}_batches"] for k in ("train", "val", "test")}
     loggers = build_loggers(args.logger, out_dir)  # its UsageError is not a hardware problem
     quiet_lightning()
@@ -340,6 +353,7 @@ def check_vocabulary(dm: LMDataModule, min_count: int) -> None:
     """Refuse a vocabulary of nothing but ``<unk>`` and ``<eos>`` (its perplexity of ~1.3 means
     nothing), and warn when most of the text became ``<unk>``."""
     vocab = dm.vocab
+    assert vocab is not None, "build_data sets the vocabulary up first"
     words = len(vocab) - 2
     counts = torch.as_tensor(vocab.counts, dtype=torch.float64)
     unk_share = float(counts[vocab.unk_id] / counts.sum().clamp_min(1))
@@ -418,7 +432,8 @@ def similarity_scores(
 ) -> dict[str, Any]:
     """Word similarity of the input and output embeddings: ``--similarity``, the synthetic
     language's ground truth, or SimLex-999 found beside the data."""
-    name, pairs, reason = None, getattr(dm, "similarity_pairs", None), None
+    name, reason = None, None
+    pairs: list[tuple[str, str, float]] | None = getattr(dm, "similarity_pairs", None)
     if given is not None:
         name, pairs = given
     elif pairs is not None:
@@ -435,9 +450,10 @@ def similarity_scores(
         elif table is None:
             out[side] = {
                 "measured": False,
-                "reason": f"head {model.hparams.head!r} has no output row per word",
+                "reason": f"head {model.hparams['head']!r} has no output row per word",
             }
         else:
+            assert pairs is not None and dm.vocab is not None  # no reason: pairs were found
             res = word_similarity(table.detach().float().cpu(), dm.vocab.stoi, pairs)
             out[side] = {
                 "measured": res.spearman is not None,
