@@ -62,6 +62,13 @@ def test_launch_rank_is_the_rank_lightning_gives(launcher, monkeypatch) -> None:
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    # A DDP trainer sets the process-wide rank of rank_zero_only (Lightning's and its utilities'
+    # copies): put both back afterwards, or later tests in this process log nothing (rank != 0).
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+    from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
+
+    for function in (rank_zero_only, utils_rank_zero_only):
+        monkeypatch.setattr(function, "rank", getattr(function, "rank", 0), raising=False)
     trainer = L.Trainer(accelerator="cpu", devices=devices, num_nodes=nodes, strategy="ddp",
                         logger=False, enable_checkpointing=False)  # fmt: skip
     assert trainer.global_rank == expected == launch_rank(devices)
