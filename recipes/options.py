@@ -2,9 +2,10 @@
 default and (in the docstring under it) its ``--help`` text.
 
 ``recipes/cli.py`` turns every field into a command-line option (``embed_dim`` → ``--embed-dim``)
-and ``LanguageModel(**options)`` accepts exactly these fields, so adding a model option is one
-field here and the code that reads it. This module imports no torch: the command line is parsed
-(and a typo reported) before the slow imports start.
+and ``LanguageModel(**options)`` accepts exactly these fields (typed for mypy by
+:class:`ModelOptionsDict`), so adding a model option is a field here, its name and type in
+``ModelOptionsDict`` (a test holds the two equal) and the code that reads it. This module
+imports no torch: the command line is parsed (and a typo reported) before the slow imports start.
 
 The optimizer and learning rate default to what trains each backbone: pytorch/examples' SGD at
 lr 20 drives the LSTM well but makes a Transformer diverge (val ppl 4.7e6 after 20 steps on
@@ -17,9 +18,10 @@ import ast
 import inspect
 import itertools
 import textwrap
+from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields
 from functools import cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from jsonargparse.typing import (
     NonNegativeFloat,
@@ -116,6 +118,35 @@ class OptimizerOptions:
 MODEL_GROUPS = (HeadOptions, BackboneOptions, OptimizerOptions)
 
 
+class ModelOptionsDict(TypedDict, total=False):
+    """The fields of :data:`MODEL_GROUPS` by name and type, as ``LanguageModel``'s keyword
+    parameters (``**options: Unpack[ModelOptionsDict]``): a checkpoint's hyperparameters stay the
+    flat mapping Lightning passes back to ``__init__``, and mypy sees every option. Defaults and
+    help are the dataclasses'; ``tests/recipes/test_language_model.py`` holds the two equal."""
+
+    head: str
+    head_options: dict[str, Any]
+    model: Literal["lstm", "transformer"]
+    input_layer: Literal["embedding", "adaptive"]
+    embed_dim: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    positions: Literal["learned", "sinusoidal"]
+    dropout: float
+    tie_weights: bool
+    carry_state: bool
+    compile: bool
+    optimizer: Literal["adam", "adamw", "sgd"] | None
+    lr: float | None
+    weight_decay: float
+    lr_schedule: Literal["constant", "cosine", "plateau", "step"]
+    lr_decay: float
+    lr_milestones: list[int]
+    lr_patience: int
+    warmup_steps: int
+
+
 def option_names() -> list[str]:
     """Every option ``LanguageModel`` takes besides ``vocab_size``, ``counts`` and ``max_len``."""
     return [f.name for group in MODEL_GROUPS for f in fields(group)]
@@ -131,13 +162,13 @@ def field_default(f: Field[Any]) -> Any:
     return f.default_factory() if callable(f.default_factory) else f.default
 
 
-def resolve(options: dict[str, Any]) -> dict[str, Any]:
+def resolve(options: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` over the defaults, with the backbone's optimizer and the optimizer's lr
     filled in where they are ``None``; ``TypeError`` names any key that is not an option."""
     unknown = sorted(set(options) - set(option_names()))
     if unknown:
         raise TypeError(f"unknown model option(s) {unknown}; the options are {option_names()}")
-    out = defaults() | options
+    out = {**defaults(), **options}
     out["head_options"] = dict(out["head_options"] or {})
     if out["optimizer"] is None:
         out["optimizer"] = BACKBONE_OPTIMIZER.get(out["model"], "adamw")
