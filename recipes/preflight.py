@@ -43,7 +43,7 @@ from recipes.language_model import (
     TrainClock,
     hpc_checkpoints,
 )
-from recipes.options import option_names
+from recipes.options import TrainerOptions, option_group, option_names
 from recipes.progress import LineProgress, RecipeProgressBar
 from recipes.threads import oversubscription
 
@@ -272,31 +272,21 @@ def build_trainer(
         callbacks.append(RecipeProgressBar(ours.clock))
     else:
         callbacks.append(LineProgress(args.log_every, ours.clock))
-    limits = {f"limit_{k}_batches": args[f"limit_{k}_batches"] for k in ("train", "val", "test")}
     loggers = build_loggers(args.logger, out_dir)  # its UsageError is not a hardware problem
     quiet_lightning()
     try:
         trainer = L.Trainer(
-            accelerator=args.accelerator,
-            devices=args.devices,
-            num_nodes=args.num_nodes,
-            strategy=_strategy(args),
-            precision=args.precision,
-            max_steps=args.max_steps,
-            max_epochs=args.max_epochs if args.max_epochs is not None else -1,
+            **(option_group(TrainerOptions, args).trainer_kwargs() | {"strategy": _strategy(args)}),
             # The whole split at each epoch end only: see recipes.language_model (two kinds).
             val_check_interval=1.0,
             check_val_every_n_epoch=1,
-            gradient_clip_val=args.grad_clip or None,
             logger=loggers,
             callbacks=callbacks,
             default_root_dir=out_dir,
-            log_every_n_steps=args.log_every,
             enable_progress_bar=progress,
             enable_model_summary=rank == 0,  # the Summary callback
             use_distributed_sampler=False,  # the data deals the windows to ranks itself
             num_sanity_val_steps=0 if resuming else 2,
-            **{k: v for k, v in limits.items() if v is not None},
         )
     except (MisconfigurationException, ValueError, RuntimeError) as error:
         raise UsageError(
