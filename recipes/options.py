@@ -207,11 +207,6 @@ def option_names() -> list[str]:
     return [f.name for group in MODEL_GROUPS for f in fields(group)]
 
 
-def defaults() -> dict[str, Any]:
-    """Each option's default, as declared."""
-    return {f.name: field_default(f) for group in MODEL_GROUPS for f in fields(group)}
-
-
 def field_default(f: Field[Any]) -> Any:
     """The default of the dataclass field ``f``: its value, or a new one of its factory."""
     return f.default_factory() if callable(f.default_factory) else f.default
@@ -223,7 +218,8 @@ def resolve(options: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(option_names()))
     if unknown:
         raise TypeError(f"unknown model option(s) {unknown}; the options are {option_names()}")
-    out = {**defaults(), **options}
+    declared = {f.name: field_default(f) for group in MODEL_GROUPS for f in fields(group)}
+    out = {**declared, **options}
     out["head_options"] = dict(out["head_options"] or {})
     if out["optimizer"] is None:
         out["optimizer"] = BACKBONE_OPTIMIZER.get(out["model"], "adamw")
