@@ -36,18 +36,11 @@ from jsonargparse import (
     get_loader,
     set_loader,
 )
-from jsonargparse.typing import (
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
-    restricted_number_type,
-)
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
 from recipes import options
 
 # Nothing here imports torch or lightning: a mistake on the command line is reported at once.
-# Lightning's limit/interval convention: an int counts batches, a float is a fraction of them.
-Limit = PositiveInt | restricted_number_type("UnitFraction", float, [(">", 0.0), ("<=", 1.0)])
 DATA_NAMES = ("auto", "synthetic", "wikitext-2", "wikitext-103", "lm1b")
 """``--data`` values that name a corpus rather than a folder (``lm_heads.data.DATA_CHOICES``)."""
 Logger = Literal["csv", "tensorboard", "wandb", "mlflow"]
@@ -269,12 +262,10 @@ def _parsed_type(hint: Any, minimum: int | None) -> Any:
 
 def _optimisation(group: Any) -> None:
     """Batches, gradient clipping and the training length."""
-    add = group.add_argument
-    add("--grad-clip", type=float, default=0.25, help="max gradient norm (0: off)")
+    _add_fields(group, options.TrainerOptions, ("grad_clip",))
     _add_fields(group, data_options(), ("batch_size", "eval_batch_size", "bptt"))
-    add("--max-steps", type=int, default=-1, help="optimizer steps; -1: none (--max-epochs)")
-    add("--max-epochs", type=int | None, default=2, help="epochs (none: no limit)")
-    add(
+    _add_fields(group, options.TrainerOptions, ("max_steps", "max_epochs"))
+    group.add_argument(
         "--max-time",
         type=PositiveFloat | None,
         default=None,
@@ -286,10 +277,8 @@ def _optimisation(group: Any) -> None:
 def _hardware_and_run(group: Any) -> None:
     """Devices, precision, seeds, output, resume, evaluation and logging."""
     add = group.add_argument
-    add("--accelerator", type=str, default="auto", help="auto | cpu | gpu | cuda | mps | ...")
-    add("--devices", type=PositiveInt | Literal["auto"], default=1, help="devices per node")
-    add("--num-nodes", type=PositiveInt, default=1, help="nodes")
-    add("--strategy", type=str, default="auto", help="auto (ddp when devices > 1) | ddp | ...")
+    trainer = ("accelerator", "devices", "num_nodes", "strategy")
+    _add_fields(group, options.TrainerOptions, trainer)
     add(
         "--dist-timeout",
         type=PositiveFloat,
@@ -298,7 +287,7 @@ def _hardware_and_run(group: Any) -> None:
         "collective) before it stops with an error naming the likely cause, e.g. another node "
         "that failed; raise it if one node is much slower to start than the others",
     )
-    add("--precision", type=str, default="32-true", help=" | ".join(PRECISIONS[:6]) + " | ...")
+    _add_fields(group, options.TrainerOptions, ("precision",))
     add("--threads", type=PositiveInt | None, default=None, help="CPU threads per rank")
     _add_fields(group, data_options(), ("seed",))
 
@@ -331,16 +320,11 @@ def _hardware_and_run(group: Any) -> None:
         default=50,
         help="validation batches of each --curve-every point",
     )
-    for split in ("train", "val", "test"):
-        add(
-            f"--limit-{split}-batches",
-            type=Limit | None,
-            default=None,
-            help=f"{split} batches per epoch: a count (int) or a fraction (float)",
-        )
+    limits = tuple(f"limit_{split}_batches" for split in ("train", "val", "test"))
+    _add_fields(group, options.TrainerOptions, limits)
     add(
         "--final-val-batches",
-        type=Limit | None,
+        type=options.Limit | None,
         default=None,
         help="limit of the final validation only (default: --limit-val-batches)",
     )
@@ -351,7 +335,7 @@ def _hardware_and_run(group: Any) -> None:
         help="report when validation perplexity first reached this (time_to_target)",
     )
     add("--checkpoint-every", type=PositiveInt, default=100, help="steps between checkpoints")
-    add("--log-every", type=PositiveInt, default=10, help="steps between logged metrics")
+    _add_fields(group, options.TrainerOptions, ("log_every",))
     add(
         "--logger",
         type=Logger | list[Logger] | None,

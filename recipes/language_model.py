@@ -32,10 +32,12 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import Unpack
 
 from lm_heads import build_head
 from lm_heads.mixin import LMHeadMixin
 from recipes.models import LSTMLM, TransformerLM, adaptive_input
+from recipes.options import ModelOptionsDict
 from recipes.options import resolve as resolve_options
 from recipes.random_state import EvaluationKeepsRandomState, preserved_random_state
 
@@ -60,7 +62,7 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
         vocab_size: int,
         counts: torch.Tensor | None = None,
         max_len: int = 512,
-        **options: Any,
+        **options: Unpack[ModelOptionsDict],
     ) -> None:
         """``vocab_size`` words, unigram ``counts`` for the heads that need them, Transformer
         positions up to ``max_len``; ``options`` are the fields of ``recipes/options.py`` (their

@@ -78,6 +78,7 @@ from recipes.distributed import (  # noqa: E402
 )
 from recipes.language_model import LanguageModel, TrainingStopped, time_to_target  # noqa: E402
 from recipes.memory import check_memory, describe_memory  # noqa: E402
+from recipes.options import TrainerOptions, option_group  # noqa: E402
 from recipes.preflight import (  # noqa: E402
     RunState,
     build_data,
@@ -94,11 +95,11 @@ from recipes.provenance import git_state  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------
-def _devices_per_node(args: Any) -> int:
+def _devices_per_node(hardware: TrainerOptions) -> int:
     """``--devices`` as a count (``auto``: the GPUs, or 1 process on CPU, as Lightning counts)."""
-    if isinstance(args.devices, int):
-        return args.devices
-    gpu = args.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if isinstance(hardware.devices, int):
+        return hardware.devices
+    gpu = hardware.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return torch.cuda.device_count() if gpu else 1
 
 
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     except RuntimeError as error:
         if not is_peer_timeout(error):
             raise
-        rank = launch_rank(_devices_per_node(args))
+        rank = launch_rank(_devices_per_node(option_group(TrainerOptions, args)))
         usage_exit(peer_failure_message(error, args.dist_timeout, rank), status=1)
         return None
     _close_process_group()
@@ -145,21 +146,23 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Check everything, train, evaluate, report; user mistakes raise before ``fit``."""
     # Before the process group exists, each rank checks everything alone: a rank that fails here
     # exits at once, and the others give up after --dist-timeout (main) instead of waiting.
-    rank, out_dir = launch_rank(_devices_per_node(args)), Path(args.output_dir)
+    hardware = option_group(TrainerOptions, args)
+    rank, out_dir = launch_rank(_devices_per_node(hardware)), Path(args.output_dir)
     prepare_output_dir(out_dir, args, rank)
     check_splits(args.data)
     similarity = load_similarity(args.similarity)
     resume = resolve_resume(args, out_dir)
     ckpt = read_checkpoint(resume, "--resume") if resume is not None else None
-    if args.accelerator == "cpu" or (args.accelerator == "auto" and not torch.cuda.is_available()):
+    accelerator = hardware.accelerator
+    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
         try:
-            threads = apply_threads(args.threads, _devices_per_node(args))
+            threads = apply_threads(args.threads, _devices_per_node(hardware))
         except ValueError as error:
             raise UsageError(str(error)) from None
         if local_rank() == 0:  # once per machine: machines may differ
             print(f"rank {rank}: " * (rank > 0) + threads.describe(), flush=True)
     if local_rank() == 0:
-        warn_oversubscribed(args, torch.get_num_threads())
+        warn_oversubscribed(hardware, torch.get_num_threads())
     # The same seed on every rank: identical models and data order. RankSeeds (a callback of
     # build_trainer) then gives each rank > 0 its own stream for the training steps.
     L.seed_everything(args.seed, workers=True, verbose=False)

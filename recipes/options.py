@@ -1,10 +1,12 @@
-"""The model's options, declared once: each is a field of a dataclass below, with its type, its
-default and (in the docstring under it) its ``--help`` text.
+"""The model's and the Trainer's options, declared once: each is a field of a dataclass below,
+with its type, its default and (in the docstring under it) its ``--help`` text.
 
 ``recipes/cli.py`` turns every field into a command-line option (``embed_dim`` → ``--embed-dim``)
-and ``LanguageModel(**options)`` accepts exactly these fields, so adding a model option is one
-field here and the code that reads it. This module imports no torch: the command line is parsed
-(and a typo reported) before the slow imports start.
+and ``LanguageModel(**options)`` accepts exactly these fields (typed for mypy by
+:class:`ModelOptionsDict`), so adding a model option is a field here, its name and type in
+``ModelOptionsDict`` (a test holds the two equal) and the code that reads it;
+:class:`TrainerOptions` go to ``L.Trainer`` by name. This module
+imports no torch: the command line is parsed (and a typo reported) before the slow imports start.
 
 The optimizer and learning rate default to what trains each backbone: pytorch/examples' SGD at
 lr 20 drives the LSTM well but makes a Transformer diverge (val ppl 4.7e6 after 20 steps on
@@ -17,9 +19,10 @@ import ast
 import inspect
 import itertools
 import textwrap
-from dataclasses import Field, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import Field, asdict, dataclass, field, fields
 from functools import cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar
 
 from jsonargparse.typing import (
     NonNegativeFloat,
@@ -29,11 +32,17 @@ from jsonargparse.typing import (
     restricted_number_type,
 )
 
-if TYPE_CHECKING:  # a restricted float at run time, made by a call mypy cannot follow
+if TYPE_CHECKING:  # restricted numbers at run time, made by calls mypy cannot follow
+    from _typeshed import DataclassInstance
+
     Fraction = float
+    Limit = int | float
 else:
     Fraction = restricted_number_type("Fraction", float, [(">=", 0.0), ("<", 1.0)])
+    # Lightning's limit convention: an int counts batches, a float is a fraction of them.
+    Limit = PositiveInt | restricted_number_type("UnitFraction", float, [(">", 0.0), ("<=", 1.0)])
 
+T = TypeVar("T", bound="DataclassInstance")
 BACKBONE_OPTIMIZER = {"lstm": "sgd", "transformer": "adamw"}
 """The optimizer of each backbone when ``--optimizer`` is not given."""
 OPTIMIZER_LR = {"sgd": 20.0, "adam": 1e-3, "adamw": 1e-3}
@@ -116,14 +125,86 @@ class OptimizerOptions:
 MODEL_GROUPS = (HeadOptions, BackboneOptions, OptimizerOptions)
 
 
+class ModelOptionsDict(TypedDict, total=False):
+    """The fields of :data:`MODEL_GROUPS` by name and type, as ``LanguageModel``'s keyword
+    parameters (``**options: Unpack[ModelOptionsDict]``): a checkpoint's hyperparameters stay the
+    flat mapping Lightning passes back to ``__init__``, and mypy sees every option. Defaults and
+    help are the dataclasses'; ``tests/recipes/test_language_model.py`` holds the two equal."""
+
+    head: str
+    head_options: dict[str, Any]
+    model: Literal["lstm", "transformer"]
+    input_layer: Literal["embedding", "adaptive"]
+    embed_dim: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    positions: Literal["learned", "sinusoidal"]
+    dropout: float
+    tie_weights: bool
+    carry_state: bool
+    compile: bool
+    optimizer: Literal["adam", "adamw", "sgd"] | None
+    lr: float | None
+    weight_decay: float
+    lr_schedule: Literal["constant", "cosine", "plateau", "step"]
+    lr_decay: float
+    lr_milestones: list[int]
+    lr_patience: int
+    warmup_steps: int
+
+
+@dataclass(frozen=True)
+class TrainerOptions:
+    """The options that go to ``L.Trainer``: each field is the Trainer parameter of its name,
+    or of its name in :data:`TRAINER_NAMES` (``tests/recipes`` checks both against Trainer's
+    signature); :meth:`trainer_kwargs` passes them on."""
+
+    grad_clip: float = 0.25
+    """max gradient norm (0: off)"""
+    max_steps: int = -1
+    """optimizer steps; -1: none (--max-epochs)"""
+    max_epochs: int | None = 2
+    """epochs (none: no limit)"""
+    accelerator: str = "auto"
+    """auto | cpu | gpu | cuda | mps | ..."""
+    devices: PositiveInt | Literal["auto"] = 1
+    """devices per node"""
+    num_nodes: PositiveInt = 1
+    """nodes"""
+    strategy: str = "auto"
+    """auto (ddp when devices > 1) | ddp | ..."""
+    precision: str = "32-true"
+    """64-true | 32-true | 16-mixed | bf16-mixed | 16-true | bf16-true | ..."""
+    limit_train_batches: Limit | None = None
+    """train batches per epoch: a count (int) or a fraction (float)"""
+    limit_val_batches: Limit | None = None
+    """val batches per epoch: a count (int) or a fraction (float)"""
+    limit_test_batches: Limit | None = None
+    """test batches per epoch: a count (int) or a fraction (float)"""
+    log_every: PositiveInt = 10
+    """steps between logged metrics"""
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """These options as ``L.Trainer``'s keyword arguments (a limit left out: Lightning's)."""
+        kwargs = {TRAINER_NAMES.get(k, k): v for k, v in asdict(self).items()}
+        kwargs["gradient_clip_val"] = self.grad_clip or None  # 0: off
+        kwargs["max_epochs"] = -1 if self.max_epochs is None else self.max_epochs
+        return {k: v for k, v in kwargs.items() if not (k.startswith("limit_") and v is None)}
+
+
+TRAINER_NAMES = {"grad_clip": "gradient_clip_val", "log_every": "log_every_n_steps"}
+"""The recipe's name of a :class:`TrainerOptions` field → ``L.Trainer``'s name for it."""
+
+
+def option_group(cls: type[T], options: Any) -> T:
+    """The dataclass ``cls`` of the parsed ``options`` (any mapping with its field names)."""
+    return cls(**{f.name: options[f.name] for f in fields(cls)})
+
+
 def option_names() -> list[str]:
     """Every option ``LanguageModel`` takes besides ``vocab_size``, ``counts`` and ``max_len``."""
     return [f.name for group in MODEL_GROUPS for f in fields(group)]
-
-
-def defaults() -> dict[str, Any]:
-    """Each option's default, as declared."""
-    return {f.name: field_default(f) for group in MODEL_GROUPS for f in fields(group)}
 
 
 def field_default(f: Field[Any]) -> Any:
@@ -131,13 +212,14 @@ def field_default(f: Field[Any]) -> Any:
     return f.default_factory() if callable(f.default_factory) else f.default
 
 
-def resolve(options: dict[str, Any]) -> dict[str, Any]:
+def resolve(options: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` over the defaults, with the backbone's optimizer and the optimizer's lr
     filled in where they are ``None``; ``TypeError`` names any key that is not an option."""
     unknown = sorted(set(options) - set(option_names()))
     if unknown:
         raise TypeError(f"unknown model option(s) {unknown}; the options are {option_names()}")
-    out = defaults() | options
+    declared = {f.name: field_default(f) for group in MODEL_GROUPS for f in fields(group)}
+    out = {**declared, **options}
     out["head_options"] = dict(out["head_options"] or {})
     if out["optimizer"] is None:
         out["optimizer"] = BACKBONE_OPTIMIZER.get(out["model"], "adamw")

@@ -43,7 +43,7 @@ from recipes.language_model import (
     TrainClock,
     hpc_checkpoints,
 )
-from recipes.options import option_names
+from recipes.options import TrainerOptions, option_group, option_names
 from recipes.progress import LineProgress, RecipeProgressBar
 from recipes.threads import oversubscription
 
@@ -136,18 +136,18 @@ def _installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-def warn_oversubscribed(args: Namespace, threads_per_rank: int) -> None:
+def warn_oversubscribed(hardware: TrainerOptions, threads_per_rank: int) -> None:
     """Warn when this machine's ranks run more threads than the CPUs they may use
     (:func:`recipes.threads.oversubscription`)."""
-    if args.accelerator not in ("cpu", "auto") or torch.cuda.is_available():
+    if hardware.accelerator not in ("cpu", "auto") or torch.cuda.is_available():
         return
-    ranks = args.devices if isinstance(args.devices, int) else 1
+    ranks = hardware.devices if isinstance(hardware.devices, int) else 1
     warning = oversubscription(threads_per_rank, ranks)
     if warning is not None:
         print(f"recipes/lm.py: warning: {warning}", file=sys.stderr, flush=True)
 
 
-def _strategy(args: Namespace) -> Any:
+def _strategy(hardware: TrainerOptions, timeout_s: float) -> Any:
     from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 
     # broadcast_buffers=False: head buffers (counts, trees, cutoffs) are built identically on every
@@ -156,20 +156,20 @@ def _strategy(args: Namespace) -> Any:
     # different numbers of batches.
     # timeout: a rank whose peer never arrives (another node failed its checks) or died stops
     # after --dist-timeout with an error, instead of waiting torch's default 30 minutes.
-    timeout = timedelta(seconds=args.dist_timeout)
-    many = args.num_nodes > 1 or (isinstance(args.devices, int) and args.devices > 1)
-    if args.strategy == "ddp" or (args.strategy == "auto" and many):
+    timeout, strategy, devices = timedelta(seconds=timeout_s), hardware.strategy, hardware.devices
+    many = hardware.num_nodes > 1 or (isinstance(devices, int) and devices > 1)
+    if strategy == "ddp" or (strategy == "auto" and many):
         return DDPStrategy(broadcast_buffers=False, timeout=timeout)
-    if args.strategy == "ddp_spawn":
+    if strategy == "ddp_spawn":
         return DDPStrategy(start_method="spawn", broadcast_buffers=False, timeout=timeout)
     # Any other registered name (ddp_find_unused_parameters_true, fsdp, ...) as Lightning builds
     # it, with the timeout where the strategy takes one.
     # (The registry's get() raises for an unknown name, whatever its default.)
-    if args.strategy in StrategyRegistry:
-        entry = StrategyRegistry[args.strategy]
+    if strategy in StrategyRegistry:
+        entry = StrategyRegistry[strategy]
         if "timeout" in inspect.signature(entry["strategy"]).parameters:
             return entry["strategy"](**{**entry["init_params"], "timeout": timeout})
-    return args.strategy
+    return strategy
 
 
 LIGHTNING_NOISE = (
@@ -242,6 +242,7 @@ def build_trainer(
     args: Namespace, out_dir: Path, resuming: bool, rank: int
 ) -> tuple[L.Trainer, RunState]:
     """The Trainer, and the callbacks the recipe reads back as a :class:`RunState`."""
+    hardware = option_group(TrainerOptions, args)
     progress = sys.stdout.isatty() if args.progress_bar is None else args.progress_bar
     ours = RunState(TrainClock(args.max_time), FitTimer(), CheckpointExtras(recorded_args(args)),
                     StopOnSignal())  # fmt: skip
@@ -272,37 +273,27 @@ def build_trainer(
         callbacks.append(RecipeProgressBar(ours.clock))
     else:
         callbacks.append(LineProgress(args.log_every, ours.clock))
-    limits = {f"limit_{k}_batches": args[f"limit_{k}_batches"] for k in ("train", "val", "test")}
     loggers = build_loggers(args.logger, out_dir)  # its UsageError is not a hardware problem
     quiet_lightning()
     try:
         trainer = L.Trainer(
-            accelerator=args.accelerator,
-            devices=args.devices,
-            num_nodes=args.num_nodes,
-            strategy=_strategy(args),
-            precision=args.precision,
-            max_steps=args.max_steps,
-            max_epochs=args.max_epochs if args.max_epochs is not None else -1,
+            **(hardware.trainer_kwargs() | {"strategy": _strategy(hardware, args.dist_timeout)}),
             # The whole split at each epoch end only: see recipes.language_model (two kinds).
             val_check_interval=1.0,
             check_val_every_n_epoch=1,
-            gradient_clip_val=args.grad_clip or None,
             logger=loggers,
             callbacks=callbacks,
             default_root_dir=out_dir,
-            log_every_n_steps=args.log_every,
             enable_progress_bar=progress,
             enable_model_summary=rank == 0,  # the Summary callback
             use_distributed_sampler=False,  # the data deals the windows to ranks itself
             num_sanity_val_steps=0 if resuming else 2,
-            **{k: v for k, v in limits.items() if v is not None},
         )
     except (MisconfigurationException, ValueError, RuntimeError) as error:
         raise UsageError(
-            f"the hardware options do not work here (--accelerator {args.accelerator}, "
-            f"--devices {args.devices}, --num-nodes {args.num_nodes}, --strategy "
-            f"{args.strategy}, --precision {args.precision}): {error}"
+            f"the hardware options do not work here (--accelerator {hardware.accelerator}, "
+            f"--devices {hardware.devices}, --num-nodes {hardware.num_nodes}, --strategy "
+            f"{hardware.strategy}, --precision {hardware.precision}): {error}"
         ) from None
     return trainer, ours
 

@@ -416,3 +416,34 @@ def test_data_option_minimum_is_checked_while_parsing(cli, capsys, option, value
     assert f"{option}: expected a whole number >" in capsys.readouterr().err
     with pytest.raises(ValueError, match=option[2:].replace("-", "_")):
         LMDataModule(**{option[2:].replace("-", "_"): int(value)})
+
+
+def test_every_trainer_option_is_a_trainer_parameter() -> None:
+    # The trainer options reach L.Trainer by name: a field whose name (or its entry in
+    # TRAINER_NAMES) Trainer does not take would fail here, not at the first run, and a mapped
+    # name must be one the group has.
+    import inspect
+    from dataclasses import fields
+
+    import lightning as L
+
+    from recipes.options import TRAINER_NAMES, TrainerOptions
+
+    accepted = inspect.signature(L.Trainer).parameters
+    names = [TRAINER_NAMES.get(f.name, f.name) for f in fields(TrainerOptions)]
+    assert [name for name in names if name not in accepted] == []
+    assert set(TRAINER_NAMES) <= {f.name for f in fields(TrainerOptions)}
+    assert set(TrainerOptions().trainer_kwargs()) <= set(accepted)
+
+
+def test_trainer_options_reach_the_trainer(cli) -> None:
+    from recipes.options import TrainerOptions, option_group
+
+    args = cli.parse_args(["--grad-clip", "0", "--max-epochs", "null", "--max-steps", "7",
+                           "--log-every", "3", "--limit-val-batches", "0.5"])  # fmt: skip
+    kwargs = option_group(TrainerOptions, args).trainer_kwargs()
+    assert kwargs["gradient_clip_val"] is None  # 0: off
+    assert (kwargs["max_epochs"], kwargs["max_steps"], kwargs["log_every_n_steps"]) == (-1, 7, 3)
+    assert kwargs["limit_val_batches"] == 0.5
+    assert "limit_train_batches" not in kwargs  # not given: Lightning's default
+    assert "grad_clip" not in kwargs and "log_every" not in kwargs

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from types import UnionType
+from typing import Union, get_args, get_origin, get_type_hints
 
 import pytest
 import torch
@@ -121,8 +123,65 @@ def test_one_set_of_defaults() -> None:
     assert dict(model.hparams) == dict(given.hparams)
     hp = model.hparams
     assert (hp.embed_dim, hp.d_model, hp.num_layers) == (200, 200, 2)
-    with pytest.raises(TypeError, match=r"unknown model option\(s\) \['embed_size'\]"):
+    listed = (
+        r"\['embed_size'\]; the options are \['head', 'head_options', 'model', .*'warmup_steps'\]"
+    )
+    with pytest.raises(TypeError, match=r"unknown model option\(s\) " + listed):
         language_model.LanguageModel(vocab_size=VOCAB, embed_size=8)
+
+
+def _plain(hint: object) -> object:
+    """A field's type as a caller writes it: jsonargparse's ``PositiveInt`` is ``int``."""
+    if get_origin(hint) in (Union, UnionType):
+        return Union[tuple(_plain(h) for h in get_args(hint))]  # noqa: UP007
+    if get_origin(hint) is list:
+        return list[_plain(get_args(hint)[0])]  # type: ignore[misc]
+    return getattr(hint, "_type", hint)
+
+
+def test_the_typed_signature_is_the_declared_options() -> None:
+    # LanguageModel's **options are typed by ModelOptionsDict for mypy; the dataclasses hold the
+    # defaults and help. A field added to one and not the other fails here.
+    from recipes.options import MODEL_GROUPS, ModelOptionsDict
+
+    declared = {
+        name: _plain(hint) for group in MODEL_GROUPS for name, hint in get_type_hints(group).items()
+    }
+    typed = get_type_hints(ModelOptionsDict)
+    assert list(typed) == list(declared)
+    assert typed == declared
+
+
+OLD_HPARAMS = {
+    "vocab_size": VOCAB, "max_len": 512, "head": "adaptive", "head_options": {"cutoffs": [20]},
+    "model": "lstm", "input_layer": "embedding", "embed_dim": 8, "d_model": 12, "num_layers": 2,
+    "num_heads": 4, "positions": "learned", "dropout": 0.0, "tie_weights": False,
+    "carry_state": True, "compile": False, "optimizer": "sgd", "lr": 20.0, "weight_decay": 0.0,
+    "lr_schedule": "constant", "lr_decay": 4.0, "lr_milestones": [], "lr_patience": 0,
+    "warmup_steps": 0,
+}  # fmt: skip
+"""The hyperparameters as checkpoints before the typed signature saved them: one flat mapping."""
+
+
+def test_a_checkpoint_with_flat_hyperparameters_loads(tmp_path, fit_two_steps) -> None:
+    language_model = load_recipe("language_model")
+    torch.manual_seed(0)
+    counts = torch.arange(VOCAB, 0, -1).double()
+    options = {k: v for k, v in OLD_HPARAMS.items() if k not in ("vocab_size", "max_len")}
+    model = language_model.LanguageModel(vocab_size=VOCAB, counts=counts, **options)
+    assert dict(model.hparams) == OLD_HPARAMS  # new checkpoints keep the flat mapping
+    tokens = torch.randint(0, VOCAB, (8, 2, 6))
+    fit_two_steps(model, tokens).save_checkpoint(tmp_path / "lm.ckpt")
+    ckpt = torch.load(tmp_path / "lm.ckpt", weights_only=True)
+    ckpt["hyper_parameters"] = dict(OLD_HPARAMS)
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    restored = language_model.LanguageModel.load_from_checkpoint(tmp_path / "old.ckpt").eval()
+    model.eval()
+    assert dict(restored.hparams) == OLD_HPARAMS
+    with torch.no_grad():
+        expected = model.head.target_log_prob(model(tokens[:, 0])[0], tokens[:, 1])
+        got = restored.head.target_log_prob(restored(tokens[:, 0])[0], tokens[:, 1])
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_lstm_recurrence_runs_in_float32_under_cpu_autocast() -> None:

@@ -91,11 +91,10 @@ def test_local_rank_of_each_launcher() -> None:
     ],
 )
 def test_every_ddp_strategy_gets_the_timeout(strategy, devices, kind) -> None:
-    from recipes.cli import parse_args
+    from recipes.options import TrainerOptions
     from recipes.preflight import _strategy
 
-    args = parse_args(["--strategy", strategy, "--devices", str(devices), "--dist-timeout", "42"])
-    built = _strategy(args)
+    built = _strategy(TrainerOptions(strategy=strategy, devices=devices), timeout_s=42)
     assert type(built).__name__ == kind
     assert built._timeout == timedelta(seconds=42)
     if strategy == "ddp_find_unused_parameters_true":  # the user's choice is kept
@@ -104,10 +103,12 @@ def test_every_ddp_strategy_gets_the_timeout(strategy, devices, kind) -> None:
 
 def test_the_default_timeout_and_a_single_device() -> None:
     from recipes.cli import parse_args
+    from recipes.options import TrainerOptions, option_group
     from recipes.preflight import _strategy
 
-    assert _strategy(parse_args(["--devices", "2"]))._timeout == timedelta(seconds=600)
-    assert _strategy(parse_args([])) == "auto"
+    default = parse_args([]).dist_timeout
+    assert _strategy(TrainerOptions(devices=2), default)._timeout == timedelta(seconds=600)
+    assert _strategy(option_group(TrainerOptions, parse_args([])), default) == "auto"
 
 
 def test_timeouts_are_told_from_other_errors() -> None:

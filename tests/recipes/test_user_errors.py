@@ -298,15 +298,15 @@ def test_missing_logger_package_is_not_called_a_hardware_problem(lm, tiny_args, 
 
 
 def test_more_ranks_times_threads_than_cpus_is_warned_about(capsys, monkeypatch) -> None:
-    from recipes.cli import parse_args
+    from recipes.options import TrainerOptions
     from recipes.preflight import warn_oversubscribed
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    warn_oversubscribed(parse_args(["--devices", "3", "--accelerator", "cpu"]), 1)
+    warn_oversubscribed(TrainerOptions(devices=3, accelerator="cpu"), 1)
     err = capsys.readouterr().err
     assert "3 ranks x 1 thread(s) need 3 CPUs, but this process may use 2" in err
     assert "--devices 2 or fewer" in err
-    warn_oversubscribed(parse_args(["--devices", "2", "--accelerator", "cpu"]), 1)
+    warn_oversubscribed(TrainerOptions(devices=2, accelerator="cpu"), 1)
     assert capsys.readouterr().err == ""
 
 
