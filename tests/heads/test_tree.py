@@ -153,3 +153,17 @@ def test_builders_are_deterministic_and_validate() -> None:
         tree_tensors(Tree(3, ((0, 1, 1),)))
     two = tree_tensors(huffman_tree(torch.tensor([3.0, 5.0])))
     assert two.path_mask.tolist() == [[True], [True]]
+
+
+def test_class_head_says_how_many_classes_it_built() -> None:
+    # Frequency binning gives a word above 1/C of the mass a class of its own: 200 classes asked
+    # on Zipfian counts build 108, which the repr once showed only as "nodes=109".
+    from lm_heads import build_head
+
+    zipf = 1e6 / torch.arange(1, 33_279, dtype=torch.float64)
+    head = build_head("class", 16, 33_278, counts=zipf, num_classes=200)
+    assert head.classes_built == 108 < head.num_classes
+    assert "num_classes=200 (108 built" in repr(head)
+    even = build_head("class", 16, 1000, counts=torch.ones(1000), num_classes=10)
+    assert even.classes_built == 10
+    assert "num_classes=10, largest class=100" in repr(even)
