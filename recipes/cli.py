@@ -123,7 +123,7 @@ class Parser(ArgumentParser):
         usage_exit(self._plain(message) or f"{message} (see {self.prog} --help)", self.prog)
 
     def _plain(self, message: str) -> str | None:
-        """``--lr: expected a number > 0 or none, got 'abc'`` for jsonargparse's dump of a value
+        """``--lr: expected a number > 0 or null, got 'abc'`` for jsonargparse's dump of a value
         that fits none of the option's types; ``None`` for any other message."""
         key = re.match(r'Parser key "([^"]+)":', message)
         action = next((a for a in self._actions if key and a.dest == key[1]), None)
@@ -141,7 +141,7 @@ class Parser(ArgumentParser):
 
 
 def describe_type(hint: Any) -> str:
-    """An option's type in words: ``PositiveInt | None`` is "a whole number > 0 or none"."""
+    """An option's type in words: ``PositiveInt | None`` is "a whole number > 0 or null"."""
     if get_origin(hint) in (Union, UnionType):
         return " or ".join(describe_type(h) for h in get_args(hint))
     if get_origin(hint) is Literal:
@@ -150,7 +150,7 @@ def describe_type(hint: Any) -> str:
     if get_origin(hint) is list:
         return f"a list, each {describe_type(get_args(hint)[0])}" if get_args(hint) else "a list"
     if hint is type(None):
-        return "none"
+        return "null"  # YAML's spelling, which the parser reads as None ("none" is text)
     if hint is dict or get_origin(hint) is dict:
         return "a mapping, e.g. {key: value}"
     base = getattr(hint, "_type", hint)  # jsonargparse's restricted numbers: e.g. PositiveInt

@@ -181,7 +181,7 @@ def _write(tmp_path: Path, text: str) -> str:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("lr: fast\n", "--lr: expected a number > 0 or none, got 'fast'"),
+        ("lr: fast\n", "--lr: expected a number > 0 or null, got 'fast'"),
         ("batch_size: 0\n", "--batch-size: expected a whole number > 0"),
         ("batch_size: 3.5\n", "--batch-size: expected a whole number > 0"),
         ("model: rnn\n", "--model: expected one of lstm, transformer"),

@@ -44,18 +44,18 @@ def _usage_error(cli, argv: list[str], capsys) -> str:
 @pytest.mark.parametrize(
     ("option", "value", "expected"),
     [
-        ("--lr", "abc", "a number > 0 or none"),
-        ("--lr", "-1", "a number > 0 or none"),
-        ("--threads", "0", "a whole number > 0 or none"),
+        ("--lr", "abc", "a number > 0 or null"),
+        ("--lr", "-1", "a number > 0 or null"),
+        ("--threads", "0", "a whole number > 0 or null"),
         ("--devices", "0", "a whole number > 0 or auto"),
-        ("--optimizer", "sgdd", "one of adam, adamw, sgd or none"),
+        ("--optimizer", "sgdd", "one of adam, adamw, sgd or null"),
         ("--logger", "foo", "one of csv, tensorboard, wandb, mlflow or a list, each one of csv, "
-         "tensorboard, wandb, mlflow or none"),
-        ("--eval-batch-size", "0", "a whole number > 0 or none"),
-        ("--max-time", "-5", "a number > 0 or none"),
-        ("--curve-every", "0", "a whole number > 0 or none"),
-        ("--max-size", "0", "a whole number > 0 or none"),
-        ("--limit-val-batches", "0", "a whole number > 0 or a number > 0 and <= 1 or none"),
+         "tensorboard, wandb, mlflow or null"),
+        ("--eval-batch-size", "0", "a whole number > 0 or null"),
+        ("--max-time", "-5", "a number > 0 or null"),
+        ("--curve-every", "0", "a whole number > 0 or null"),
+        ("--max-size", "0", "a whole number > 0 or null"),
+        ("--limit-val-batches", "0", "a whole number > 0 or a number > 0 and <= 1 or null"),
         ("--batch-size", "2.5", "a whole number > 0"),
         ("--model", "lsmt", "one of lstm, transformer"),
     ],
@@ -70,7 +70,7 @@ def test_describe_type_reads_any_declared_type(cli) -> None:
 
     from recipes.options import Fraction
 
-    assert cli.describe_type(int | None) == "a whole number or none"
+    assert cli.describe_type(int | None) == "a whole number or null"
     assert cli.describe_type(Fraction) == "a number >= 0 and < 1"
     assert cli.describe_type(list[Literal["a", "b"]]) == "a list, each one of a, b"
 
@@ -385,3 +385,13 @@ def test_readme_says_what_its_commands_need(repo) -> None:
     assert any("cutoffs=auto" in line for line in lm1b)  # 200,000 cutoff needs all of LM1B
     assert "first line says which data" not in text
     assert "`--print-config`" in text
+
+
+def test_the_value_a_message_offers_for_none_is_one_that_parses(capsys) -> None:
+    # The message once offered "or none", and --max-epochs none was then refused in turn.
+    from recipes.cli import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--max-epochs", "x"])
+    assert "a whole number or null, got 'x'" in capsys.readouterr().err
+    assert parse_args(["--max-epochs", "null", "--max-steps", "5"]).max_epochs is None
