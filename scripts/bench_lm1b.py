@@ -80,7 +80,8 @@ def run_head(name: str, args: argparse.Namespace, data: Path, work: Path) -> dic
         row["error"] = lines[-1] if lines else f"exit status {done.returncode}"
         return row
     r = json.loads((out_dir / "results.json").read_text())
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    if not args.keep_checkpoints:
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     row.update(
         vocab=r["vocab_size"],
         steps=r["global_step"],
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--val-batches", type=int, default=20, help="final validation/test batches")
     p.add_argument("--work-dir", type=Path, default=Path("runs/bench_lm1b"))
     p.add_argument("--out", type=Path, default=Path("bench_lm1b.json"))
+    p.add_argument("--keep-checkpoints", action="store_true", help="(gigabytes per head)")
     p.add_argument("recipe_args", nargs="*", help="more recipe options, after --")
     args = p.parse_args(argv)
     heads = [h for h in args.heads.split(",") if h]
