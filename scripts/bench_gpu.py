@@ -153,7 +153,7 @@ def count_syncs(step: Callable[[], None], device: torch.device) -> int | None:
     torch.cuda.synchronize(device)
     with counting_syncs() as caught:
         step()
-    return sum("synchroniz" in str(w.message) for w in caught)
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
 
 
 def time_step(
@@ -382,6 +382,8 @@ def device_info(device: torch.device) -> dict[str, Any]:
         "count": torch.cuda.device_count() if cuda else 0,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        # "highest" (torch's default): float32 matmuls without TF32, in the peak and the heads.
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
 
 

@@ -364,20 +364,22 @@ def measure(
     warmup: int,
     repeats: int = 1,
 ) -> dict[str, Any]:
-    """``warmup`` untimed calls, then ``repeats`` timed ones: their seconds, and the peak memory
-    of all of them above what was allocated before the first."""
+    """``warmup`` untimed calls, then ``repeats`` timed ones: their seconds (wall and this
+    process's CPU time: with one thread on a shared machine, the CPU time is the steadier), and
+    the peak memory of all of them above what was allocated before the first."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     baseline = memory.start()
     for _ in range(warmup):
         step()
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
         sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         sync()
         times.append(time.perf_counter() - start)
-    return {"times_s": times, "extra_bytes": max(0, memory.peak() - baseline)}
+        cpu_times.append(time.process_time() - cpu_start)
+    return {"times_s": times, "cpu_s": cpu_times, "extra_bytes": max(0, memory.peak() - baseline)}
 
 
 def run_case(case: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
@@ -400,7 +402,11 @@ def run_case(case: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
             continue
         module.train(phase == "train")
         measured = measure(steps[phase], memory, device, cfg["warmup"])
-        result[phase] = {"seconds": measured["times_s"][0], "extra_bytes": measured["extra_bytes"]}
+        result[phase] = {
+            "seconds": measured["times_s"][0],
+            "cpu_seconds": measured["cpu_s"][0],
+            "extra_bytes": measured["extra_bytes"],
+        }
         for x in (*params, hidden):
             x.grad = None
     return result
@@ -464,6 +470,7 @@ def summarise(case: dict[str, Any], runs: list[dict[str, Any]]) -> None:
         if done:
             case[phase] = {
                 "median_s": statistics.median(r["seconds"] for r in done),
+                "median_cpu_s": statistics.median(r["cpu_seconds"] for r in done),
                 "extra_bytes": max(r["extra_bytes"] for r in done),
                 "times_s": [r["seconds"] for r in done],
             }
@@ -480,7 +487,11 @@ def ratio(cases: list[dict[str, Any]], a: str, b: str, vocab: int, phase: str) -
     x, y = (c[phase] for c in found)
     # Below a MB the RSS counters measure page-cache noise, not the case.
     memory = x["extra_bytes"] / y["extra_bytes"] if y["extra_bytes"] >= 2**20 else None
-    return {"time": x["median_s"] / y["median_s"], "memory": memory}
+    return {
+        "time": x["median_s"] / y["median_s"],
+        "cpu_time": x["median_cpu_s"] / y["median_cpu_s"] if y["median_cpu_s"] > 0 else None,
+        "memory": memory,
+    }
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -495,35 +506,41 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"**V = {vocab:,}**",
             "",
-            "| spec | train ms | train extra MB | × naive time | eval ms | eval extra MB |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| spec | train ms | train CPU ms | train extra MB | × naive time "
+            "| eval ms | eval CPU ms | eval extra MB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for c in (c for c in cases if c["vocab_size"] == vocab):
             if c["status"] != "ok":
-                lines.append(f"| `{c['spec']}` | {c['status']}: {c['reason']} | | | | |")
+                lines.append(f"| `{c['spec']}` | {c['status']}: {c['reason']} | | | | | | |")
                 continue
             cells = []
             for phase in ("train", "eval"):
                 entry = c.get(phase)
                 cells += (
-                    [f"{entry['median_s'] * 1e3:,.0f}", f"{entry['extra_bytes'] / 2**20:,.0f}"]
+                    [
+                        f"{entry['median_s'] * 1e3:,.0f}",
+                        f"{entry['median_cpu_s'] * 1e3:,.0f}",
+                        f"{entry['extra_bytes'] / 2**20:,.0f}",
+                    ]
                     if entry
-                    else ["–", "–"]
+                    else ["–", "–", "–"]
                 )
             vs = ratio(cases, c["spec"], "naive", vocab, "train")
-            cells.insert(2, "–" if vs is None else f"{vs['time']:.2f}")
+            cells.insert(3, "–" if vs is None else f"{vs['time']:.2f}")
             lines.append(f"| `{c['spec']}` | " + " | ".join(cells) + " |")
     if report["ratios"]:
         lines += [
             "",
-            "| a / b | V | phase | time | peak extra memory |",
-            "|---|---:|---|---:|---:|",
+            "| a / b | V | phase | time | CPU time | peak extra memory |",
+            "|---|---:|---|---:|---:|---:|",
         ]
         for r in report["ratios"]:
             memory = "–" if r["memory"] is None else f"{r['memory']:.2f}"
+            cpu = "–" if r["cpu_time"] is None else f"{r['cpu_time']:.2f}"
             lines.append(
                 f"| `{r['a']}` / `{r['b']}` | {r['vocab_size']:,} | {r['phase']} | "
-                f"{r['time']:.2f} | {memory} |"
+                f"{r['time']:.2f} | {cpu} | {memory} |"
             )
     return "\n".join(lines) + "\n"
 
