@@ -103,12 +103,14 @@ def run_head(name: str, args: argparse.Namespace, data: Path, work: Path) -> dic
 
 
 def validation_passes(out_dir: Path) -> list[float]:
-    """The ``val_ppl`` of every validation the run logged (its CSV log), in order."""
-    values: list[float] = []
-    for log in sorted(out_dir.glob("logs/version_*/metrics.csv")):
-        with log.open() as f:
-            values += [float(row["val_ppl"]) for row in csv.DictReader(f) if row.get("val_ppl")]
-    return values
+    """The ``val_ppl`` of every validation the run logged, in order: its CSV log, the newest
+    ``version_N`` (an earlier run in the same folder leaves its own)."""
+    logs = out_dir.glob("logs/version_*/metrics.csv")
+    newest = max(logs, key=lambda log: int(log.parent.name.split("_")[1]), default=None)
+    if newest is None:
+        return []
+    with newest.open() as f:
+        return [float(row["val_ppl"]) for row in csv.DictReader(f) if row.get("val_ppl")]
 
 
 def agree(values: list[float], rtol: float = 1e-6) -> bool:
