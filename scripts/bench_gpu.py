@@ -70,7 +70,7 @@ BOUND_NAMES = ("full", "naive", "torch_lce", "cce", "liger")
 
 # ---------------------------------------------------------------------------------------------
 # 1. The tests.
-def test_command(reduced: bool) -> tuple[list[str], dict[str, str]]:
+def pytest_command(reduced: bool) -> tuple[list[str], dict[str, str]]:
     """``pytest`` over the CUDA-marked tests; reduced: two tests (training step, bf16) of the
     first configuration of each head, with the CPU as the device under test."""
     command = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider"]
@@ -93,7 +93,7 @@ def test_command(reduced: bool) -> tuple[list[str], dict[str, str]]:
 
 
 def run_tests(reduced: bool, timeout_s: float) -> dict[str, Any]:
-    command, env = test_command(reduced)
+    command, env = pytest_command(reduced)
     start = time.perf_counter()
     try:
         proc = subprocess.run(
