@@ -21,7 +21,9 @@ Baselines (measured in the same run, at every ``V``):
   ``LinearCrossEntropyOptions()`` (its defaults) or a fixed chunk of ``c`` rows;
 - ``torch_adaptive[:cutoffs=[...],div_value=x]``: ``torch.nn.AdaptiveLogSoftmaxWithLoss``
   (default cutoffs: :func:`lm_heads.cutoffs.default_cutoffs`, as our ``adaptive``);
-- ``matmul``: ``F.linear(h, W)`` alone (evaluation only): the machine's matmul speed.
+- ``matmul``: ``F.linear(h, W)`` alone (evaluation only): the machine's matmul speed;
+- ``cce``, ``liger``: Cut Cross-Entropy and Liger's fused linear cross-entropy (CUDA; in the
+  default list only where their packages import).
 
 Data: counts follow Zipf's law (``count ∝ 1/rank``, id 0 the most frequent word), and targets
 are drawn from that unigram, so frequency-structured heads see realistic cluster loads.

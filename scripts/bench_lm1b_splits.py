@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Per-batch NLL of a recipe checkpoint over the whole validation and test splits, and the
-perplexity of every 20-batch window: how far a ``--val-batches 20`` figure can move by which
-4,000 words it reads (BENCHMARKS.md, "The recipe at V ≈ 793k").
+"""Per-batch and per-stream NLL of a recipe checkpoint over the whole validation and test splits,
+the perplexity of every 20-batch window and of each stream: how far a ``--val-batches 20``
+figure can move by which words, and which stream, it reads (BENCHMARKS.md, "The recipe at
+V ≈ 793k").
 
     python scripts/bench_lm1b_splits.py CKPT --data DIR --cache-dir DIR --out splits.json
 """
@@ -60,18 +61,29 @@ def main(argv: list[str] | None = None) -> dict:
                 state = _detach(state)
                 log_prob = model.head.target_log_prob(hidden, targets).double()
                 keep = targets != model.head.ignore_index
+                stream_nll = -torch.where(keep, log_prob, 0.0).sum(1)
                 rows.append({
                     "nll": float(-log_prob[keep].sum()), "tokens": int(keep.sum()),
                     "unk": int((targets == unk).sum()), "max_token_nll": float(-log_prob.min()),
+                    "stream_nll": stream_nll.tolist(), "stream_tokens": keep.sum(1).tolist(),
                 })  # fmt: skip
             windows = [
                 perplexity(rows[i : i + args.window])
                 for i in range(0, len(rows) - args.window + 1, args.window)
             ]
             whole = perplexity(rows)
-            report[split] = {"whole_ppl": whole, "window_ppl": windows, "batches": rows}
+            first = rows[: 2 * args.window]
+            streams = [
+                math.exp(sum(r["stream_nll"][k] for r in first) / sum(r["stream_tokens"][k] for r in first))  # noqa: E501
+                for k in range(len(first[0]["stream_nll"]))
+            ]  # fmt: skip
+            report[split] = {
+                "whole_ppl": whole, "window_ppl": windows, "stream_ppl_first_2_windows": streams,
+                "batches": rows,
+            }  # fmt: skip
             print(f"{split}: first window {windows[0]:.1f}, windows {min(windows):.1f}–"
-                  f"{max(windows):.1f}, whole split {whole:.1f}", flush=True)  # fmt: skip
+                  f"{max(windows):.1f}, whole split {whole:.1f}; per stream over the first "
+                  f"{2 * args.window} batches: {[round(x) for x in streams]}")  # fmt: skip
     args.out.write_text(json.dumps(report) + "\n")
     return report
 
