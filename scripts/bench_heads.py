@@ -21,7 +21,9 @@ Baselines (measured in the same run, at every ``V``):
   ``LinearCrossEntropyOptions()`` (its defaults) or a fixed chunk of ``c`` rows;
 - ``torch_adaptive[:cutoffs=[...],div_value=x]``: ``torch.nn.AdaptiveLogSoftmaxWithLoss``
   (default cutoffs: :func:`lm_heads.cutoffs.default_cutoffs`, as our ``adaptive``);
-- ``matmul``: ``F.linear(h, W)`` alone (evaluation only): the machine's matmul speed.
+- ``matmul``: ``F.linear(h, W)`` alone (evaluation only): the machine's matmul speed;
+- ``cce``, ``liger``: Cut Cross-Entropy and Liger's fused linear cross-entropy (CUDA; in the
+  default list only where their packages import).
 
 Data: counts follow Zipf's law (``count ∝ 1/rank``, id 0 the most frequent word), and targets
 are drawn from that unigram, so frequency-structured heads see realistic cluster loads.
@@ -49,6 +51,7 @@ from __future__ import annotations
 import argparse
 import ast
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -110,13 +113,9 @@ class TorchLCE(NaiveFull):
         )
 
     def _lce(self, hidden: Tensor, target: Tensor, reduction: str) -> Tensor:
+        hidden, weight, bias = autocast_inputs(hidden, self.weight, self.bias)
         return F.linear_cross_entropy(
-            hidden,
-            self.weight,
-            target,
-            linear_bias=self.bias,
-            reduction=reduction,
-            options=self.options,
+            hidden, weight, target, linear_bias=bias, reduction=reduction, options=self.options
         )
 
     def loss(self, hidden: Tensor, target: Tensor) -> Tensor:
@@ -124,6 +123,58 @@ class TorchLCE(NaiveFull):
 
     def target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
         return -self._lce(hidden, target, "none")
+
+
+class CutCrossEntropy(NaiveFull):
+    """Apple's Cut Cross-Entropy (``pip install cut-cross-entropy``; Triton, CUDA only)."""
+
+    def __init__(self, d: int, vocab: int, impl: str = "cce") -> None:
+        super().__init__(d, vocab)
+        from cut_cross_entropy import linear_cross_entropy  # ImportError: the case is skipped
+
+        self.impl, self._lce = impl, linear_cross_entropy
+
+    def _call(self, hidden: Tensor, target: Tensor, reduction: str) -> Tensor:
+        hidden, weight, bias = autocast_inputs(hidden, self.weight, self.bias)
+        return self._lce(hidden, weight, target, bias=bias, reduction=reduction, impl=self.impl)
+
+    def loss(self, hidden: Tensor, target: Tensor) -> Tensor:
+        return self._call(hidden, target, "mean")
+
+    def target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
+        return -self._call(hidden, target, "none")
+
+
+class LigerFusedLCE(NaiveFull):
+    """Liger Kernel's fused linear cross-entropy (``pip install liger-kernel``; Triton, CUDA)."""
+
+    def __init__(self, d: int, vocab: int) -> None:
+        super().__init__(d, vocab)
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        self.inner = LigerFusedLinearCrossEntropyLoss()
+
+    evaluates = False  # a training loss only: no per-token log-probabilities to time
+
+    def loss(self, hidden: Tensor, target: Tensor) -> Tensor:
+        hidden, weight, bias = autocast_inputs(hidden, self.weight, self.bias)
+        out = self.inner(weight, hidden, target, bias)
+        return out[0] if isinstance(out, tuple) else out  # some versions add the z-loss
+
+
+EXTERNAL = {"cce": "cut_cross_entropy", "liger": "liger_kernel"}
+"""Baselines from other packages: their cases are skipped, with a note, where not importable."""
+
+
+def autocast_inputs(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, ...]:
+    """What autocast does for ``F.linear``, done by hand for kernels that autocast does not
+    know (torch's LCE, Triton kernels): cast the matmul inputs to the autocast dtype."""
+    device = hidden.device.type
+    if not torch.is_autocast_enabled(device):
+        return hidden, weight, bias  # type: ignore[return-value]
+    dtype = torch.get_autocast_dtype(device)
+    cast = [x if x is None else x.to(dtype) for x in (hidden, weight, bias)]
+    return tuple(cast)  # type: ignore[return-value]
 
 
 class TorchAdaptive(nn.Module):
@@ -171,6 +222,8 @@ BASELINES: dict[str, Callable[..., nn.Module]] = {
     "torch_lce": TorchLCE,
     "torch_adaptive": TorchAdaptive,
     "matmul": Matmul,
+    "cce": CutCrossEntropy,
+    "liger": LigerFusedLCE,
 }
 
 
@@ -202,8 +255,15 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def default_specs() -> list[str]:
-    """Every baseline with its defaults, then every registered head with its defaults."""
-    return [*BASELINES, *HEADS]
+    """Every baseline with its defaults (those of other packages where importable), then every
+    registered head with its defaults."""
+    return [*(b for b in BASELINES if importable(b)), *HEADS]
+
+
+def importable(name: str) -> bool:
+    """Whether a baseline's package can be imported (always, for torch's own)."""
+    module = EXTERNAL.get(name)
+    return module is None or importlib.util.find_spec(module) is not None
 
 
 def build_module(spec: str, d: int, vocab: int, counts: Tensor) -> nn.Module:
@@ -256,26 +316,29 @@ def zipf_counts(vocab: int) -> Tensor:
     return (1e9 / ranks / (1.0 / ranks).sum()).ceil()
 
 
-def run_case(case: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
-    """Build the case's module, then time and measure its phases; return the raw numbers."""
-    torch.set_num_threads(cfg["threads"])
-    device = torch.device(cfg["device"])
-    n, d, vocab = cfg["tokens"], cfg["dim"], case["vocab_size"]
-    memory = CudaMemory() if device.type == "cuda" else CpuMemory()
-    torch.manual_seed(cfg["seed"])
+def make_inputs(
+    n: int, d: int, vocab: int, seed: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Zipf counts, targets drawn from their unigram, and ``hidden [n, d]`` requiring grad."""
     counts = zipf_counts(vocab)
-    generator = torch.Generator().manual_seed(cfg["seed"])
+    generator = torch.Generator().manual_seed(seed)
     target = torch.multinomial(counts.float(), n, replacement=True, generator=generator)
     hidden = torch.randn(n, d, generator=generator).to(device).requires_grad_(True)
-    target = target.to(device)
-    start = time.perf_counter()
-    module = build_module(case["spec"], d, vocab, counts).to(device)
-    result: dict[str, Any] = {"setup_s": time.perf_counter() - start, "memory": memory.method}
+    return counts, hidden, target.to(device)
+
+
+def autocast(device: torch.device, name: str) -> torch.autocast:
+    """``torch.autocast`` for ``"none"``, ``"bfloat16"`` or ``"float16"``."""
+    dtype = getattr(torch, name, None) if name != "none" else None
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def phase_steps(
+    module: nn.Module, hidden: Tensor, target: Tensor, amp: torch.autocast
+) -> dict[str, Callable[[], None]]:
+    """The measured calls: ``train`` (loss, backward; gradients reset first) where the module
+    has a loss, and ``eval`` (target log-probabilities under ``no_grad``)."""
     params = list(module.parameters())
-    result["param_bytes"] = sum(p.numel() * p.element_size() for p in params)
-    amp = torch.autocast(
-        device.type, dtype=getattr(torch, cfg["autocast"], None), enabled=cfg["autocast"] != "none"
-    )
 
     def train() -> None:
         for x in (*params, hidden):
@@ -288,22 +351,64 @@ def run_case(case: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
         with torch.no_grad(), amp:
             module.target_log_prob(hidden, target)
 
+    steps = {"train": train, "eval": evaluate}
+    if not hasattr(module, "loss"):
+        del steps["train"]
+    if not getattr(module, "evaluates", True):
+        del steps["eval"]
+    return steps
+
+
+def measure(
+    step: Callable[[], None],
+    memory: CpuMemory | CudaMemory,
+    device: torch.device,
+    warmup: int,
+    repeats: int = 1,
+) -> dict[str, Any]:
+    """``warmup`` untimed calls, then ``repeats`` timed ones: their seconds (wall and this
+    process's CPU time: with one thread on a shared machine, the CPU time is the steadier), and
+    the peak memory of all of them above what was allocated before the first."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    baseline = memory.start()
+    for _ in range(warmup):
+        step()
+    times, cpu_times = [], []
+    for _ in range(repeats):
+        sync()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    return {"times_s": times, "cpu_s": cpu_times, "extra_bytes": max(0, memory.peak() - baseline)}
+
+
+def run_case(case: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Build the case's module, then time and measure its phases; return the raw numbers."""
+    torch.set_num_threads(cfg["threads"])
+    device = torch.device(cfg["device"])
+    memory = CudaMemory() if device.type == "cuda" else CpuMemory()
+    torch.manual_seed(cfg["seed"])
+    counts, hidden, target = make_inputs(
+        cfg["tokens"], cfg["dim"], case["vocab_size"], cfg["seed"], device
+    )
+    start = time.perf_counter()
+    module = build_module(case["spec"], cfg["dim"], case["vocab_size"], counts).to(device)
+    result: dict[str, Any] = {"setup_s": time.perf_counter() - start, "memory": memory.method}
+    params = list(module.parameters())
+    result["param_bytes"] = sum(p.numel() * p.element_size() for p in params)
+    steps = phase_steps(module, hidden, target, autocast(device, cfg["autocast"]))
     for phase in cfg["phases"]:
-        if phase == "train" and not hasattr(module, "loss"):
+        if phase not in steps:
             continue
         module.train(phase == "train")
-        step = train if phase == "train" else evaluate
-        baseline = memory.start()
-        for _ in range(cfg["warmup"]):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        result[phase] = {"seconds": seconds, "extra_bytes": max(0, memory.peak() - baseline)}
+        measured = measure(steps[phase], memory, device, cfg["warmup"])
+        result[phase] = {
+            "seconds": measured["times_s"][0],
+            "cpu_seconds": measured["cpu_s"][0],
+            "extra_bytes": measured["extra_bytes"],
+        }
         for x in (*params, hidden):
             x.grad = None
     return result
@@ -367,6 +472,7 @@ def summarise(case: dict[str, Any], runs: list[dict[str, Any]]) -> None:
         if done:
             case[phase] = {
                 "median_s": statistics.median(r["seconds"] for r in done),
+                "median_cpu_s": statistics.median(r["cpu_seconds"] for r in done),
                 "extra_bytes": max(r["extra_bytes"] for r in done),
                 "times_s": [r["seconds"] for r in done],
             }
@@ -383,7 +489,11 @@ def ratio(cases: list[dict[str, Any]], a: str, b: str, vocab: int, phase: str) -
     x, y = (c[phase] for c in found)
     # Below a MB the RSS counters measure page-cache noise, not the case.
     memory = x["extra_bytes"] / y["extra_bytes"] if y["extra_bytes"] >= 2**20 else None
-    return {"time": x["median_s"] / y["median_s"], "memory": memory}
+    return {
+        "time": x["median_s"] / y["median_s"],
+        "cpu_time": x["median_cpu_s"] / y["median_cpu_s"] if y["median_cpu_s"] > 0 else None,
+        "memory": memory,
+    }
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -398,35 +508,41 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"**V = {vocab:,}**",
             "",
-            "| spec | train ms | train extra MB | × naive time | eval ms | eval extra MB |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| spec | train ms | train CPU ms | train extra MB | × naive time "
+            "| eval ms | eval CPU ms | eval extra MB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for c in (c for c in cases if c["vocab_size"] == vocab):
             if c["status"] != "ok":
-                lines.append(f"| `{c['spec']}` | {c['status']}: {c['reason']} | | | | |")
+                lines.append(f"| `{c['spec']}` | {c['status']}: {c['reason']} | | | | | | |")
                 continue
             cells = []
             for phase in ("train", "eval"):
                 entry = c.get(phase)
                 cells += (
-                    [f"{entry['median_s'] * 1e3:,.0f}", f"{entry['extra_bytes'] / 2**20:,.0f}"]
+                    [
+                        f"{entry['median_s'] * 1e3:,.0f}",
+                        f"{entry['median_cpu_s'] * 1e3:,.0f}",
+                        f"{entry['extra_bytes'] / 2**20:,.0f}",
+                    ]
                     if entry
-                    else ["–", "–"]
+                    else ["–", "–", "–"]
                 )
             vs = ratio(cases, c["spec"], "naive", vocab, "train")
-            cells.insert(2, "–" if vs is None else f"{vs['time']:.2f}")
+            cells.insert(3, "–" if vs is None else f"{vs['time']:.2f}")
             lines.append(f"| `{c['spec']}` | " + " | ".join(cells) + " |")
     if report["ratios"]:
         lines += [
             "",
-            "| a / b | V | phase | time | peak extra memory |",
-            "|---|---:|---|---:|---:|",
+            "| a / b | V | phase | time | CPU time | peak extra memory |",
+            "|---|---:|---|---:|---:|---:|",
         ]
         for r in report["ratios"]:
             memory = "–" if r["memory"] is None else f"{r['memory']:.2f}"
+            cpu = "–" if r["cpu_time"] is None else f"{r['cpu_time']:.2f}"
             lines.append(
                 f"| `{r['a']}` / `{r['b']}` | {r['vocab_size']:,} | {r['phase']} | "
-                f"{r['time']:.2f} | {memory} |"
+                f"{r['time']:.2f} | {cpu} | {memory} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -24,6 +24,7 @@ parameters and their two moments, and on a CPU core that update, not the head, s
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -80,7 +81,9 @@ def run_head(name: str, args: argparse.Namespace, data: Path, work: Path) -> dic
         row["error"] = lines[-1] if lines else f"exit status {done.returncode}"
         return row
     r = json.loads((out_dir / "results.json").read_text())
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    passes = validation_passes(out_dir)
+    if not args.keep_checkpoints:
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     row.update(
         vocab=r["vocab_size"],
         steps=r["global_step"],
@@ -90,14 +93,34 @@ def run_head(name: str, args: argparse.Namespace, data: Path, work: Path) -> dic
         eval_s=r.get("final_val_seconds"),
         val_ppl=r["val_ppl"],
         test_ppl=r["test_ppl"],
+        # Every validation of the run (Lightning's at the time stop, the final one): the same
+        # weights and batches, so one value; two would mean state leaking between evaluations.
+        val_passes=passes,
+        val_passes_agree=agree(passes),
         structure=r["head_structure"],
     )
     return row
 
 
+def validation_passes(out_dir: Path) -> list[float]:
+    """The ``val_ppl`` of every validation the run logged, in order: its CSV log, the newest
+    ``version_N`` (an earlier run in the same folder leaves its own)."""
+    logs = out_dir.glob("logs/version_*/metrics.csv")
+    newest = max(logs, key=lambda log: int(log.parent.name.split("_")[1]), default=None)
+    if newest is None:
+        return []
+    with newest.open() as f:
+        return [float(row["val_ppl"]) for row in csv.DictReader(f) if row.get("val_ppl")]
+
+
+def agree(values: list[float], rtol: float = 1e-6) -> bool:
+    """Whether repeated evaluations of the same weights gave the same perplexity."""
+    return not values or max(values) <= min(values) * (1 + rtol)
+
+
 def table(rows: list[dict[str, Any]], floor: float | None) -> str:
     head = f"{'head':16s}{'tokens/s':>10s}{'steps':>7s}{'peak RSS':>11s}{'eval s':>8s}"
-    head += f"{'eval RSS+':>11s}{'val ppl':>10s}{'x floor':>9s}"
+    head += f"{'eval RSS+':>11s}{'val ppl':>10s}{'test ppl':>10s}{'x floor':>9s}  val passes"
     lines = [head]
     for r in rows:
         if "error" in r:
@@ -105,9 +128,11 @@ def table(rows: list[dict[str, Any]], floor: float | None) -> str:
             continue
         grew = r["peak_rss_mib"] - (r["peak_rss_before_eval_mib"] or r["peak_rss_mib"])
         ratio = f"{r['val_ppl'] / floor:9.2f}" if floor else f"{'n/a':>9s}"
+        passes = f"{len(r['val_passes'])}, " + ("equal" if r["val_passes_agree"] else "DIFFER")
         lines.append(
             f"{r['head']:16s}{r['tokens_per_s'] or 0:10,.0f}{r['steps']:7d}"
-            f"{r['peak_rss_mib']:9,.0f}Mi{r['eval_s']:8.1f}{grew:9,.0f}Mi{r['val_ppl']:10.1f}{ratio}"
+            f"{r['peak_rss_mib']:9,.0f}Mi{r['eval_s']:8.1f}{grew:9,.0f}Mi{r['val_ppl']:10.1f}"
+            f"{r['test_ppl']:10.1f}{ratio}  {passes}"
         )
     return "\n".join(lines)
 
@@ -134,6 +159,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--val-batches", type=int, default=20, help="final validation/test batches")
     p.add_argument("--work-dir", type=Path, default=Path("runs/bench_lm1b"))
     p.add_argument("--out", type=Path, default=Path("bench_lm1b.json"))
+    p.add_argument("--keep-checkpoints", action="store_true", help="(gigabytes per head)")
     p.add_argument("recipe_args", nargs="*", help="more recipe options, after --")
     args = p.parse_args(argv)
     heads = [h for h in args.heads.split(",") if h]

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 from lm_heads import HEADS
 
@@ -45,7 +46,7 @@ def test_quick_reports_every_head_and_baseline(quick: tuple[Path, dict]) -> None
     out, report = quick
     table = (out / "bench_heads.md").read_text()
     bench = _load_script()
-    for name in [*HEADS, *bench.BASELINES]:
+    for name in [*HEADS, *filter(bench.importable, bench.BASELINES)]:
         cases = [c for c in report["cases"] if c["spec"] == name]
         assert len(cases) == 2, f"{name!r} missing from the JSON results"
         assert f"`{name}`" in table, f"{name!r} missing from the markdown table"
@@ -118,4 +119,17 @@ def test_spec_parsing() -> None:
 def test_default_specs_come_from_the_registry() -> None:
     # Adding a head must touch only the registry and the conformance cases.
     bench = _load_script()
-    assert bench.default_specs() == [*bench.BASELINES, *HEADS]
+    assert bench.default_specs() == [*filter(bench.importable, bench.BASELINES), *HEADS]
+    # Other packages' kernels are in the default run only where they import.
+    assert set(bench.BASELINES) - set(bench.default_specs()) == {
+        name for name, module in bench.EXTERNAL.items() if importlib.util.find_spec(module) is None
+    }
+
+
+def test_external_baselines_get_the_autocast_dtype_by_hand() -> None:
+    bench = _load_script()
+    h, w, b = torch.randn(3, 4), torch.randn(5, 4), torch.randn(5)
+    assert all(x.dtype == torch.float32 for x in bench.autocast_inputs(h, w, b))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = bench.autocast_inputs(h, w, None)
+    assert [x.dtype for x in cast[:2]] == [torch.bfloat16] * 2 and cast[2] is None

@@ -45,4 +45,26 @@ def test_lm1b_bench_trains_a_head_on_its_corpus_and_reports_the_floor(tmp_path: 
     floor = report["meta"]["entropy_floor_ppl"]
     assert 1.0 < floor < row["val_ppl"]  # a model cannot beat the language's entropy rate
     assert row["steps"] >= 1 and row["tokens_per_s"] > 0 and row["peak_rss_mib"] > 0
+    assert row["val_passes"] and row["val_passes_agree"], row["val_passes"]
+    assert row["val_passes"][-1] == pytest.approx(row["val_ppl"])
     assert not (tmp_path / "runs" / "adaptive-auto" / "checkpoints").exists()
+
+
+def test_lm1b_bench_reads_every_validation_pass_and_flags_a_disagreement(tmp_path: Path) -> None:
+    # The recipe validates the same batches at the time stop and again at the end: one value
+    # expected; a second, different value means state leaked from one evaluation to the next.
+    bench = _load("bench_lm1b")
+    log = tmp_path / "logs" / "version_0" / "metrics.csv"
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        "epoch,step,test_ppl,train_loss,train_ppl,val_ppl\n"
+        "0,19,,7.79,2426.1,\n0,45,,,,1834.2\n1,46,,,,1834.2\n1,46,1895.8,,,\n"
+    )
+    older = tmp_path / "logs" / "version_10" / "metrics.csv"  # a later run, same folder
+    older.parent.mkdir()
+    older.write_text("epoch,step,test_ppl,val_ppl\n0,9,,1300.5\n")
+    assert bench.validation_passes(tmp_path) == [1300.5]  # the newest run only (10 > 0)
+    older.unlink()
+    passes = bench.validation_passes(tmp_path)
+    assert passes == [1834.2, 1834.2] and bench.agree(passes)
+    assert not bench.agree([1245.0, 2983.0]) and bench.agree([])
