@@ -70,9 +70,13 @@ class AdaptiveLM(nn.Module):
         return self.head(torch.tanh(self.embed(tokens)), targets).loss
 
 
-def train_identically(rank: int, world: int, label: str, model: nn.Module) -> nn.Module:
-    """Three SGD steps under DDP; raises unless every rank ends with the same parameters."""
-    ddp = DDP(model, find_unused_parameters=False)
+def train_identically(
+    rank: int, world: int, label: str, model: nn.Module, device: torch.device | None = None
+) -> nn.Module:
+    """Three SGD steps under DDP (on ``device``: one GPU per rank; CPU when None); raises unless
+    every rank ends with the same parameters."""
+    device_ids = None if device is None else [device.index]
+    ddp = DDP(model.to(device or "cpu"), device_ids=device_ids, find_unused_parameters=False)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(100 + rank)
     for step in range(3):
@@ -81,7 +85,7 @@ def train_identically(rank: int, world: int, label: str, model: nn.Module) -> nn
         targets = torch.randint(0, high, (B, T), generator=gen)
         targets[0, 0] = -100
         opt.zero_grad()
-        loss = ddp(tokens, targets)
+        loss = ddp(tokens.to(device or "cpu"), targets.to(device or "cpu"))
         if not torch.isfinite(loss):
             raise RuntimeError(f"{label}: non-finite loss {loss}")
         loss.backward()
