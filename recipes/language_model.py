@@ -117,7 +117,14 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
         self._train_batches_in_epoch += 1
-        return self.head_training_step(self._hidden(inputs, "train"), targets)
+        loss = self.head_training_step(self._hidden(inputs, "train"), targets)
+        # The loggers' rows count steps as the progress line does (the steps done, this one
+        # included) rather than by Lightning's 0-based index ("step" sets a row's step), beside
+        # the lr this step trains at.
+        steps_done = float(self.trainer.global_step + 1)
+        lr = current_lr(self.trainer) or 0.0
+        self.log_dict({"step": steps_done, "lr": lr}, on_step=True, on_epoch=False)
+        return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         inputs, targets = batch

@@ -26,7 +26,7 @@ import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
 from lm_heads.data import LMDataModule
@@ -179,6 +179,9 @@ LIGHTNING_NOISE = (
     "💡 Tip:",  # advertisements for litlogger / litmodels
     "`Trainer(val_check_interval=1.0)` was configured",  # the recipe's own, documented choice
     "Trainer already configured with model summary callbacks",  # the recipe's Summary
+    # LanguageModel.configure_callbacks: validate and test ask the model again for the callbacks
+    # fit was given, by design (the same instances, never doubled).
+    "The following callbacks returned in `LightningModule.configure_callbacks`",
 )
 """Lightning's info lines that say nothing about this run (the threads and memory lines do)."""
 
@@ -263,7 +266,6 @@ def build_trainer(
         ours.stop,  # before FinalCheckpoint, which saves last.ckpt when it stops training
         FinalCheckpoint(out_dir / "checkpoints" / "last.ckpt", args.checkpoint_every),
         RankSeeds(args.seed),  # each rank's own dropout masks
-        LearningRateMonitor(logging_interval="step"),  # an lr column in metrics.csv
     ]
     if rank == 0:
         callbacks.append(Summary(max_depth=1))

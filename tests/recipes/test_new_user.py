@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import csv
 import gzip
 import io
 import logging
@@ -281,15 +282,25 @@ def test_a_smaller_vocabulary_is_noted(short_run) -> None:
 def test_no_noise(short_run) -> None:
     _, out, err, _ = short_run
     for noise in ("GPU available", "TPU available", "litlogger", "val_check_interval",
-                  "LeafSpec", "FLOPs", "Total Flops", "Trainer already configured"):  # fmt: skip
+                  "LeafSpec", "FLOPs", "Total Flops", "Trainer already configured",
+                  "will override existing callbacks"):  # fmt: skip
         assert noise not in out + err, noise
     assert "Trainable params" in err  # the model summary itself stays
 
 
-def test_metrics_csv_has_an_lr_column(short_run) -> None:
-    _, _, _, root = short_run
+def test_metrics_csv_has_an_lr_column_and_the_progress_lines_steps(short_run) -> None:
+    _, out, _, root = short_run
     (metrics,) = (root / "run" / "logs").rglob("metrics.csv")
-    assert "lr-SGD" in metrics.read_text().splitlines()[0].split(",")
+    rows = [r for r in csv.DictReader(metrics.open()) if r["train_loss"]]
+    assert rows and all(float(r["lr"]) == 20.0 for r in rows)  # the reference config's lr
+    # Each progress line's step and loss are a row of metrics.csv (Lightning's rows said step 4
+    # for the progress line's "step 5": its 0-based index of the step).
+    printed = [line.split() for line in out.splitlines() if line.startswith("step ") and "ETA" in line]
+    logged = {int(r["step"]): float(r["train_loss"]) for r in rows}
+    for words in printed:
+        step, loss = int(words[1].split("/")[0]), float(words[words.index("loss") + 1])
+        if step % 5 == 0:  # --log-every 5: the last step's line has no row of its own
+            assert round(logged[step], 4) == loss, (step, logged)
 
 
 def test_summary_reports_a_max_time_stop(lm, capsys) -> None:
