@@ -295,7 +295,8 @@ def test_metrics_csv_has_an_lr_column_and_the_progress_lines_steps(short_run) ->
     assert rows and all(float(r["lr"]) == 20.0 for r in rows)  # the reference config's lr
     # Each progress line's step and loss are a row of metrics.csv (Lightning's rows said step 4
     # for the progress line's "step 5": its 0-based index of the step).
-    printed = [line.split() for line in out.splitlines() if line.startswith("step ") and "ETA" in line]
+    lines = out.splitlines()
+    printed = [x.split() for x in lines if x.startswith("step ") and "ETA" in x]
     logged = {int(r["step"]): float(r["train_loss"]) for r in rows}
     for words in printed:
         step, loss = int(words[1].split("/")[0]), float(words[words.index("loss") + 1])
