@@ -22,10 +22,10 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, Union, cast, get_args, get_origin, get_type_hints
 
 import yaml
 from jsonargparse import (
@@ -36,15 +36,16 @@ from jsonargparse import (
     get_loader,
     set_loader,
 )
-from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 
 from recipes import options
+
+if TYPE_CHECKING:  # at run time through data_options(), which imports no torch
+    from lm_heads.data.options import DataOptions
 
 # Nothing here imports torch or lightning: a mistake on the command line is reported at once.
 DATA_NAMES = ("auto", "synthetic", "wikitext-2", "wikitext-103", "lm1b")
 """``--data`` values that name a corpus rather than a folder (``lm_heads.data.DATA_CHOICES``)."""
-Logger = Literal["csv", "tensorboard", "wandb", "mlflow"]
-LOGGERS = get_args(Logger)
 PRECISIONS = (
     "64-true",
     "32-true",
@@ -207,16 +208,10 @@ def _data(group: Any) -> None:
     data = ("data", "encoding", "cache_dir", "min_count", "max_size", "synthetic_vocab_size",
             "synthetic_tokens", "num_workers")  # fmt: skip
     _add_fields(group, data_options(), data)
-    group.add_argument(
-        "--similarity",
-        "--simlex",
-        type=str | None,
-        default=None,
-        help="word-similarity file: SimLex-999, WordSim-353 or SimVerb-3500 format",
-    )
+    _add_fields(group, options.RunOptions, ("similarity",))
 
 
-def data_options() -> type:
+def data_options() -> type[DataOptions]:
     """``lm_heads.data.options.DataOptions``, the data options' one declaration, without
     importing ``lm_heads`` (whose ``__init__`` loads torch: seconds before a typo is reported).
     The module is registered under its own name, so the package later imports this same one."""
@@ -240,7 +235,7 @@ def _add_fields(group: Any, cls: type, names: Sequence[str] | None = None) -> No
     for f in [chosen[name] for name in names] if names is not None else fields(cls):
         flags = (f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ()))
         default = options.field_default(f)
-        if hints[f.name] is bool:
+        if set(get_args(hints[f.name]) or [hints[f.name]]) <= {bool, type(None)}:
             kind: dict[str, Any] = {"action": ActionYesNo(no_prefix="no-")}
         else:
             kind = {"type": _parsed_type(hints[f.name], f.metadata.get("minimum"))}
@@ -265,91 +260,23 @@ def _optimisation(group: Any) -> None:
     _add_fields(group, options.TrainerOptions, ("grad_clip",))
     _add_fields(group, data_options(), ("batch_size", "eval_batch_size", "bptt"))
     _add_fields(group, options.TrainerOptions, ("max_steps", "max_epochs"))
-    group.add_argument(
-        "--max-time",
-        type=PositiveFloat | None,
-        default=None,
-        help="training budget in seconds (optimizer steps only); stops after the step that "
-        "crosses it, or at --max-steps, whichever comes first",
-    )
+    _add_fields(group, options.RunOptions, ("max_time",))
 
 
 def _hardware_and_run(group: Any) -> None:
     """Devices, precision, seeds, output, resume, evaluation and logging."""
-    add = group.add_argument
-    trainer = ("accelerator", "devices", "num_nodes", "strategy")
-    _add_fields(group, options.TrainerOptions, trainer)
-    add(
-        "--dist-timeout",
-        type=PositiveFloat,
-        default=600.0,
-        help="seconds a rank waits for the others (to start the process group, and in each "
-        "collective) before it stops with an error naming the likely cause, e.g. another node "
-        "that failed; raise it if one node is much slower to start than the others",
-    )
+    _add_fields(group, options.TrainerOptions, ("accelerator", "devices", "num_nodes", "strategy"))
+    _add_fields(group, options.RunOptions, ("dist_timeout",))
     _add_fields(group, options.TrainerOptions, ("precision",))
-    add("--threads", type=PositiveInt | None, default=None, help="CPU threads per rank")
+    _add_fields(group, options.RunOptions, ("threads",))
     _add_fields(group, data_options(), ("seed",))
-
-    add("--output-dir", type=str, default="runs/lm", help="checkpoints, logs, results.json")
-    add("--resume", type=str | None, default=None, help="checkpoint path, or 'last'")
-    add(
-        "--overwrite",
-        action=ActionYesNo(no_prefix="no-"),
-        default=False,
-        help="start afresh in an --output-dir that holds an earlier run",
-    )
-    add(
-        "--eval-only",
-        action=ActionYesNo(no_prefix="no-"),
-        default=False,
-        help="skip training: evaluate the weights of --resume on val and test",
-    )
-    add(
-        "--curve-every",
-        "--val-check-interval",  # 0.2's name, when it drove Lightning's validation loop
-        type=PositiveInt | None,
-        default=None,
-        help="every N steps, add a val_subset_ppl point to the curve (the first --curve-batches "
-        "validation batches); the whole split is validated at each epoch end regardless, and "
-        "only that drives the plateau schedule (default: epoch ends only)",
-    )
-    add(
-        "--curve-batches",
-        type=PositiveInt,
-        default=50,
-        help="validation batches of each --curve-every point",
-    )
+    outputs = ("output_dir", "resume", "overwrite", "eval_only", "curve_every", "curve_batches")
+    _add_fields(group, options.RunOptions, outputs)
     limits = tuple(f"limit_{split}_batches" for split in ("train", "val", "test"))
     _add_fields(group, options.TrainerOptions, limits)
-    add(
-        "--final-val-batches",
-        type=options.Limit | None,
-        default=None,
-        help="limit of the final validation only (default: --limit-val-batches)",
-    )
-    add(
-        "--target-ppl",
-        type=PositiveFloat | None,
-        default=None,
-        help="report when validation perplexity first reached this (time_to_target)",
-    )
-    add("--checkpoint-every", type=PositiveInt, default=100, help="steps between checkpoints")
+    _add_fields(group, options.RunOptions, ("final_val_batches", "target_ppl", "checkpoint_every"))
     _add_fields(group, options.TrainerOptions, ("log_every",))
-    add(
-        "--logger",
-        type=Logger | list[Logger] | None,
-        default=None,
-        help="logger(s) by name: csv, or a list, e.g. [csv,mlflow] (default: csv, and "
-        "tensorboard if installed)",
-    )
-    add(
-        "--progress-bar",
-        action=ActionYesNo(no_prefix="no-"),
-        default=None,
-        help="progress bar (default: on when stdout is a terminal; else one line per "
-        "--log-every steps)",
-    )
+    _add_fields(group, options.RunOptions, ("logger", "progress_bar"))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Namespace:
@@ -455,23 +382,16 @@ def check_args(args: Namespace, defaults: Namespace | None = None) -> None:
     _check_head(args.head, args.head_options)
 
 
-ONLY_WITH: dict[str, tuple[str, tuple[Any, ...] | None]] = {
-    "curve_batches": ("curve_every", None),
-}
-"""Options that do something only when another option takes one of some values (``None``: when
-that option is given at all). The model's options declare it in their field's
-``metadata["only_with"]`` (recipes/options.py); these are the rest."""
-
-
 def only_with() -> dict[str, tuple[str, tuple[Any, ...] | None]]:
-    """Every option that applies only with some values of another, and those values."""
-    declared = {
+    """Every option that does something only when another option takes one of some values
+    (``None``: when that option is given at all), as its field declares in
+    ``metadata["only_with"]`` (recipes/options.py)."""
+    return {
         f.name: f.metadata["only_with"]
-        for group in options.MODEL_GROUPS
+        for group in (*options.MODEL_GROUPS, options.RunOptions)
         for f in fields(group)
         if "only_with" in f.metadata
     }
-    return declared | ONLY_WITH
 
 
 def _check_not_dropped(args: Namespace, defaults: Namespace) -> None:
@@ -589,6 +509,32 @@ def _check_head(head: str, given: dict[str, Any]) -> None:
             f"head {head!r} has no option(s) {unknown}; its options are: "
             + ", ".join(f"{k}={v!r}" for k, v in known.items())
         )
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    """The parsed options as typed groups, each the signature of what it configures."""
+
+    model: options.ModelOptionsDict
+    """``LanguageModel``'s keyword options"""
+    data: DataOptions
+    """``LMDataModule``'s options (it subclasses :class:`DataOptions`)"""
+    trainer: options.TrainerOptions
+    run: options.RunOptions
+    recorded: dict[str, Any]
+    """every option, as results.json and the checkpoints record them (``--config`` reads it)"""
+
+
+def grouped(args: Namespace) -> RecipeOptions:
+    """``args`` (from :func:`parse_args`) as its option groups."""
+    model = {name: args[name] for name in options.option_names()}
+    return RecipeOptions(
+        model=cast(options.ModelOptionsDict, model),
+        data=options.option_group(data_options(), args),
+        trainer=options.option_group(options.TrainerOptions, args),
+        run=options.option_group(options.RunOptions, args),
+        recorded=recorded_args(args),
+    )
 
 
 def recorded_args(args: Namespace) -> dict[str, Any]:

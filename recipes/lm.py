@@ -69,7 +69,7 @@ import torch  # noqa: E402
 
 from lm_heads.data import CacheError, DataUnavailableError  # noqa: E402
 from recipes.checkpoint import batching, check_batching, check_resume, read_checkpoint  # noqa: E402
-from recipes.cli import UsageError, parse_args, recorded_args, usage_exit  # noqa: E402
+from recipes.cli import RecipeOptions, UsageError, grouped, parse_args, usage_exit  # noqa: E402
 from recipes.distributed import (  # noqa: E402
     is_peer_timeout,
     launch_rank,
@@ -146,17 +146,18 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Check everything, train, evaluate, report; user mistakes raise before ``fit``."""
     # Before the process group exists, each rank checks everything alone: a rank that fails here
     # exits at once, and the others give up after --dist-timeout (main) instead of waiting.
-    hardware = option_group(TrainerOptions, args)
-    rank, out_dir = launch_rank(_devices_per_node(hardware)), Path(args.output_dir)
-    prepare_output_dir(out_dir, args, rank)
-    check_splits(args.data)
-    similarity = load_similarity(args.similarity)
-    resume = resolve_resume(args, out_dir)
+    options = grouped(args)
+    hardware, run_options, data = options.trainer, options.run, options.data
+    rank, out_dir = launch_rank(_devices_per_node(hardware)), Path(run_options.output_dir)
+    prepare_output_dir(run_options, rank)
+    check_splits(str(data.data))
+    similarity = load_similarity(run_options.similarity)
+    resume = resolve_resume(run_options)
     ckpt = read_checkpoint(resume, "--resume") if resume is not None else None
     accelerator = hardware.accelerator
     if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
         try:
-            threads = apply_threads(args.threads, _devices_per_node(hardware))
+            threads = apply_threads(run_options.threads, _devices_per_node(hardware))
         except ValueError as error:
             raise UsageError(str(error)) from None
         if local_rank() == 0:  # once per machine: machines may differ
@@ -165,16 +166,17 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         warn_oversubscribed(hardware, torch.get_num_threads())
     # The same seed on every rank: identical models and data order. RankSeeds (a callback of
     # build_trainer) then gives each rank > 0 its own stream for the training steps.
-    L.seed_everything(args.seed, workers=True, verbose=False)
+    L.seed_everything(data.seed, workers=True, verbose=False)
 
-    trainer, ours = build_trainer(args, out_dir, resuming=resume is not None, rank=rank)
-    dm = build_data(args, trainer.world_size)
+    trainer, ours = build_trainer(options, resuming=resume is not None, rank=rank)
+    dm = build_data(data, trainer.world_size)
     ours.extras.vocab = dm.vocab
     if rank == 0:
-        print(f"{dm.description} [--data {args.data}]", flush=True)
-    model = build_model(args, dm)
+        print(f"{dm.description} [--data {data.data}]", flush=True)
+    model = build_model(options.model, dm)
+    tokens = max(dm.batch_size, dm.eval_streams) * dm.bptt  # the largest batch, train or eval
     try:
-        memory, free = check_memory(model, args, trainer.strategy.root_device)
+        memory, free = check_memory(model, tokens, trainer.strategy.root_device)
     except MemoryError as error:
         raise UsageError(str(error)) from None
     if rank == 0:
@@ -182,14 +184,14 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     if resume is not None and ckpt is not None:
         assert dm.vocab is not None  # build_data set it up
         check_resume(ckpt, resume, model, dm.vocab)
-        if not args.eval_only:  # evaluation is the same on any world size
-            change = check_batching(ckpt, resume, batching(trainer, args.batch_size))
+        if not run_options.eval_only:  # evaluation is the same on any world size
+            change = check_batching(ckpt, resume, batching(trainer, dm.batch_size))
             if change is not None and rank == 0:
                 print(f"recipes/lm.py: warning: {change}", file=sys.stderr, flush=True)
     ours.clock.probe = lambda: _similarity_point(model, dm, similarity)
 
     train_loss = None
-    if args.eval_only:
+    if run_options.eval_only:
         assert ckpt is not None  # check_args: --eval-only needs --resume
         model.load_state_dict(ckpt["state_dict"])
         ours.timer.load_state_dict(ckpt.get("callbacks", {}).get("FitTimer", {}))
@@ -209,14 +211,13 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             _interrupted(ours.stop.stopped_by, trainer, out_dir, argv)
         train_loss = _last_train_loss(trainer)  # read before validate() clears callback_metrics
         ours.tokens_per_s = _agreed_tokens_per_s(trainer, ours.clock.tokens_per_s)
-    val_ppl = (
-        _epoch_end_val_ppl(ours.clock.curve, trainer) if args.final_val_batches is None else None
-    )
+    final_val_batches = run_options.final_val_batches
+    val_ppl = _epoch_end_val_ppl(ours.clock.curve, trainer) if final_val_batches is None else None
     fit_peak = _peak_memory_mib(trainer.strategy.root_device)[0]
     ours.peak_mib_before_final_val = fit_peak
     if val_ppl is None:
-        if args.final_val_batches is not None:
-            trainer.limit_val_batches = args.final_val_batches
+        if final_val_batches is not None:
+            trainer.limit_val_batches = final_val_batches
         val_start = time.perf_counter()
         val = trainer.validate(model, datamodule=dm, ckpt_path=_exactly(trainer), verbose=False)
         val_ppl = float(val[0]["val_ppl"])
@@ -224,7 +225,7 @@ def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     test = trainer.test(model, datamodule=dm, ckpt_path=_exactly(trainer), verbose=False)
     if not trainer.is_global_zero:
         return None
-    results = _results(args, trainer, model, dm, ours, val_ppl, float(test[0]["test_ppl"]),
+    results = _results(options, trainer, model, dm, ours, val_ppl, float(test[0]["test_ppl"]),
                        train_loss)  # fmt: skip
     results["similarity"] = similarity_scores(model, dm, similarity)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -280,21 +281,21 @@ def _interrupted(
 
 
 def _results(
-    args: Any, trainer: L.Trainer, model: LanguageModel, dm: Any, ours: RunState,
+    options: RecipeOptions, trainer: L.Trainer, model: LanguageModel, dm: Any, ours: RunState,
     val_ppl: float, test_ppl: float, train_loss: float | None,
 ) -> dict[str, Any]:  # fmt: skip
-    clock = ours.clock
+    clock, run, args = ours.clock, options.run, options.recorded
     peak, peak_what = _peak_memory_mib(trainer.strategy.root_device)  # model is back on CPU
     results: dict[str, Any] = {
-        "head": args.head,
-        "head_options": args.head_options,
+        "head": args["head"],
+        "head_options": args["head_options"],
         "head_is_exact": model.head.loss_is_exact(training=True),
         # The resolved structure (e.g. the cutoffs that cutoffs="auto" chose), to reuse as options.
         "head_structure": model.head.extra_repr(),
-        "model": args.model,
-        "tie_weights": args.tie_weights,
-        "input_layer": args.input_layer,
-        "data": args.data,
+        "model": args["model"],
+        "tie_weights": args["tie_weights"],
+        "input_layer": args["input_layer"],
+        "data": args["data"],
         "data_description": dm.description,
         "vocab_size": int(dm.vocab_size),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -314,19 +315,19 @@ def _results(
         # The final validation's time, and the peak memory before it (peak_memory_mib includes it).
         "final_val_seconds": ours.final_val_seconds,
         "peak_memory_mib_before_final_val": ours.peak_mib_before_final_val,
-        "checkpoint_last": str(Path(args.output_dir) / "checkpoints" / "last.ckpt"),
-        "args": recorded_args(args),
+        "checkpoint_last": str(Path(run.output_dir) / "checkpoints" / "last.ckpt"),
+        "args": args,
         "git": git_state(),  # the code this result came from (recipes/provenance.py)
     }
-    if not args.eval_only:
+    if not run.eval_only:
         # The final validation closes the curve (the epoch-end one when training ended there,
         # with the lr it was trained at); its point is marked so plots can tell.
         if ours.final_val_seconds is not None:  # a new validation, not the epoch end's
             clock.add_point(trainer, "val_ppl", val_ppl)
         clock.curve[-1]["final"] = True
     results["val_curve"] = clock.curve
-    if args.target_ppl is not None:
-        results["time_to_target"] = time_to_target(clock.curve, args.target_ppl)
+    if run.target_ppl is not None:
+        results["time_to_target"] = time_to_target(clock.curve, run.target_ppl)
     return results
 
 

@@ -127,12 +127,13 @@ def available_bytes(device: torch.device) -> int | None:
 
 
 def check_memory(
-    model: Any, args: Any, device: torch.device, available: int | None = None
+    model: Any, tokens: int, device: torch.device, available: int | None = None
 ) -> tuple[MemoryEstimate, int | None]:
-    """The estimate and the memory available; raises ``MemoryError`` with the reason and what to
-    change when training cannot fit. ``available`` overrides the measured value (tests)."""
-    tokens = max(args.batch_size, args.eval_batch_size or args.batch_size) * args.bptt
-    est = estimate(model, model.head, args.optimizer, tokens)
+    """The estimate for batches of ``tokens`` and the memory available; raises ``MemoryError``
+    with the reason and what to change when training cannot fit. ``available`` overrides the
+    measured value (tests)."""
+    optimizer = model.hparams["optimizer"]
+    est = estimate(model, model.head, optimizer, tokens)
     free = available_bytes(device) if available is None else available
     if free is None:
         return est, None
@@ -140,8 +141,8 @@ def check_memory(
     still_needed = est.total - (est.parameters if device.type == "cpu" else 0)
     if still_needed > free:
         raise MemoryError(
-            f"--head {args.head} cannot train in the memory available: it needs about "
-            f"{est.total / GiB:.1f} GiB ({est.describe(args.optimizer)}) and "
+            f"--head {model.hparams['head']} cannot train in the memory available: it needs "
+            f"about {est.total / GiB:.1f} GiB ({est.describe(optimizer)}) and "
             f"{still_needed / GiB:.1f} GiB of it is still to allocate, but only "
             f"{free / GiB:.1f} GiB is free. Lower --batch-size or --bptt, use a factorized head "
             "(adaptive, class, hierarchical) or a sampled one, --head-option chunk_size=auto for "

@@ -196,10 +196,58 @@ class TrainerOptions:
 TRAINER_NAMES = {"grad_clip": "gradient_clip_val", "log_every": "log_every_n_steps"}
 """The recipe's name of a :class:`TrainerOptions` field → ``L.Trainer``'s name for it."""
 
+Logger = Literal["csv", "tensorboard", "wandb", "mlflow"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the recipe does around ``fit``: its budget, files, evaluations and output."""
+
+    max_time: PositiveFloat | None = None
+    """training budget in seconds (optimizer steps only); stops after the step that crosses it,
+    or at --max-steps, whichever comes first"""
+    dist_timeout: PositiveFloat = 600.0
+    """seconds a rank waits for the others (to start the process group, and in each collective)
+    before it stops with an error naming the likely cause, e.g. another node that failed; raise
+    it if one node is much slower to start than the others"""
+    threads: PositiveInt | None = None
+    """CPU threads per rank"""
+    output_dir: str = "runs/lm"
+    """checkpoints, logs, results.json"""
+    resume: str | None = None
+    """checkpoint path, or 'last'"""
+    overwrite: bool = False
+    """start afresh in an --output-dir that holds an earlier run"""
+    eval_only: bool = False
+    """skip training: evaluate the weights of --resume on val and test"""
+    # --val-check-interval: 0.2's name, when it drove Lightning's validation loop.
+    curve_every: PositiveInt | None = field(
+        default=None, metadata={"aliases": ("--val-check-interval",)}
+    )
+    """every N steps, add a val_subset_ppl point to the curve (the first --curve-batches
+    validation batches); the whole split is validated at each epoch end regardless, and only
+    that drives the plateau schedule (default: epoch ends only)"""
+    curve_batches: PositiveInt = field(default=50, metadata={"only_with": ("curve_every", None)})
+    """validation batches of each --curve-every point"""
+    final_val_batches: Limit | None = None
+    """limit of the final validation only (default: --limit-val-batches)"""
+    target_ppl: PositiveFloat | None = None
+    """report when validation perplexity first reached this (time_to_target)"""
+    checkpoint_every: PositiveInt = 100
+    """steps between checkpoints"""
+    logger: Logger | list[Logger] | None = None
+    """logger(s) by name: csv, or a list, e.g. [csv,mlflow] (default: csv, and tensorboard if
+    installed)"""
+    progress_bar: bool | None = None
+    """progress bar (default: on when stdout is a terminal; else one line per --log-every steps)"""
+    similarity: str | None = field(default=None, metadata={"aliases": ("--simlex",)})
+    """word-similarity file: SimLex-999, WordSim-353 or SimVerb-3500 format"""
+
 
 def option_group(cls: type[T], options: Any) -> T:
-    """The dataclass ``cls`` of the parsed ``options`` (any mapping with its field names)."""
-    return cls(**{f.name: options[f.name] for f in fields(cls)})
+    """The dataclass ``cls`` of the parsed ``options`` (a mapping with its field names; a field
+    it lacks keeps its default)."""
+    return cls(**{f.name: options[f.name] for f in fields(cls) if f.name in options})
 
 
 def option_names() -> list[str]:

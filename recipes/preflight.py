@@ -16,24 +16,25 @@ import os
 import shutil
 import sys
 import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
 from lm_heads.data import LMDataModule
+from lm_heads.data.options import DataOptions
 from lm_heads.data.sources import LOCAL_NAMES, SPLITS, find_split_files
 from lm_heads.similarity import find_simlex, load_pairs, pairs_name, word_similarity
 from recipes.checkpoint import CheckpointExtras, FitTimer, newest_checkpoint
-from recipes.cli import DATA_NAMES, UsageError, check_output_dir, recorded_args
+from recipes.cli import DATA_NAMES, RecipeOptions, UsageError, check_output_dir
 from recipes.distributed import RankSeeds
 from recipes.language_model import (
     FinalCheckpoint,
@@ -43,7 +44,7 @@ from recipes.language_model import (
     TrainClock,
     hpc_checkpoints,
 )
-from recipes.options import TrainerOptions, option_group, option_names
+from recipes.options import ModelOptionsDict, RunOptions, TrainerOptions
 from recipes.progress import LineProgress, RecipeProgressBar
 from recipes.threads import oversubscription
 
@@ -54,17 +55,18 @@ LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "ml
 
 # ------------------------------------------------------------------------------------------------
 # Files
-def prepare_output_dir(out_dir: Path, args: Namespace, rank: int) -> None:
+def prepare_output_dir(run: RunOptions, rank: int) -> None:
     """Refuse a file, or an earlier run unless ``--resume`` or ``--overwrite`` says what to do."""
+    out_dir = Path(run.output_dir)
     check_output_dir(out_dir)
     # A SLURM-requeued job resumes from its hpc_ckpt_N.ckpt by itself (resolve_resume).
     hpc = hpc_checkpoints(out_dir)
-    requeued = bool(hpc) and SLURMEnvironment.detect() and not args.overwrite
+    requeued = bool(hpc) and SLURMEnvironment.detect() and not run.overwrite
     earlier = [p for p in (out_dir / "checkpoints", out_dir / "results.json") if p.exists()]
-    if not earlier + hpc or args.resume is not None or requeued:
+    if not earlier + hpc or run.resume is not None or requeued:
         return
     earlier += hpc
-    if not args.overwrite:
+    if not run.overwrite:
         # Every rank decides alike (nothing is written before fit), so none is left waiting.
         names = ", ".join(p.name for p in earlier)
         raise UsageError(
@@ -76,21 +78,22 @@ def prepare_output_dir(out_dir: Path, args: Namespace, rank: int) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def resolve_resume(args: Namespace, out_dir: Path) -> Path | None:
+def resolve_resume(run: RunOptions) -> Path | None:
     """The checkpoint to continue: ``--resume PATH``; for ``--resume last`` the newer of
     ``last.ckpt`` and SLURM's ``hpc_ckpt_N.ckpt``; without ``--resume``, a requeued SLURM job
     (one with an hpc_ckpt) continues from that newer one too (Lightning would take the hpc_ckpt,
     even when last.ckpt is newer)."""
-    if args.resume is None:
-        requeued = not args.overwrite and SLURMEnvironment.detect() and hpc_checkpoints(out_dir)
+    out_dir = Path(run.output_dir)
+    if run.resume is None:
+        requeued = not run.overwrite and SLURMEnvironment.detect() and hpc_checkpoints(out_dir)
         return newest_checkpoint(out_dir) if requeued else None
-    if args.resume == "last":
+    if run.resume == "last":
         path = newest_checkpoint(out_dir) or out_dir / "checkpoints" / "last.ckpt"
     else:
-        path = Path(args.resume)
+        path = Path(run.resume)
     if not path.is_file():
-        what = "no checkpoint at" if args.resume == "last" else "no such checkpoint:"
-        raise UsageError(f"--resume {args.resume}: {what} {path}")
+        what = "no checkpoint at" if run.resume == "last" else "no such checkpoint:"
+        raise UsageError(f"--resume {run.resume}: {what} {path}")
     return path
 
 
@@ -106,11 +109,12 @@ def load_similarity(path: str | None) -> tuple[str, list[tuple[str, str, float]]
 
 # ------------------------------------------------------------------------------------------------
 # Trainer
-def build_loggers(names: list[str] | None, out_dir: Path) -> list[Any]:
+def build_loggers(given: str | Sequence[str] | None, out_dir: Path) -> list[Any]:
     from lightning.pytorch import loggers
 
-    if names is None:  # csv, and tensorboard when installed
-        names = ["csv"] + (["tensorboard"] if _installed("tensorboard") else [])
+    if given is None:  # csv, and tensorboard when installed
+        given = ["csv"] + (["tensorboard"] if _installed("tensorboard") else [])
+    names = [given] if isinstance(given, str) else list(given)
     missing = [n for n in names if n in LOGGER_PACKAGES and not _installed(LOGGER_PACKAGES[n])]
     if missing:
         raise UsageError(
@@ -241,19 +245,17 @@ class RunState:
     peak_mib_before_final_val: float | None = None
 
 
-def build_trainer(
-    args: Namespace, out_dir: Path, resuming: bool, rank: int
-) -> tuple[L.Trainer, RunState]:
+def build_trainer(options: RecipeOptions, resuming: bool, rank: int) -> tuple[L.Trainer, RunState]:
     """The Trainer, and the callbacks the recipe reads back as a :class:`RunState`."""
-    hardware = option_group(TrainerOptions, args)
-    progress = sys.stdout.isatty() if args.progress_bar is None else args.progress_bar
-    ours = RunState(TrainClock(args.max_time), FitTimer(), CheckpointExtras(recorded_args(args)),
+    hardware, run, out_dir = options.trainer, options.run, Path(options.run.output_dir)
+    progress = sys.stdout.isatty() if run.progress_bar is None else run.progress_bar
+    ours = RunState(TrainClock(run.max_time), FitTimer(), CheckpointExtras(options.recorded),
                     StopOnSignal())  # fmt: skip
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
         filename="step{step}",
         auto_insert_metric_name=False,
-        every_n_train_steps=args.checkpoint_every,
+        every_n_train_steps=run.checkpoint_every,
         save_top_k=1,
         save_last=True,
         enable_version_counter=False,  # one last.ckpt, overwritten (never last-v1.ckpt)
@@ -264,22 +266,22 @@ def build_trainer(
         ours.extras,
         checkpoint,
         ours.stop,  # before FinalCheckpoint, which saves last.ckpt when it stops training
-        FinalCheckpoint(out_dir / "checkpoints" / "last.ckpt", args.checkpoint_every),
-        RankSeeds(args.seed),  # each rank's own dropout masks
+        FinalCheckpoint(out_dir / "checkpoints" / "last.ckpt", run.checkpoint_every),
+        RankSeeds(options.data.seed),  # each rank's own dropout masks
     ]
     if rank == 0:
         callbacks.append(Summary(max_depth=1))
-    if args.curve_every is not None:
-        callbacks.append(SubsetValidation(args.curve_every, args.curve_batches, ours.clock))
+    if run.curve_every is not None:
+        callbacks.append(SubsetValidation(run.curve_every, run.curve_batches, ours.clock))
     if progress:
         callbacks.append(RecipeProgressBar(ours.clock))
     else:
-        callbacks.append(LineProgress(args.log_every, ours.clock))
-    loggers = build_loggers(args.logger, out_dir)  # its UsageError is not a hardware problem
+        callbacks.append(LineProgress(hardware.log_every, ours.clock))
+    loggers = build_loggers(run.logger, out_dir)  # its UsageError is not a hardware problem
     quiet_lightning()
     try:
         trainer = L.Trainer(
-            **(hardware.trainer_kwargs() | {"strategy": _strategy(hardware, args.dist_timeout)}),
+            **(hardware.trainer_kwargs() | {"strategy": _strategy(hardware, run.dist_timeout)}),
             # The whole split at each epoch end only: see recipes.language_model (two kinds).
             val_check_interval=1.0,
             check_val_every_n_epoch=1,
@@ -302,18 +304,11 @@ def build_trainer(
 
 # ------------------------------------------------------------------------------------------------
 # Data and model
-def data_module_options(args: Namespace) -> dict[str, Any]:
-    """The recipe's options that ``LMDataModule`` takes, matched by name: its signature is the
-    one list, so a data option added to both reaches the data without a third edit."""
-    accepted = inspect.signature(LMDataModule).parameters
-    return {name: args[name] for name in accepted if name in args}
-
-
-def build_data(args: Namespace, world_size: int) -> LMDataModule:
+def build_data(data: DataOptions, world_size: int) -> LMDataModule:
     """The prepared data module, with a test split and splits long enough for ``--bptt``."""
     # The package looks only where it is told; the recipes' corpora sit in ../shared/data.
     os.environ.setdefault("LM_HEADS_DATA", str(SHARED_DATA))
-    dm = LMDataModule(**data_module_options(args))
+    dm = LMDataModule(**{f.name: getattr(data, f.name) for f in fields(data)})
     dm.prepare_data()
     dm.setup("fit")
     for split in ("train", "valid", "test"):
@@ -323,7 +318,7 @@ def build_data(args: Namespace, world_size: int) -> LMDataModule:
                 f"so add a {split} file (e.g. {split}.txt) to the data directory"
             )
     check_lengths(dm, world_size)
-    check_vocabulary(dm, args.min_count)
+    check_vocabulary(dm, data.min_count)
     return dm
 
 
@@ -403,20 +398,19 @@ def check_lengths(dm: LMDataModule, world_size: int) -> None:
             )
 
 
-def build_model(args: Namespace, dm: LMDataModule) -> LanguageModel:
+def build_model(options: ModelOptionsDict, dm: LMDataModule) -> LanguageModel:
     """The model; a head or backbone that rejects its options is a :class:`UsageError`."""
-    model_options = {name: args[name] for name in option_names()}
     try:
         return LanguageModel(
             vocab_size=dm.vocab_size,
             counts=torch.as_tensor(dm.counts),
-            max_len=max(512, args.bptt),
-            **model_options,
+            max_len=max(512, dm.bptt),
+            **options,
         )
     except (ValueError, TypeError) as error:
         raise UsageError(
-            f"cannot build the model: {error} (--head {args.head}, head options "
-            f"{args.head_options or '{}'}; --help lists the model options)"
+            f"cannot build the model: {error} (--head {options.get('head')}, head options "
+            f"{options.get('head_options') or '{}'}; --help lists the model options)"
         ) from None
 
 

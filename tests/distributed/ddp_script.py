@@ -138,23 +138,11 @@ def mixin_eval_mode() -> None:
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
-    from lm_heads.mixin import LMHeadMixin
-
-    class Tiny(LMHeadMixin, L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = nn.Embedding(V, D)
-            self.configure_head("full", in_features=D, vocab_size=V)
-
-        def validation_step(self, batch, batch_idx):
-            self.head_evaluation_step(self.embed(batch[0]), batch[1], stage="val")
-
-        def test_step(self, batch, batch_idx):
-            self.head_evaluation_step(self.embed(batch[0]), batch[1], stage="test")
+    from mixin_script import Tiny  # this folder is the script's sys.path[0]
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = Tiny()
+    model = Tiny(V, D)
     gen = torch.Generator().manual_seed(1)
     inputs = torch.randint(0, V, (7, 9), generator=gen)  # 7 samples: 2 ranks get 4 each
     targets = torch.randint(0, V, (7, 9), generator=gen)

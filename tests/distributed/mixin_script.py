@@ -29,10 +29,12 @@ V, D, N, T = 40, 8, 7, 9
 
 
 class Tiny(LMHeadMixin, L.LightningModule):
-    def __init__(self) -> None:
+    """An embedding and a full head: the model of this script and ``ddp_script.py mixin_eval``."""
+
+    def __init__(self, vocab_size: int = V, dim: int = D) -> None:
         super().__init__()
-        self.embed = nn.Embedding(V, D)
-        self.configure_head("full", in_features=D, vocab_size=V)
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.configure_head("full", in_features=dim, vocab_size=vocab_size)
 
     def validation_step(self, batch, batch_idx):
         self.head_evaluation_step(self.embed(batch[0]), batch[1], stage="val")

@@ -305,7 +305,8 @@ def test_shipped_config_means_what_it_says(cli, path: Path, tmp_path) -> None:
 
     args = cli.parse_args(["--config", str(path), "--accelerator", "cpu"])
     given = {**cli.parse_args([]), **yaml.safe_load(path.read_text())}  # what the file says
-    trainer, _ = build_trainer(args, tmp_path, resuming=False, rank=0)
+    args.output_dir = str(tmp_path)
+    trainer, _ = build_trainer(cli.grouped(args), resuming=False, rank=0)
     # The whole validation split once per epoch end, nothing in between.
     assert trainer.val_check_interval == 1.0 and isinstance(trainer.val_check_interval, float)
     assert trainer.check_val_every_n_epoch == 1
@@ -364,15 +365,14 @@ def test_shipped_config_means_what_it_says(cli, path: Path, tmp_path) -> None:
 
 
 def test_every_data_option_reaches_the_data_module(cli) -> None:
-    from recipes.preflight import data_module_options
-
     parser = cli.build_parser()
     given = {"--min-count": "3", "--max-size": "7", "--encoding": "latin-1", "--cache-dir": "c",
              "--synthetic-vocab-size": "50", "--synthetic-tokens": "99", "--num-workers": "2",
              "--data": "synthetic", "--batch-size": "4", "--bptt": "5", "--eval-batch-size": "6",
              "--seed": "8"}  # fmt: skip
     args = parser.parse_args([x for pair in given.items() for x in pair])
-    got = data_module_options(args)
+    data = cli.grouped(args).data  # what build_data passes to LMDataModule, field by field
+    got = {flag[2:].replace("-", "_"): getattr(data, flag[2:].replace("-", "_")) for flag in given}
     assert {f"--{k.replace('_', '-')}": str(v) for k, v in got.items()} == given
     # The data group holds nothing else but the similarity file, which is not the data module's.
     (group,) = [g for g in parser._action_groups if g.title == "data"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -50,12 +48,10 @@ def test_tree_heads_score_the_widest_node_of_each_level() -> None:
 
 def test_too_little_memory_is_a_clear_error_before_training() -> None:
     model = _model("full")
-    args = SimpleNamespace(head="full", optimizer="adam", batch_size=20, bptt=35,
-                           eval_batch_size=10)  # fmt: skip
-    est, free = check_memory(model, args, torch.device("cpu"), available=64 * GiB)
+    est, free = check_memory(model, 20 * 35, torch.device("cpu"), available=64 * GiB)
     assert free == 64 * GiB and est.total > est.parameters
     with pytest.raises(MemoryError, match=r"--head full cannot train .* only 0\.0 GiB is free"):
-        check_memory(model, args, torch.device("cpu"), available=1024)
+        check_memory(model, 20 * 35, torch.device("cpu"), available=1024)
 
 
 def test_recipe_refuses_a_head_that_does_not_fit(lm, tiny_args, tmp_path, monkeypatch, capsys):

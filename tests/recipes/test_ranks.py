@@ -183,9 +183,9 @@ def test_each_micro_batch_of_an_accumulated_step_draws_its_own_masks() -> None:
 
 
 def test_the_recipe_trains_with_rank_seeds(tmp_path) -> None:
-    from recipes.cli import parse_args
+    from recipes.cli import grouped, parse_args
     from recipes.preflight import build_trainer
 
     args = parse_args(["--accelerator", "cpu", "--output-dir", str(tmp_path), "--logger", "csv"])
-    trainer, _ = build_trainer(args, tmp_path, resuming=False, rank=0)
+    trainer, _ = build_trainer(grouped(args), resuming=False, rank=0)
     assert any(isinstance(c, RankSeeds) for c in trainer.callbacks)

@@ -228,26 +228,26 @@ def test_resume_is_quiet_and_counts_the_whole_run(lm, tiny_args, tmp_path) -> No
 
 
 def test_output_dir_rules_on_every_rank(tmp_path, monkeypatch) -> None:
-    from recipes.cli import UsageError, parse_args
+    from recipes.cli import UsageError, grouped, parse_args
     from recipes.preflight import prepare_output_dir
 
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
     (out / "results.json").write_text("{}")
-    fresh = parse_args(["--output-dir", str(out)])
+    fresh = grouped(parse_args(["--output-dir", str(out)])).run
     for rank in (0, 1):  # every rank refuses alike: none is left waiting for the others
         with pytest.raises(UsageError, match="holds an earlier run"):
-            prepare_output_dir(out, fresh, rank)
-    overwrite = parse_args(["--output-dir", str(out), "--overwrite"])
-    prepare_output_dir(out, overwrite, rank=1)
+            prepare_output_dir(fresh, rank)
+    overwrite = grouped(parse_args(["--output-dir", str(out), "--overwrite"])).run
+    prepare_output_dir(overwrite, rank=1)
     assert (out / "results.json").exists()  # only rank 0 deletes
     (out / "hpc_ckpt_1.ckpt").write_bytes(b"")  # a requeued SLURM job resumes from it itself
     with pytest.raises(UsageError, match=r"hpc_ckpt_1\.ckpt"):  # not under SLURM: --resume last
-        prepare_output_dir(out, fresh, rank=0)
+        prepare_output_dir(fresh, rank=0)
     for key, value in SLURM.items():
         monkeypatch.setenv(key, value)
-    prepare_output_dir(out, fresh, rank=0)
-    prepare_output_dir(out, overwrite, rank=0)  # --overwrite: the hpc_ckpt goes too
+    prepare_output_dir(fresh, rank=0)
+    prepare_output_dir(overwrite, rank=0)  # --overwrite: the hpc_ckpt goes too
     assert not [*out.iterdir()]
 
 
