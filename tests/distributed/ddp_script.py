@@ -136,9 +136,8 @@ def _spawned(rank: int, world: int, port: int, mode: Callable, args: list[str]) 
 def mixin_eval_mode() -> None:
     """Lightning's own DDP launcher: it starts rank 1 by running this script again."""
     import lightning as L
-    from torch.utils.data import DataLoader, TensorDataset
-
     from mixin_script import Tiny  # this folder is the script's sys.path[0]
+    from torch.utils.data import DataLoader, TensorDataset
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
