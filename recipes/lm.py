@@ -66,6 +66,7 @@ if __name__ == "__main__":
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from jsonargparse import Namespace  # noqa: E402
 
 from lm_heads.data import CacheError, DataUnavailableError  # noqa: E402
 from recipes.checkpoint import batching, check_batching, check_resume, read_checkpoint  # noqa: E402
@@ -142,8 +143,11 @@ def _close_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def run(args: Any, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
-    """Check everything, train, evaluate, report; user mistakes raise before ``fit``."""
+def run(args: Namespace, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """Check everything, train, evaluate, report; user mistakes raise before ``fit``.
+
+    ``args`` (:func:`recipes.cli.parse_args`) is split at once into its typed option groups
+    (:class:`recipes.cli.RecipeOptions`): each builder takes the group it configures."""
     # Before the process group exists, each rank checks everything alone: a rank that fails here
     # exits at once, and the others give up after --dist-timeout (main) instead of waiting.
     options = grouped(args)
