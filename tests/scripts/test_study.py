@@ -303,3 +303,18 @@ def test_the_figure_is_drawn(runs, tmp_path) -> None:
     study_report.main(["--runs", str(runs), "--out", str(tmp_path / "out"),
                        "--results-md", str(results_md)])  # fmt: skip
     assert (tmp_path / "out" / "validation_time.png").stat().st_size > 10_000
+
+
+def test_the_committed_table_comes_from_the_committed_per_run_files() -> None:
+    """RESULTS.md's study table is what study_report.py makes of results/study/runs/ as git has
+    it: no hand edits, and no per-run file left out of git (an ignore rule once hid them all)."""
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "results/study/runs"],
+                             capture_output=True, text=True)  # fmt: skip
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    runs = REPO / "results" / "study" / "runs"
+    on_disk = {p.relative_to(REPO).as_posix() for p in runs.glob("*/*") if p.is_file()}
+    assert on_disk <= set(tracked.stdout.split()), "per-run files git does not track"
+    text = (REPO / "RESULTS.md").read_text()
+    committed = text.split(study_report.START, 1)[1].split(study_report.END, 1)[0].strip()
+    assert committed == study_report.markdown(study_report.summarize(study_report.load(runs)))
