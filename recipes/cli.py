@@ -1,4 +1,5 @@
-"""The command line of ``recipes/lm.py``: every option, its type and default, in one place.
+"""The command line of ``recipes/lm.py``: the declared option groups as options, and the checks
+of options that are fine alone but not together.
 
 Built on ``jsonargparse`` (as litgpt's CLI): ``--config FILE`` reads YAML (or a ``results.json``
 of an earlier run, whose ``args`` are its options), ``--print_config`` writes the resolved options

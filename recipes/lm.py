@@ -13,9 +13,9 @@ checkpoints every ``--checkpoint-every`` steps in ``<output-dir>/checkpoints`` (
 included; each carries the vocabulary), exact resume with ``--resume PATH|last``. At the end it
 evaluates the weights it trained (in memory, never a checkpoint Lightning would pick) on the
 validation and test splits, prints a summary and writes
-``<output-dir>/results.json`` (whose ``args`` ``--config`` accepts back). The options are in
-``recipes/cli.py`` (the model's in ``recipes/options.py``); ``generate.py``, ``evaluate.py``
-and ``export_embeddings.py`` use the checkpoints.
+``<output-dir>/results.json`` (whose ``args`` ``--config`` accepts back). The options are
+declared in ``recipes/options.py`` and ``lm_heads.data.options`` and read by ``recipes/cli.py``;
+``generate.py``, ``evaluate.py`` and ``export_embeddings.py`` use the checkpoints.
 
 Every mistake in the options or the files they name (data, similarity file, checkpoint, output
 directory, hardware) is found before training starts and reported in one paragraph, exit status 2.

@@ -1,11 +1,13 @@
-"""The model's and the Trainer's options, declared once: each is a field of a dataclass below,
-with its type, its default and (in the docstring under it) its ``--help`` text.
+"""The model's, the Trainer's and the run's options, declared once: each is a field of a
+dataclass below, with its type, its default and (in the docstring under it) its ``--help`` text
+(the data's are ``lm_heads.data.DataOptions``).
 
 ``recipes/cli.py`` turns every field into a command-line option (``embed_dim`` → ``--embed-dim``)
 and ``LanguageModel(**options)`` accepts exactly these fields (typed for mypy by
 :class:`ModelOptionsDict`), so adding a model option is a field here, its name and type in
 ``ModelOptionsDict`` (a test holds the two equal) and the code that reads it;
-:class:`TrainerOptions` go to ``L.Trainer`` by name. This module
+:class:`TrainerOptions` go to ``L.Trainer`` by name, and :class:`RunOptions` are what
+``recipes/lm.py`` does around ``fit``. This module
 imports no torch: the command line is parsed (and a typo reported) before the slow imports start.
 
 The optimizer and learning rate default to what trains each backbone: pytorch/examples' SGD at
