@@ -72,15 +72,15 @@ STUDY_RUNS: dict[str, Variant] = {
 }
 
 QUEUES: tuple[tuple[str, ...], ...] = (
-    ("full_chunked_s1234", "spherical_default_s1234", "taylor_default_s1234",
-     "cosine_default_s1234", "full_chunked_s1235", "spherical_default_s1235",
-     "taylor_default_s1235", "full_chunked_s1236"),
+    ("full_chunked_s1234", "full_chunked_s1235", "full_chunked_s1236",
+     "spherical_default_s1234", "taylor_default_s1234", "cosine_default_s1234",
+     "spherical_default_s1235", "taylor_default_s1235"),
     ("adaptive_default_s1234", "adaptive_taildrop05_s1234", "class_default_s1234",
      "hierarchical_huffman_s1234", "hierarchical_kary_s1234", "importance_default_s1234",
-     "nce_default_s1234", "rbf_default_s1234", "prototypes_default_s1234",
-     "adaptive_default_s1235", "adaptive_taildrop05_s1235", "class_default_s1235",
-     "hierarchical_huffman_s1235", "hierarchical_kary_s1235", "importance_default_s1235",
-     "nce_default_s1235", "adaptive_default_s1236", "adaptive_taildrop05_s1236"),
+     "nce_default_s1234", "adaptive_default_s1235", "adaptive_taildrop05_s1235",
+     "class_default_s1235", "hierarchical_huffman_s1235", "hierarchical_kary_s1235",
+     "importance_default_s1235", "nce_default_s1235", "adaptive_default_s1236",
+     "adaptive_taildrop05_s1236", "rbf_default_s1234", "prototypes_default_s1234"),
 )  # fmt: skip
 """The plan's run order: lane 0's queue, lane 1's."""
 
