@@ -134,6 +134,12 @@ class Head(nn.Module):
         be passed to rebuild the same structure without choosing again."""
         return {}
 
+    def score_shape(self, tokens: int) -> tuple[int, int]:
+        """``(rows, columns)`` of the widest score matrix a training step on ``tokens`` tokens
+        builds at once: what its memory grows with (``lm_heads.memory``). The full softmax's
+        ``(tokens, V)`` unless the head builds less."""
+        return tokens, self.vocab_size
+
     def loss_is_exact(self, training: bool) -> bool:
         """Whether ``forward(h, t).loss == -target_log_prob(h, t).mean()`` in training or eval
         mode (False while training for sampled heads, margin heads and heads trained with label

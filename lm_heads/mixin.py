@@ -38,6 +38,14 @@ Gradient accumulation needs no hook at all (see ``head_training_step``). If you 
 ``configure_callbacks``, return ``[*super().configure_callbacks(), ...]``: an evaluation without
 the callback raises, saying so.
 
+Observing a run never changes it. Creating an evaluation's DataLoader iterator draws its seed
+from the global torch generator, so a validation in the middle of ``fit`` would change the
+dropout masks (and a sampled head's noise words) of every training step after it.
+:class:`EvaluationKeepsRandomState`, the mixin's second callback, puts the random streams (torch
+CPU, the module's CUDA device, Python ``random``, numpy) back as training left them after every
+validation inside ``fit``, the sanity check included. A run trains to the same weights however
+often it validates, seed for seed.
+
 Checkpoints. The head's structure (name, sizes, counts, resolved options: see
 :class:`~lm_heads.registry.HeadSpec`) travels in the module's state dict as ``head_structure.*``
 tensors. A head configured by name without the ``counts`` it needs waits for a state dict, and
@@ -65,6 +73,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Itera
 from lm_heads.base import Head, HeadOutput
 from lm_heads.counts import MissingCountsError
 from lm_heads.metrics import Perplexity
+from lm_heads.random_state import RandomState
 from lm_heads.registry import HEADS, HeadSpec, build_head
 from lm_heads.tying import INITS, tie_weights
 
@@ -148,6 +157,33 @@ class HeadBookkeeping(Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
         pl_module._head_running = None  # a later call by hand only accumulates again
+
+
+class EvaluationKeepsRandomState(Callback):
+    """Lightning's validations inside ``fit`` (the sanity check, each epoch end or
+    ``val_check_interval``) end with the random streams as the training left them.
+
+    Lightning creates the validation iterator (drawing its seed) before it calls any validation
+    hook, so the state is taken at the end of every training batch (about 60 µs) and at the
+    sanity check's start. It is put back when the validation ends, before any checkpoint of that
+    moment is written (Lightning runs checkpoint callbacks last). ``validate``/``test`` outside
+    ``fit`` are left alone: nothing trains after them.
+    """
+
+    def __init__(self) -> None:
+        self._state: RandomState | None = None
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._state = RandomState.capture(pl_module.device)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._state = RandomState.capture(pl_module.device)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and self._state is not None:
+            self._state.restore()
 
 
 _DEALS_ONCE_WHEN_UNPADDED = (DistributedSampler.__iter__, DistributedSamplerWrapper.__iter__)
@@ -305,11 +341,12 @@ class LMHeadMixin(_Base):
         return built
 
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
-        """Lightning's hook, extended with :class:`HeadBookkeeping`; if you override it, return
+        """Lightning's hook, extended with :class:`HeadBookkeeping` and
+        :class:`EvaluationKeepsRandomState`; if you override it, return
         ``[*super().configure_callbacks(), ...]``."""
         inherited = super().configure_callbacks()
         callbacks = [inherited] if isinstance(inherited, Callback) else list(inherited)
-        return [*callbacks, HeadBookkeeping()]
+        return [*callbacks, HeadBookkeeping(), EvaluationKeepsRandomState()]
 
     def tie_head_weights(self, embedding: nn.Embedding, *, init: str = "head") -> None:
         """Share ``embedding.weight`` with the head's output rows (:func:`~lm_heads.tying.

@@ -36,10 +36,10 @@ from typing_extensions import Unpack
 
 from lm_heads import build_head
 from lm_heads.mixin import LMHeadMixin
+from lm_heads.random_state import preserved_random_state
 from recipes.models import LSTMLM, TransformerLM, adaptive_input
 from recipes.options import ModelOptionsDict
 from recipes.options import resolve as resolve_options
-from recipes.random_state import EvaluationKeepsRandomState, preserved_random_state
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -146,15 +146,6 @@ class LanguageModel(LMHeadMixin, L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._carried["test"] = None
-
-    def configure_callbacks(self) -> list[Callback]:
-        # Observing a run never changes it: validations inside fit restore the random streams.
-        # The mixin's own callback (its metric bookkeeping) comes first; Lightning replaces a
-        # trainer callback of the same type by the model's, so asking again at validate/test
-        # never doubles one.
-        inherited = super().configure_callbacks()
-        callbacks = [inherited] if isinstance(inherited, Callback) else list(inherited)
-        return [*callbacks, EvaluationKeepsRandomState()]
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams

@@ -78,13 +78,13 @@ from recipes.distributed import (  # noqa: E402
     peer_failure_message,
 )
 from recipes.language_model import LanguageModel, TrainingStopped, time_to_target  # noqa: E402
-from recipes.memory import check_memory, describe_memory  # noqa: E402
 from recipes.options import TrainerOptions, option_group  # noqa: E402
 from recipes.preflight import (  # noqa: E402
     RunState,
     build_data,
     build_model,
     build_trainer,
+    check_memory,
     check_splits,
     load_similarity,
     prepare_output_dir,
@@ -179,12 +179,9 @@ def run(args: Namespace, argv: Sequence[str] | None = None) -> dict[str, Any] | 
         print(f"{dm.description} [--data {data.data}]", flush=True)
     model = build_model(options.model, dm)
     tokens = max(dm.batch_size, dm.eval_streams) * dm.bptt  # the largest batch, train or eval
-    try:
-        memory, free = check_memory(model, tokens, trainer.strategy.root_device)
-    except MemoryError as error:
-        raise UsageError(str(error)) from None
+    memory = check_memory(model, tokens, trainer.strategy.root_device)
     if rank == 0:
-        print(describe_memory(memory, free), flush=True)
+        print(memory, flush=True)
     if resume is not None and ckpt is not None:
         assert dm.vocab is not None  # build_data set it up
         check_resume(ckpt, resume, model, dm.vocab)

@@ -2,8 +2,9 @@
 :class:`~recipes.cli.UsageError` (one paragraph, exit status 2), never a traceback after hours.
 
 The output directory, the similarity file, the Trainer (accelerator, devices, precision,
-loggers), the data (sources, encoding, a test split, lengths against ``--bptt``) and the model
-(head options) are all checked in this order, before ``fit`` starts.
+loggers), the data (sources, encoding, a test split, lengths against ``--bptt``), the model
+(head options) and its memory (``lm_heads.memory``) are all checked in this order, before
+``fit`` starts.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
+from lm_heads import memory
 from lm_heads.data import LMDataModule
 from lm_heads.data.options import DataOptions
 from lm_heads.data.sources import LOCAL_NAMES, SPLITS, find_split_files
+from lm_heads.memory import GiB
 from lm_heads.similarity import find_simlex, load_pairs, pairs_name, word_similarity
 from recipes.checkpoint import CheckpointExtras, FitTimer, newest_checkpoint
 from recipes.cli import DATA_NAMES, RecipeOptions, UsageError, check_output_dir
@@ -412,6 +415,31 @@ def build_model(options: ModelOptionsDict, dm: LMDataModule) -> LanguageModel:
             f"cannot build the model: {error} (--head {options.get('head')}, head options "
             f"{options.get('head_options') or '{}'}; --help lists the model options)"
         ) from None
+
+
+def check_memory(
+    model: LanguageModel, tokens: int, device: torch.device, available: int | None = None
+) -> str:
+    """The line to print about memory for batches of ``tokens``; a :class:`UsageError` with the
+    reason and what to change when training cannot fit. ``available`` overrides the measured
+    free memory (tests)."""
+    optimizer = model.hparams["optimizer"]
+    est = memory.estimate(model, model.head, optimizer, tokens)
+    free = memory.available_bytes(device) if available is None else available
+    if free is None:
+        return f"memory: about {est.total / GiB:.2f} GiB to train (free memory unknown)"
+    # The parameters already live on the CPU; on a GPU they are moved there by fit.
+    still_needed = est.total - (est.parameters if device.type == "cpu" else 0)
+    if still_needed > free:
+        raise UsageError(
+            f"--head {model.hparams['head']} cannot train in the memory available: it needs "
+            f"about {est.total / GiB:.1f} GiB ({est.describe(optimizer)}) and "
+            f"{still_needed / GiB:.1f} GiB of it is still to allocate, but only "
+            f"{free / GiB:.1f} GiB is free. Lower --batch-size or --bptt, use a factorized head "
+            "(adaptive, class, hierarchical) or a sampled one, --head-option chunk_size=auto for "
+            "full, --optimizer sgd (no optimizer state), a smaller --d-model or --max-size"
+        )
+    return f"memory: about {est.total / GiB:.2f} GiB to train of {free / GiB:.1f} GiB free"
 
 
 def similarity_scores(

@@ -3,10 +3,14 @@
 
     python scripts/study_report.py            # RESULTS.md's study table, the figure, summary.json
 
-Reads ``results/study/runs/<name>/results.json`` (and ``run.json``), nothing else: no number is
-typed by hand. Writes the markdown between RESULTS.md's ``<!-- study-table:start -->`` and
-``<!-- study-table:end -->`` markers, ``results/study/validation_time.png`` (validation
-perplexity against training seconds, every head on one figure) and ``results/study/summary.json``.
+Reads ``results/study/runs/<name>/results.json`` (and ``run.json``) and the throughput
+measurement ``results/study/throughput.json`` (``study.py --throughput``), nothing else: no number
+is typed by hand. A throughput ratio comes from that measurement when it exists (every variant
+on one core, the other idle, in alternating order); else from the runs' own tokens/s, which
+depend on what the other lane trained at the time. Writes the markdown between RESULTS.md's
+``<!-- study-table:start -->`` and ``<!-- study-table:end -->`` markers,
+``results/study/validation_time.png`` (validation perplexity against training seconds, every
+head on one figure) and ``results/study/summary.json``.
 A run that did not finish its epochs, lacks an epoch's validation, ran off the plan's
 configuration or on uncommitted code is listed, marked, and enters no mean, ratio or verdict.
 """
@@ -190,8 +194,44 @@ def load(root: Path) -> dict[str, list[dict[str, Any]]]:
 
 # ------------------------------------------------------------------------------------------------
 # Table
-def summarize(by_variant: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Per variant, from its complete runs only: the numbers of the table and the verdicts."""
+def load_throughput(path: Path) -> dict[str, Any]:
+    """``study.py --throughput``'s measurement as ratios to ``full``, by variant: each round's
+    tokens/s over ``full``'s of the same round; their mean, smallest and largest."""
+    if not path.is_file():
+        return {}
+    measured = json.loads(path.read_text())
+    full = f"full_chunked_s{STUDY_RUNS['full_chunked'].seeds[0]}"
+    ratios: dict[str, list[float]] = {}
+    tokens: dict[str, list[float]] = {}
+    for round_ in measured["rounds"]:
+        by_run = {m["run"]: m["tokens_per_s"] for m in round_}
+        if full not in by_run:
+            continue  # a ratio needs full's tokens/s of the same round
+        for run, value in by_run.items():
+            variant = run.rpartition("_s")[0]
+            tokens.setdefault(variant, []).append(value)
+            ratios.setdefault(variant, []).append(value / by_run[full])
+    commit = (measured.get("git") or {}).get("commit", "?")
+    return {
+        variant: {
+            "ratio": statistics.fmean(r),
+            "lo": min(r),
+            "hi": max(r),
+            "rounds": len(r),
+            "tokens_per_s": statistics.fmean(tokens[variant]),
+            "steps": measured["steps"],
+            "commit": commit,
+        }
+        for variant, r in ratios.items()
+    }
+
+
+def summarize(
+    by_variant: dict[str, list[dict[str, Any]]], throughput: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Per variant, from its complete runs only: the numbers of the table and the verdicts;
+    throughput ratios from ``throughput`` (:func:`load_throughput`) where it has the variant."""
+    throughput = throughput or {}
     rows: dict[str, Any] = {}
     for variant, runs in by_variant.items():
         done = [r for r in runs if not r["problems"]]
@@ -228,16 +268,19 @@ def summarize(by_variant: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 )
         rows[variant] = row
     full = rows.get("full_chunked", {})
-    for row in rows.values():
+    for variant, row in rows.items():
         if not row["runs"] or full.get("runs", 0) < 2:
             continue
         row["vs_full"] = ratio_interval(row["val6"], full["val6"])
         row["vs_full"]["wording"] = wording(row["vs_full"])
-        row["speed_over_full"] = row["tokens_per_s"] / full["tokens_per_s"]
+        row["speed_over_full_runs"] = row["tokens_per_s"] / full["tokens_per_s"]
+        bench = throughput.get(variant)
+        row["speed_over_full"] = bench["ratio"] if bench else row["speed_over_full_runs"]
+        row["speed_source"] = "measured" if bench else "runs"
         curve = list(zip(row["seconds_by_epoch"], row["val_by_epoch"], strict=True))
         row["seconds_to_full_epoch1"] = time_to(curve, full["val_by_epoch"][0])
         row["seconds_to_full_epoch6"] = time_to(curve, full["val_by_epoch"][-1])
-    return {"variants": rows, "verdicts": verdicts(rows)}
+    return {"variants": rows, "verdicts": verdicts(rows), "throughput": throughput}
 
 
 def verdicts(rows: dict[str, Any]) -> list[dict[str, str]]:
@@ -340,6 +383,8 @@ def markdown(summary: dict[str, Any]) -> str:
             mark = " (spread assumed: 1 seed)" if iv["assumed_spread"] else ""
             ratio = f"{iv['ratio']:.3f} [{iv['lo']:.3f}, {iv['hi']:.3f}]: {iv['wording']}{mark}"
         speed = num(row.get("speed_over_full"))
+        if row.get("speed_source") == "runs":
+            speed += " (runs)"
         times = (
             f"{minutes(row.get('seconds_to_full_epoch1'))} / "
             f"{minutes(row.get('seconds_to_full_epoch6'))}"
@@ -363,6 +408,20 @@ def markdown(summary: dict[str, Any]) -> str:
     ]
     if left:
         lines += ["", "Left out of every mean, ratio and verdict: " + " · ".join(left) + "."]
+    measured = next(iter(summary.get("throughput", {}).values()), None)
+    lines += [
+        "",
+        "tokens/s × full: "
+        + (
+            f"measured by `python scripts/study.py --throughput` at {measured['commit'][:7]} "
+            f"({measured['steps']} steps of each variant, {measured['rounds']} rounds in "
+            "alternating order, one core, the other idle; results/study/throughput.json); "
+            '"(runs)": from the runs\' own tokens/s, which depend on what the other lane trained.'
+            if measured
+            else 'from the runs\' own tokens/s ("(runs)"), which depend on what the other lane '
+            "trained: `python scripts/study.py --throughput` measures them alike."
+        ),
+    ]
     lines += ["", "| claim | verdict | numbers |", "|---|---|---|"]
     lines += [
         f"| {v['claim']} | **{v['verdict']}** | {v['numbers']} |" for v in summary["verdicts"]
@@ -426,7 +485,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = parser.parse_args(argv)
     by_variant = load(args.runs)
-    summary = summarize(by_variant)
+    summary = summarize(by_variant, load_throughput(args.runs.parent / "throughput.json"))
     table = markdown(summary)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"summary": summary, "runs": by_variant}

@@ -735,3 +735,27 @@ def test_a_compiled_head_is_recognised(tmp_path) -> None:
         log_p = model.head.target_log_prob(model.embed(inputs), targets).double()
     exact = math.exp(-float(log_p.sum()) / int((targets != -100).sum()))
     assert float(trainer.callback_metrics["val_ppl"]) == pytest.approx(exact, rel=1e-6)
+
+
+class _Dropout(MyLM):
+    """The README model with dropout: every draw an evaluation took from the global generator
+    would change the masks of the training steps after it."""
+
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(super().hidden(tokens), 0.5, self.training)
+
+
+def test_validating_inside_fit_does_not_change_the_training(dm, tmp_path) -> None:
+    """The mixin puts the random streams back after each validation (sanity check included),
+    so a run trains to the same weights whether it validates every 2 steps or never."""
+
+    def weights(**validation) -> dict[str, torch.Tensor]:
+        torch.manual_seed(3)
+        model = _Dropout(dm.vocab_size, dm.counts)
+        _trainer(tmp_path, max_steps=6, **validation).fit(model, dm)
+        return {name: t.detach().clone() for name, t in model.state_dict().items()}
+
+    never = weights(limit_val_batches=0, num_sanity_val_steps=0)
+    often = weights(val_check_interval=2, limit_val_batches=3, num_sanity_val_steps=2)
+    assert never.keys() == often.keys()
+    assert all(torch.equal(never[k], often[k]) for k in never)

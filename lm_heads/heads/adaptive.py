@@ -323,6 +323,10 @@ class AdaptiveSoftmaxHead(Head):
         training (the objective's thinned network, never the model's distribution)."""
         return F.dropout(_projected(hidden, project), self.tail_dropout, dropout and self.training)
 
+    def score_shape(self, tokens: int) -> tuple[int, int]:
+        widest = max((hi - lo for lo, hi in itertools.pairwise(self.bounds[1:])), default=0)
+        return tokens, self.shortlist_size + self.num_clusters + widest
+
     def loss_is_exact(self, training: bool) -> bool:
         # Under tail dropout the training loss is the thinned network's NLL, not the model's.
         return not (training and self.tail_dropout > 0)

@@ -324,6 +324,14 @@ class TreeSoftmaxHead(Head):
             active = active & ~leaf
         return word
 
+    def score_shape(self, tokens: int) -> tuple[int, int]:
+        # Each level scores the children of one node per token: its widest node bounds that.
+        width, depth = self.node_width.long(), self.node_depth.long()
+        per_depth = torch.zeros(int(depth.max()) + 1, dtype=torch.long).scatter_reduce(
+            0, depth.cpu(), width.cpu(), reduce="amax"
+        )
+        return tokens, int(per_depth.sum())
+
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, nodes={self.node_width.numel()}, "

@@ -27,6 +27,7 @@ from lm_heads.chunked_ce import (
     linear_cross_entropy,
     linear_nll,
     linear_sample,
+    resolve_chunk_size,
 )
 
 
@@ -113,6 +114,11 @@ class LinearVocabularyHead(Head):
         return linear_sample(
             hidden, self.weight, self.bias, chunk_size=self._eval_chunk_size, generator=generator
         )
+
+    def score_shape(self, tokens: int) -> tuple[int, int]:
+        if self.chunk_size is None:
+            return tokens, self.vocab_size
+        return min(tokens, resolve_chunk_size(self.chunk_size, self.in_features)), self.vocab_size
 
     def output_embeddings(self) -> Tensor:
         return self.weight

@@ -105,6 +105,9 @@ class _SampledHead(LinearVocabularyHead):
     def loss_is_exact(self, training: bool) -> bool:
         return not training
 
+    def score_shape(self, tokens: int) -> tuple[int, int]:
+        return tokens, self.num_samples + 1  # the target and the shared noise words
+
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
         noise = self.proposal.sample(self.num_samples, self.noise_generator())
         return self._sampled_token_loss(hidden, target, noise)

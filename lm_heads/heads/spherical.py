@@ -168,6 +168,10 @@ class _SphericalFamilyHead(Head):
     def _predict(self, hidden: Tensor) -> Tensor:
         return self._score(self._logits(hidden)).argmax(-1)
 
+    def score_shape(self, tokens: int) -> tuple[int, int]:
+        # The Gram form needs d x d, not a score per word; the naive form scores all V.
+        return tokens, 0 if self.gram else self.vocab_size
+
     def output_embeddings(self) -> Tensor:
         return self.weight
 

@@ -203,6 +203,16 @@ def test_state_dict_round_trip_restores_structure(case) -> None:
 
 
 @cases
+def test_score_shape_is_at_most_one_score_per_output_unit_and_token(case) -> None:
+    head = make(case)
+    rows, cols = head.score_shape(15)
+    assert type(rows) is int and type(cols) is int  # not bools, not tensors
+    # Output units: a score per word (or per sampled word), plus the clusters / tree nodes.
+    nodes = getattr(head, "num_clusters", 0) + getattr(head, "node_width", torch.empty(0)).numel()
+    assert 1 <= rows <= 15 and 0 <= cols <= max(V, getattr(head, "num_samples", 0) + 1) + nodes
+
+
+@cases
 def test_predict_is_argmax(case) -> None:
     head = make(case)
     hidden, _ = batch(shape=(40,))

@@ -82,15 +82,16 @@ def test_evaluation_epoch_start_resets_the_mixins_metric(stage: str, hook: str) 
     assert int(metric.num_tokens) == 0 and float(metric.nll_sum) == 0.0
 
 
-def test_the_recipe_keeps_the_mixins_callback_beside_its_own() -> None:
-    # The recipe adds the random-state keeper; dropping the mixin's bookkeeping on the way would
-    # leave every evaluation without its metric reset (the mixin then refuses to evaluate).
-    from lm_heads.mixin import HeadBookkeeping
+def test_the_recipe_keeps_the_mixins_callbacks() -> None:
+    # Dropping the mixin's bookkeeping would leave every evaluation without its metric reset
+    # (the mixin then refuses to evaluate); dropping the random-state keeper would let curve
+    # points change the training.
+    from lm_heads.mixin import EvaluationKeepsRandomState, HeadBookkeeping
 
     language_model = load_recipe("language_model")
     model = language_model.LanguageModel(vocab_size=VOCAB, head="full", embed_dim=8, d_model=8)
     kinds = [type(c) for c in model.configure_callbacks()]
-    assert kinds == [HeadBookkeeping, language_model.EvaluationKeepsRandomState]
+    assert kinds == [HeadBookkeeping, EvaluationKeepsRandomState]
 
 
 def test_optimizer_and_lr_follow_the_backbone_unless_given() -> None:

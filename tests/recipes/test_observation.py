@@ -1,5 +1,6 @@
 """Observing a run never changes it: curve points, epoch-end validations of any length and the
-sanity check leave training's random streams as they found them (recipes/random_state.py)."""
+sanity check leave training's random streams as they found them (lm_heads/random_state.py and
+the mixin's ``EvaluationKeepsRandomState``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import torch
 from recipe_helpers import load_recipe
 
-random_state = load_recipe("random_state")
+from lm_heads.random_state import preserved_random_state
+
 language_model = load_recipe("language_model")
 
 # Dropout well above 0: every draw that an evaluation takes from the global generator would
@@ -76,7 +78,7 @@ def test_preserved_random_state_restores_every_stream() -> None:
     torch.manual_seed(0), random.seed(0), np.random.seed(0)
     expected = (torch.rand(3), random.random(), np.random.rand())
     torch.manual_seed(0), random.seed(0), np.random.seed(0)
-    with random_state.preserved_random_state(torch.device("cpu")):
+    with preserved_random_state(torch.device("cpu")):
         torch.rand(5), random.random(), np.random.rand(4)
     assert torch.equal(torch.rand(3), expected[0])
     assert (random.random(), np.random.rand()) == expected[1:]

@@ -196,6 +196,48 @@ def test_table_ratios_and_marks_from_the_per_run_files(runs, tmp_path) -> None:
     assert (tmp_path / "RESULTS.md").read_text().count(study_report.START) == 1
 
 
+def test_throughput_ratios_come_from_the_measurement_when_there_is_one(runs, tmp_path) -> None:
+    # Two rounds, the second with everything slower (a busier machine): each ratio is taken
+    # within its round, so the slowdown cancels.
+    rounds = [
+        [{"run": "full_chunked_s1234", "tokens_per_s": 1200.0},
+         {"run": "adaptive_default_s1234", "tokens_per_s": 4800.0}],
+        [{"run": "adaptive_default_s1234", "tokens_per_s": 4200.0},
+         {"run": "full_chunked_s1234", "tokens_per_s": 1000.0}],
+        [{"run": "adaptive_default_s1234", "tokens_per_s": 9999.0}],  # no full: no ratio
+    ]  # fmt: skip
+    measured = {"git": {"commit": "f" * 40, "dirty": False}, "steps": 100, "rounds": rounds}
+    (runs.parent / "throughput.json").write_text(json.dumps(measured))
+    report = _report(runs, tmp_path)
+    adaptive = report["summary"]["variants"]["adaptive_default"]
+    assert adaptive["speed_over_full"] == pytest.approx((4.0 + 4.2) / 2)
+    assert adaptive["speed_over_full_runs"] == pytest.approx(4900 / 1350)
+    assert report["summary"]["throughput"]["adaptive_default"]["rounds"] == 2
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| 4.10 |" in text and "(runs)" in text  # cosine was not measured: its runs' ratio
+    assert "measured by `python scripts/study.py --throughput` at fffffff" in text
+
+
+def test_throughput_measures_each_run_in_alternating_rounds(tmp_path) -> None:
+    tiny = (
+        "--data synthetic --synthetic-vocab-size 60 --synthetic-tokens 4000 --batch-size 4 "
+        f"--bptt 8 --embed-dim 16 --d-model 16 --cache-dir {tmp_path / 'c'}"
+    )
+    results = tmp_path / "study" / "runs"
+    argv = [sys.executable, str(REPO / "scripts" / "study.py"), "--throughput", "--steps", "3",
+            "--queue", "full_chunked_s1234", "adaptive_default_s1234", "--no-taskset",
+            "--allow-dirty", "--results", str(results), "--extra", tiny]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    measured = json.loads((tmp_path / "study" / "throughput.json").read_text())
+    order = [[m["run"] for m in round_] for round_ in measured["rounds"]]
+    assert order == [["full_chunked_s1234", "adaptive_default_s1234"],
+                     ["adaptive_default_s1234", "full_chunked_s1234"]]  # fmt: skip
+    assert all(m["tokens_per_s"] > 0 for round_ in measured["rounds"] for m in round_)
+    assert measured["steps"] == 3 and set(measured["git"]) >= {"commit", "dirty"}
+
+
 def test_ratio_interval_by_hand() -> None:
     x, y = [146.0, 147.0], [145.0, 148.0, 142.0]
     iv = study_report.ratio_interval(x, y)
@@ -317,4 +359,70 @@ def test_the_committed_table_comes_from_the_committed_per_run_files() -> None:
     assert on_disk <= set(tracked.stdout.split()), "per-run files git does not track"
     text = (REPO / "RESULTS.md").read_text()
     committed = text.split(study_report.START, 1)[1].split(study_report.END, 1)[0].strip()
-    assert committed == study_report.markdown(study_report.summarize(study_report.load(runs)))
+    throughput = study_report.load_throughput(runs.parent / "throughput.json")
+    summary = study_report.summarize(study_report.load(runs), throughput)
+    assert committed == study_report.markdown(summary)
+
+
+def _tiny(tmp_path: Path) -> str:
+    return (
+        "--data synthetic --synthetic-vocab-size 60 --synthetic-tokens 2000 --batch-size 4 "
+        f"--bptt 8 --embed-dim 16 --d-model 16 --max-epochs 2 --cache-dir {tmp_path / 'c'}"
+    )
+
+
+def _lane(tmp_path: Path, *more: str):
+    argv = ["--lane", "0", "--queue", "taylor_default_s1234", "--no-taskset", "--allow-dirty",
+            "--work", str(tmp_path / "work"), "--results", str(tmp_path / "study" / "runs"),
+            "--extra", _tiny(tmp_path), "--poll", "0.2", *more]  # fmt: skip
+    return study.parse(argv)
+
+
+def test_a_diverged_run_stops_after_epoch_1_and_its_head_waits_for_its_sweep(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """PLAN.md: a head whose epoch-1 validation is worse than uniform gets its lr from a sweep;
+    the runner stops the run there instead of training it to the end (here every perplexity
+    counts as diverged), and starts the head's runs again only at the sweep's choice."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setattr(study, "DIVERGED_ABOVE", 1.0)
+    assert study.run_lane(_lane(tmp_path)) == 0  # the lane goes on after a divergence
+    out = tmp_path / "work" / "taylor_default_s1234"
+    stopped = json.loads((out / "diverged.json").read_text())
+    # Stopped by SIGTERM after the check (143), or ended first on so small a corpus (0).
+    assert stopped["exit_status"] in (0, 143) and stopped["epoch1_val_ppl"] > 1.0
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "study" / "runs" / "taylor_default_s1234").exists()
+    assert "diverged (epoch-1 validation" in capsys.readouterr().out
+    # Started again: it waits, and nothing trains.
+    assert study.run_lane(_lane(tmp_path)) == 0
+    assert "waits for its sweep's lr" in capsys.readouterr().out
+    # The sweep: 1 epoch at each lr; with every value "diverged", none is chosen.
+    monkeypatch.setattr(study, "SWEEP_LRS", (10.0, 2.5))
+    chosen = study.sweep("taylor_default", _lane(tmp_path))
+    assert chosen["lr"] is None and set(chosen["epoch1_val_ppl"]) == {"10", "2.5"}
+    # Judged for real (nothing diverges on this corpus), the lower epoch-1 validation wins.
+    monkeypatch.setattr(study, "DIVERGED_ABOVE", 33_278.0)
+    chosen = study.sweep("taylor_default", _lane(tmp_path))
+    ppl = chosen["epoch1_val_ppl"]
+    assert chosen["lr"] == float(min(ppl, key=ppl.get))
+    table = (tmp_path / "study" / "lr_sweep.md").read_text()
+    assert "| `taylor_default` |" in table and f"lr {chosen['lr']:g} |" in table
+    kept = tmp_path / "study" / "sweeps" / "taylor_default_lr10_sweep_s1234" / "results.json"
+    assert json.loads(kept.read_text())["args"]["lr"] == 10.0
+    # With the choice, the run starts afresh at that lr; the diverged attempt is kept aside.
+    assert study.run_lane(_lane(tmp_path)) == 0
+    result = json.loads((tmp_path / "study" / "runs" / "taylor_default_s1234" / "results.json")
+                        .read_text())  # fmt: skip
+    assert result["args"]["lr"] == chosen["lr"] and result["global_step"] > 0
+    assert (tmp_path / "work" / "taylor_default_s1234_lr20_diverged" / "diverged.json").is_file()
+
+
+def test_first_validation_reads_the_recipes_epoch_end_line(tmp_path) -> None:
+    log = tmp_path / "log.txt"
+    assert study.first_validation(log) is None
+    log.write_text("step 10/20  epoch 1/2  loss 4.1  lr 20  900 tokens/s  ETA 1s\n")
+    assert study.first_validation(log) is None
+    log.write_text(log.read_text() + "step 20  val_ppl inf\nstep 40  val_ppl 55.00\n")
+    assert math.isinf(study.first_validation(log)) and study.diverged(float("nan"))
+    assert not study.diverged(33_278.0) and study.diverged(33_278.5)
