@@ -187,9 +187,25 @@ def _merged_csv(out: Path) -> str | None:
     return text.getvalue()
 
 
+def _committed_code(what: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The code's git state; refuses uncommitted code (unless ``--allow-dirty``), so that
+    ``what`` records the code it came from (docs/study/PLAN.md)."""
+    git = git_state()
+    if git["dirty"] and not args.allow_dirty:
+        raise SystemExit(
+            f"the code differs from commit {git['commit']}: commit it first, so that {what} "
+            "records the code it came from (docs/study/PLAN.md)"
+        )
+    return git
+
+
+def _lr_sweep_file(results: Path) -> Path:
+    return results.parent / "lr_sweep.json"
+
+
 def chosen_lrs(results: Path) -> dict[str, float]:
     """The sweeps' learning rates by variant (``lr_sweep.json``, beside the per-run results)."""
-    path = results.parent / "lr_sweep.json"
+    path = _lr_sweep_file(results)
     if not path.is_file():
         return {}
     return {variant: float(v["lr"]) for variant, v in json.loads(path.read_text()).items()
@@ -244,7 +260,7 @@ def _waits_for_its_lr(name: str, args: argparse.Namespace) -> bool:
         return False
     if variant not in chosen_lrs(args.results):
         return True
-    path = args.results.parent / "lr_sweep.json"
+    path = _lr_sweep_file(args.results)
     if not path.absolute().is_relative_to(REPO):
         return False  # outside the checkout (tests): nothing to commit
     tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "--error-unmatch", str(path)],
@@ -256,17 +272,12 @@ def _waits_for_its_lr(name: str, args: argparse.Namespace) -> bool:
 def run_one(name: str, args: argparse.Namespace) -> int:
     """Train (or continue) ``name``; copy its small files when it finished. The exit status."""
     out, keep = args.work / name, args.results / name
-    extra = [*args.extra, *lr_option(name, args.results)]
-    cmd = command(name, args.work, args.config, extra, None if args.no_taskset else args.lane)
-    git = git_state()
-    if git["dirty"] and not args.allow_dirty:
-        raise SystemExit(
-            f"the code differs from commit {git['commit']}: commit it first, so that {name}'s "
-            "result records the code it came from (docs/study/PLAN.md)"
-        )
-    if (out / "diverged.json").is_file() and lr_option(name, args.results):
+    git = _committed_code(f"{name}'s result", args)
+    lr = lr_option(name, args.results)
+    if (out / "diverged.json").is_file() and lr:
         out.rename(out.with_name(f"{name}_lr20_diverged"))  # kept; the run starts afresh
-        cmd = command(name, args.work, args.config, extra, None if args.no_taskset else args.lane)
+    extra = [*args.extra, *lr]
+    cmd = command(name, args.work, args.config, extra, None if args.no_taskset else args.lane)
     out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
         "run": name, "lane": args.lane, "host": socket.gethostname(), "git": git,
@@ -357,9 +368,7 @@ def fingerprint(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
     """Training tokens/s of every variant for ``args.steps`` steps, ``args.rounds`` times, at
     this checkout's commit (the recipe's own clock: optimizer steps only, the first excluded)."""
-    git = git_state()
-    if git["dirty"] and not args.allow_dirty:
-        raise SystemExit(f"the code differs from commit {git['commit']}: commit it first")
+    git = _committed_code("the throughput measurement", args)
     names = args.queue or [f"{p}_s{variant.seeds[0]}" for p, variant in STUDY_RUNS.items()]
     extra = [*args.extra, "--max-steps", str(args.steps), "--final-val-batches", "1",
              "--limit-test-batches", "1", "--checkpoint-every", str(args.steps + 1)]  # fmt: skip
@@ -389,9 +398,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
 def sweep(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     """PLAN.md's sweep for a head that diverged at lr 20: 1 epoch at each of ``SWEEP_LRS`` (all
     of them), seed 1234; the lowest epoch-1 validation among those that did not diverge wins."""
-    git = git_state()
-    if git["dirty"] and not args.allow_dirty:
-        raise SystemExit(f"the code differs from commit {git['commit']}: commit it first")
+    git = _committed_code("the sweep", args)
     epoch1: dict[str, float | None] = {}
     for lr in SWEEP_LRS:
         name = f"{variant}_lr{lr:g}_sweep_s1234"
@@ -409,7 +416,7 @@ def sweep(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         epoch1[f"{lr:g}"] = first_validation(args.work / f"{name}.log")
     fine = {lr: ppl for lr, ppl in epoch1.items() if ppl is not None and not diverged(ppl)}
     chosen = float(min(fine, key=lambda lr: fine[lr])) if fine else None
-    path = args.results.parent / "lr_sweep.json"
+    path = _lr_sweep_file(args.results)
     choices = json.loads(path.read_text()) if path.is_file() else {}
     choices[variant] = {"lr": chosen, "epoch1_val_ppl": epoch1, "git": git}
     path.write_text(json.dumps(choices, indent=1) + "\n")
