@@ -309,6 +309,14 @@ def verdicts(rows: dict[str, Any]) -> list[dict[str, str]]:
                 "numbers": f"{numbers}; trained at lr {row['lrs']} (sweep)",
             }
         verdict = "reproduced" if test(iv, row) else "not reproduced"
+        short = [
+            f"{name} {r['runs']} of {len(r['planned_seeds'])} seeds"
+            for name, r in ((variant, row), ("full_chunked", rows["full_chunked"]))
+            if r["runs"] < len(r["planned_seeds"])
+        ]
+        if short:  # the plan lets finished runs give verdicts; say which seeds are still due
+            verdict += " (provisional)"
+            numbers += "; provisional: " + ", ".join(short)
         return {"claim": claim, "verdict": verdict, "numbers": f"{numbers}; needs {describe}"}
 
     behind = (lambda iv, row: iv["lo"] > 1.0), "lo > 1"

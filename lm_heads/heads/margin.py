@@ -75,32 +75,27 @@ class LogitSoftmaxHead(Head):
     def loss_is_exact(self, training: bool) -> bool:
         return not (training and self._regularised)
 
-    def _regularise(
-        self, nll: Tensor, lse: Tensor, logits: Tensor, shift: Tensor | float = 0.0
-    ) -> Tensor:
-        """The training loss from the NLL of ``logits − shift·onehot`` and its ``lse``."""
-        if not self._regularised:
-            return nll
-        mean = logits.mean(-1) - shift / self.vocab_size if self.label_smoothing else None
-        return regularised_loss(nll, lse, mean, self.label_smoothing, self.z_loss)
-
     def _cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
         """Per-token training cross-entropy of ``logits [n, V]``."""
         if not self._regularised:
             return F.cross_entropy(logits, target, reduction="none")
         lse = logits.logsumexp(-1)
         nll = lse - logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        return self._regularise(nll, lse, logits)
+        mean = logits.mean(-1) if self.label_smoothing else None
+        return regularised_loss(nll, lse, mean, self.label_smoothing, self.z_loss)
 
     def _logits(self, hidden: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
+        return self._cross_entropy(self._logits(hidden), target)
 
     def _log_prob(self, hidden: Tensor) -> Tensor:
         return self._logits(hidden).log_softmax(-1)
 
     def _target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
-        logits = self._logits(hidden)
-        return logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+        # One fused [n, V] pass: a logsumexp plus a gather makes four.
+        return -F.cross_entropy(self._logits(hidden), target, reduction="none")
 
     def _predict(self, hidden: Tensor) -> Tensor:
         return self._logits(hidden).argmax(-1)
@@ -166,17 +161,14 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
         logits = self._logits(hidden)
-        target_logit = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        if self.margin == 0.0:
-            lse = logits.logsumexp(-1)
-            return self._regularise(lse - target_logit, lse, logits)
-        # The normaliser of the margin logits is a logsumexp over them, one [n, V] copy. Updating
-        # the plain lse by log1p(−p_t·(1 − e^{−sm})) instead cancels to log1p(−1) = −inf in
-        # float32 once the target is confident and s·m ≳ 16.
-        shift = self.log_scale.exp().to(logits.dtype) * self.margin
-        shifted = target_logit - shift
-        lse = logits.scatter(-1, target.unsqueeze(-1), shifted.unsqueeze(-1)).logsumexp(-1)
-        return self._regularise(lse - shifted, lse, logits, shift)
+        if self.margin:
+            # No op saved the logits for its backward, so the margin goes in in place and
+            # F.cross_entropy normalises the margin logits in one fused pass: no [n, V] copy.
+            # (Updating the plain lse by log1p(−p_t·(1 − e^{−sm})) instead would cancel to
+            # log1p(−1) = −inf in float32 once the target is confident and s·m ≳ 16.)
+            shift = self.log_scale.exp().to(logits.dtype) * -self.margin
+            logits = logits.scatter_add_(-1, target.unsqueeze(-1), shift.expand(len(target), 1))
+        return self._cross_entropy(logits, target)
 
     def output_embeddings(self) -> Tensor:
         return self.weight
@@ -229,29 +221,35 @@ class RBFSoftmaxHead(SavedOptions, LogitSoftmaxHead):
         self.weight = nn.Parameter(torch.randn(vocab_size, in_features) / math.sqrt(in_features))
 
     def squared_distances(self, hidden: Tensor, factor: float = 1.0) -> Tensor:
-        """``factor·‖h − w_j‖²`` ``[n, V]`` in at least float32 (autocast off: cancellation).
+        """``factor·‖h − w_j‖²`` ``[n, V]`` in at least float32 (autocast off: cancellation),
+        clamped to the sign of ``factor``."""
+        dist = self._affine_distances(hidden, factor)
+        return dist.clamp_min(0.0) if factor > 0 else dist.clamp_max(0.0)
 
-        One matmul over augmented vectors ``[−2h, ‖h‖², 1]·[w, 1, ‖w‖²]`` yields the distances
-        directly, instead of three further ``[n, V]`` passes to add the norms and scale.
+    def _affine_distances(self, hidden: Tensor, factor: float, offset: float = 0.0) -> Tensor:
+        """``factor·‖h − w_j‖² + offset`` ``[n, V]``, unclamped, in at least float32.
+
+        One matmul over augmented vectors ``[−2h, ‖h‖², 1, offset/factor]·[w, 1, ‖w‖², 1]``
+        (times ``factor``) yields it directly, instead of four further ``[n, V]`` passes to add
+        the norms, scale and shift.
         """
         with torch.autocast(hidden.device.type, enabled=False):
             h = at_least_float32(hidden)
             w = at_least_float32(self.weight)
+            ones_h, ones_w = torch.ones_like(h[:, :1]), torch.ones_like(w[:, :1])
             h_aug = torch.cat(
-                [-2.0 * h, h.square().sum(-1, keepdim=True), torch.ones_like(h[:, :1])], 1
-            )
-            w_aug = torch.cat([w, torch.ones_like(w[:, :1]), w.square().sum(-1, keepdim=True)], 1)
-            dist = F.linear(h_aug * factor, w_aug)
-            return dist.clamp_min(0.0) if factor > 0 else dist.clamp_max(0.0)
+                [(-2.0 * factor) * h, factor * h.square().sum(-1, keepdim=True),
+                 factor * ones_h, offset * ones_h], 1,
+            )  # fmt: skip
+            w_aug = torch.cat([w, ones_w, w.square().sum(-1, keepdim=True), ones_w], 1)
+            return F.linear(h_aug, w_aug)
 
     def _logits(self, hidden: Tensor) -> Tensor:
-        return torch.exp(self.squared_distances(hidden, -1.0 / self.gamma)).mul(self.scale)
-
-    def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
-        return self._cross_entropy(self._logits(hidden), target)
-
-    def _token_nll(self, hidden: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(self._logits(hidden), target, reduction="none")
+        # s·exp(−d²/γ) = exp(−d²/γ + ln s), exponentiated in place: the matmul's backward does
+        # not read its output. No clamp: rounding can leave a coincident point's d² a few ulps
+        # of ‖h‖² below 0, which puts its logit as little above s, harmless to the softmax, and
+        # saves the clamp's two [n, V] passes.
+        return self._affine_distances(hidden, -1.0 / self.gamma, math.log(self.scale)).exp_()
 
     def output_embeddings(self) -> Tensor:
         return self.weight
