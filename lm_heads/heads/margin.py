@@ -29,8 +29,9 @@ margin makes the training distribution sharper than the evaluated one (over-conf
 perplexity), so the default margin is small: ``m = 0.1``, a handicap of ``s·m = 1.6`` nats.
 
 Both heads build ``[n, V]`` logits like the full softmax (memory O(n V)). RBF's squared distance
-is ``‖h‖² − 2 h·w + ‖w‖²`` clamped at 0, computed in float32 even under autocast: in bf16 the
-cross term's rounding (``~‖h‖‖w‖·2⁻⁸``) would swamp distances between nearby points.
+is ``‖h‖² − 2 h·w + ‖w‖²`` (clamped at 0 by ``squared_distances``; the logits skip the clamp),
+computed in float32 even under autocast: in bf16 the cross term's rounding (``~‖h‖‖w‖·2⁻⁸``)
+would swamp distances between nearby points.
 
 Shape:
     - hidden: ``[..., d]``; target: ``[...]``
