@@ -1,19 +1,22 @@
 #!/usr/bin/env python
-"""Run the study's queue on one lane (docs/study/PLAN.md): resumable, one pinned thread.
+"""Run the study's queue on one lane (docs/study/PLAN.md): resumable, pinned, one thread a core.
 
     python scripts/study.py --list                     # the runs, their commands and state
     python scripts/study.py --lane 0                   # lane 0's queue, then lane 1's unclaimed
     python scripts/study.py --lane 1
+    python scripts/study.py --lane both                # the margin heads, alone on both cores
     python scripts/study.py --fingerprint full_chunked_s1234   # first 20 steps, to the last digit
     python scripts/study.py --throughput --lane 0       # every head's tokens/s, the other core idle
     python scripts/study.py --sweep spherical_default --lane 0   # the lr sweep of a diverged head
 
 Each run trains in ``runs/study/<name>/`` (checkpoints, logs; not committed) under
 ``taskset -c <lane>`` with ``--threads 1``, and continues with ``--resume last`` when its
-``last.ckpt`` exists. A finished run's small files go to ``results/study/runs/<name>/``:
+``last.ckpt`` exists. Lane ``both`` pins its runs to ``0,1`` with ``--threads 2`` while nothing
+else runs: a one-thread run of a margin head outlasts a session, whose end loses checkpoints.
+A finished run's small files go to ``results/study/runs/<name>/``:
 ``results.json``, ``metrics.csv`` (every restart's CSV log, in order), ``command.txt`` (the
-first start's; a restart adds ``--resume last``) and ``run.json`` (every start: lane, host, load
-average at start and end, exit status, commit, command); a run with
+first start's; a restart adds ``--resume last``) and ``run.json`` (every start: lane, threads,
+host, load average at start and end, exit status, commit, command); a run with
 ``results.json`` there is done and skipped. A lane claims a run (``runs/study/claims/``) before
 starting it, so two lanes never train the same run. A dirty code tree is refused: every result
 must come from a commit (``--allow-dirty`` for tests only). Ctrl-C or SIGTERM stops the lane
@@ -98,18 +101,23 @@ STUDY_RUNS: dict[str, Variant] = {
     "prototypes_default": Variant("prototypes", {}, (1234,)),
 }
 
-QUEUES: tuple[tuple[str, ...], ...] = (
-    ("full_chunked_s1234", "full_chunked_s1235", "full_chunked_s1236",
-     "spherical_default_s1234", "taylor_default_s1234", "cosine_default_s1234",
-     "spherical_default_s1235", "taylor_default_s1235"),
-    ("adaptive_default_s1234", "adaptive_taildrop05_s1234", "class_default_s1234",
-     "hierarchical_huffman_s1234", "hierarchical_kary_s1234", "importance_default_s1234",
-     "nce_default_s1234", "adaptive_default_s1235", "adaptive_taildrop05_s1235",
-     "class_default_s1235", "hierarchical_huffman_s1235", "hierarchical_kary_s1235",
-     "importance_default_s1235", "nce_default_s1235", "adaptive_default_s1236",
-     "adaptive_taildrop05_s1236", "rbf_default_s1234", "prototypes_default_s1234"),
-)  # fmt: skip
-"""The plan's run order: lane 0's queue, lane 1's."""
+QUEUES: dict[str, tuple[str, ...]] = {
+    "0": ("full_chunked_s1234", "full_chunked_s1235", "full_chunked_s1236",
+          "spherical_default_s1234", "taylor_default_s1234",
+          "spherical_default_s1235", "taylor_default_s1235"),
+    "1": ("adaptive_default_s1234", "adaptive_taildrop05_s1234", "class_default_s1234",
+          "hierarchical_huffman_s1234", "hierarchical_kary_s1234", "importance_default_s1234",
+          "nce_default_s1234", "adaptive_default_s1235", "adaptive_taildrop05_s1235",
+          "class_default_s1235", "hierarchical_huffman_s1235", "hierarchical_kary_s1235",
+          "importance_default_s1235", "nce_default_s1235", "adaptive_default_s1236",
+          "adaptive_taildrop05_s1236"),
+    "both": ("prototypes_default_s1234", "cosine_default_s1234", "rbf_default_s1234"),
+}  # fmt: skip
+"""The plan's run order, by lane. Lanes 0 and 1 take each other's unclaimed runs; lane ``both``
+(PLAN.md, fifth amendment) trains the margin heads alone on both cores, and shares with none."""
+
+CORES: dict[str, str] = {"0": "0", "1": "1", "both": "0,1"}
+"""Each lane's cores (``taskset -c``); a run gets one thread per core."""
 
 
 def all_runs() -> list[str]:
@@ -124,13 +132,17 @@ def variant_of(name: str) -> tuple[Variant, int]:
     return STUDY_RUNS[prefix], int(seed)
 
 
-def command(name: str, work: Path, config: Path, extra: list[str], lane: int | None) -> list[str]:
-    """The run's command line; ``--resume last`` when its ``last.ckpt`` exists."""
+def command(
+    name: str, work: Path, config: Path, extra: list[str], lane: str | None, pin: bool = True
+) -> list[str]:
+    """The run's command line on ``lane``'s cores (pinned unless not ``pin``), one thread per
+    core (one, unpinned, without a lane); ``--resume last`` when its ``last.ckpt`` exists."""
     variant, seed = variant_of(name)
     out = work / name
-    cmd = [] if lane is None else ["taskset", "-c", str(lane)]
+    cores = CORES[lane] if lane is not None else None
+    cmd = ["taskset", "-c", cores] if cores and pin else []
     cmd += ["python", "recipes/lm.py", "--config", _here(config), "--head", variant.head,
-            "--seed", str(seed), "--threads", "1", "--output-dir", _here(out),
+            "--seed", str(seed), "--threads", str(threads(lane)), "--output-dir", _here(out),
             "--logger", "csv", "--no-progress-bar"]  # fmt: skip
     for key, value in variant.options.items():
         cmd += ["--head-option", f"{key}={value}"]
@@ -140,6 +152,10 @@ def command(name: str, work: Path, config: Path, extra: list[str], lane: int | N
     elif (out / "checkpoints").exists() or (out / "results.json").exists():
         cmd += ["--overwrite"]  # a start that saved nothing to continue from
     return cmd
+
+
+def threads(lane: str | None) -> int:
+    return len(CORES[lane].split(",")) if lane is not None else 1
 
 
 def _here(path: Path) -> str:
@@ -153,7 +169,7 @@ def _executable(cmd: list[str]) -> list[str]:
     return [sys.executable if part == "python" else part for part in cmd]
 
 
-def _claim(claims: Path, name: str, lane: int) -> bool:
+def _claim(claims: Path, name: str, lane: str) -> bool:
     """Take ``name`` for ``lane`` unless another lane holds it (an atomic create)."""
     claims.mkdir(parents=True, exist_ok=True)
     path = claims / f"{name}.lane"
@@ -162,7 +178,7 @@ def _claim(claims: Path, name: str, lane: int) -> bool:
             f.write(f"{lane}\n")
         return True
     except FileExistsError:
-        return path.read_text().strip() == str(lane)
+        return path.read_text().strip() == lane
 
 
 def _merged_csv(out: Path) -> str | None:
@@ -277,10 +293,11 @@ def run_one(name: str, args: argparse.Namespace) -> int:
     if (out / "diverged.json").is_file() and lr:
         out.rename(out.with_name(f"{name}_lr20_diverged"))  # kept; the run starts afresh
     extra = [*args.extra, *lr]
-    cmd = command(name, args.work, args.config, extra, None if args.no_taskset else args.lane)
+    cmd = command(name, args.work, args.config, extra, args.lane, not args.no_taskset)
     out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
-        "run": name, "lane": args.lane, "host": socket.gethostname(), "git": git,
+        "run": name, "lane": args.lane, "threads": threads(args.lane),
+        "host": socket.gethostname(), "git": git,
         "command": shlex.join(cmd), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load_average_start": os.getloadavg(),
     }  # fmt: skip
@@ -323,7 +340,8 @@ def run_one(name: str, args: argparse.Namespace) -> int:
 
 def run_lane(args: argparse.Namespace) -> int:
     own = list(args.queue) if args.queue else list(QUEUES[args.lane])
-    others = [] if args.queue else [n for q in QUEUES for n in q if n not in own]
+    sharing = [] if args.queue or args.lane == "both" else [QUEUES["0"], QUEUES["1"]]
+    others = [n for q in sharing for n in q if n not in own]
     for name in own + others:
         variant_of(name)  # a typo stops the lane before anything runs
     for name in own + others:
@@ -352,7 +370,7 @@ def fingerprint(name: str, args: argparse.Namespace) -> dict[str, Any]:
         extra = [*args.extra, "--max-steps", str(args.steps), "--log-every", "1",
                  "--final-val-batches", "1", "--checkpoint-every", str(args.steps + 1)]  # fmt: skip
         extra += lr_option(name, args.results)
-        cmd = command(name, out, args.config, extra, None if args.no_taskset else args.lane)
+        cmd = command(name, out, args.config, extra, args.lane, not args.no_taskset)
         subprocess.run(_executable(cmd), check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         state = torch.load(out / name / "checkpoints" / "last.ckpt", weights_only=True)
         digest = hashlib.sha256()
@@ -378,10 +396,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             measured = []
             for name in names if number % 2 == 0 else names[::-1]:
                 out = Path(tmp) / f"round{number}"
-                lane = None if args.no_taskset else args.lane
-                cmd = command(
-                    name, out, args.config, [*extra, *lr_option(name, args.results)], lane
-                )
+                more = [*extra, *lr_option(name, args.results)]
+                cmd = command(name, out, args.config, more, args.lane, not args.no_taskset)
                 start = os.getloadavg()
                 subprocess.run(_executable(cmd), check=True, cwd=REPO, stdout=subprocess.DEVNULL)
                 result = json.loads((out / name / "results.json").read_text())
@@ -403,7 +419,7 @@ def sweep(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     for lr in SWEEP_LRS:
         name = f"{variant}_lr{lr:g}_sweep_s1234"
         extra = [*args.extra, "--lr", f"{lr:g}", "--max-epochs", "1"]
-        cmd = command(name, args.work, args.config, extra, None if args.no_taskset else args.lane)
+        cmd = command(name, args.work, args.config, extra, args.lane, not args.no_taskset)
         result = args.work / name / "results.json"
         if not result.is_file():  # a sweep started again reads the runs it finished
             args.work.mkdir(parents=True, exist_ok=True)
@@ -446,7 +462,7 @@ def sweep_markdown(choices: dict[str, Any]) -> str:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--lane", type=int, choices=(0, 1), help="core to pin to, and its queue")
+    p.add_argument("--lane", choices=tuple(CORES), help="cores to pin to, and its queue")
     p.add_argument("--list", action="store_true", help="print the queues and each run's state")
     p.add_argument("--fingerprint", metavar="NAME", help="first --steps steps of a run")
     p.add_argument("--steps", type=int, help="steps of --fingerprint (20), --throughput (100)")
@@ -470,12 +486,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.list:
-        for lane, queue in enumerate(QUEUES):
+        for lane, queue in QUEUES.items():
             for name in queue:
                 done = (args.results / name / "results.json").is_file()
                 started = (args.work / name / "checkpoints" / "last.ckpt").is_file()
                 state = "finished" if done else "started" if started else "to run"
-                print(f"lane {lane}  {name:30s} {state}")
+                print(f"lane {lane:4s}  {name:30s} {state}")
         return 0
     if args.fingerprint:
         args.steps = args.steps or 20
@@ -487,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(sweep(args.sweep, args), indent=1))
         return 0
     if args.throughput:
+        if args.lane is not None and threads(args.lane) != 1:
+            raise SystemExit("--throughput measures one core: give --lane 0 or --lane 1")
         args.steps = args.steps or 100
         measured = throughput(args)
         path = args.results.parent / "throughput.json"
@@ -495,7 +513,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"written to {path}")
         return 0
     if args.lane is None:
-        raise SystemExit("give --lane 0 or --lane 1 (or --list, --fingerprint NAME, --throughput)")
+        raise SystemExit(
+            "give --lane 0, 1 or both (or --list, --fingerprint NAME, --throughput, --sweep)"
+        )
     return run_lane(args)
 
 

@@ -38,6 +38,7 @@ def _write_run(
     test: float,
     speed: float,
     seconds_per_epoch: float,
+    attempt: dict | None = None,
     **changes,
 ) -> None:
     curve = [
@@ -68,7 +69,7 @@ def _write_run(
         results[key] = value
     (root / name).mkdir(parents=True)
     (root / name / "results.json").write_text(json.dumps(results))
-    (root / name / "run.json").write_text(json.dumps({"attempts": [{"lane": 0}]}))
+    (root / name / "run.json").write_text(json.dumps({"attempts": [attempt or {"lane": 0}]}))
 
 
 FULL = {
@@ -239,6 +240,55 @@ def test_throughput_measures_each_run_in_alternating_rounds(tmp_path) -> None:
     assert measured["steps"] == 3 and set(measured["git"]) >= {"commit", "dirty"}
 
 
+def test_a_two_thread_run_is_timed_as_one_lane_by_its_measured_ratio(runs, tmp_path) -> None:
+    # cosine trained on lane `both`: 1,300 tokens/s on 2 threads; one core measures it at half
+    # of full's speed, and full's lanes ran at 1,350 tokens/s.
+    (runs / "cosine_default_s1234" / "run.json").write_text(
+        json.dumps({"attempts": [{"lane": "both", "threads": 2}]})
+    )
+    text = lambda: (tmp_path / "RESULTS.md").read_text()  # noqa: E731
+    unmeasured = _report(runs, tmp_path)["summary"]["variants"]["cosine_default"]
+    assert unmeasured["seconds_by_epoch"][0] == pytest.approx(1600.0)  # its own clock, marked
+    assert not unmeasured["seconds_rescaled"] and "(2 threads' clock)" in text()
+    rounds = [[{"run": "full_chunked_s1234", "tokens_per_s": 1200.0},
+               {"run": "cosine_default_s1234", "tokens_per_s": 600.0}]]  # fmt: skip
+    measured = {"git": {"commit": "f" * 40, "dirty": False}, "steps": 100, "rounds": rounds}
+    (runs.parent / "throughput.json").write_text(json.dumps(measured))
+    report = _report(runs, tmp_path)
+    cosine = report["summary"]["variants"]["cosine_default"]
+    scale = 1300.0 / (0.5 * 1350.0)
+    assert cosine["seconds_by_epoch"] == pytest.approx([1600.0 * scale * e for e in range(1, 7)])
+    assert cosine["seconds_rescaled"] and cosine["threads"] == 2
+    (run,) = report["runs"]["cosine_default"]
+    assert run["clock_seconds_by_epoch"][0] == pytest.approx(1600.0)
+    assert " †" in text() and "†: trained on 2 threads" in text()
+    # One-thread runs keep their clocks.
+    adaptive = report["summary"]["variants"]["adaptive_default"]
+    assert adaptive["seconds_by_epoch"][0] == pytest.approx(425.0) and adaptive["threads"] == 1
+
+
+def test_lane_both_pins_both_cores_and_shares_no_runs(tmp_path, monkeypatch) -> None:
+    both = study.command("cosine_default_s1234", tmp_path, study.CONFIG, [], "both")
+    assert both[:3] == ["taskset", "-c", "0,1"] and both[both.index("--threads") + 1] == "2"
+    one = study.command("taylor_default_s1234", tmp_path, study.CONFIG, [], "0")
+    assert one[:3] == ["taskset", "-c", "0"] and one[one.index("--threads") + 1] == "1"
+    unpinned = study.command("taylor_default_s1234", tmp_path, study.CONFIG, [], None)
+    assert unpinned[0] == "python" and unpinned[unpinned.index("--threads") + 1] == "1"
+    visited: dict[str, list[str]] = {}
+    for lane in study.QUEUES:
+        args = study.parse(["--lane", lane, "--work", str(tmp_path / lane), "--results",
+                            str(tmp_path / "results")])  # fmt: skip
+        visited[lane] = []
+        monkeypatch.setattr(study, "run_one", lambda name, _, v=visited[lane]: v.append(name) or 0)
+        assert study.run_lane(args) == 0
+    margin = set(study.QUEUES["both"])
+    assert visited["both"] == list(study.QUEUES["both"])
+    assert visited["0"][: len(study.QUEUES["0"])] == list(study.QUEUES["0"])
+    assert set(visited["0"]) == set(visited["1"]) == set(study.all_runs()) - margin
+    with pytest.raises(SystemExit, match="one core"):
+        study.main(["--throughput", "--lane", "both"])
+
+
 def test_ratio_interval_by_hand() -> None:
     x, y = [146.0, 147.0], [145.0, 148.0, 142.0]
     iv = study_report.ratio_interval(x, y)
@@ -268,7 +318,7 @@ def test_wording_never_says_beats_for_an_interval_containing_one() -> None:
 
 
 def test_queues_hold_every_planned_run_once() -> None:
-    queued = [name for queue in study.QUEUES for name in queue]
+    queued = [name for queue in study.QUEUES.values() for name in queue]
     assert sorted(queued) == sorted(study.all_runs()) and len(queued) == len(set(queued)) == 26
 
 
@@ -311,7 +361,7 @@ def test_runner_trains_copies_and_skips_finished_runs(tmp_path) -> None:
     assert command.startswith("python recipes/lm.py --config recipes/configs/study_wikitext2.yaml")
     assert (work / "claims" / "adaptive_default_s1235.lane").read_text() == "1\n"
     # Its last.ckpt would be resumed; being finished, it is skipped: nothing runs again.
-    assert "--resume" in study.command("adaptive_default_s1235", work, study.CONFIG, [], 1)
+    assert "--resume" in study.command("adaptive_default_s1235", work, study.CONFIG, [], "1")
     again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and "adaptive_default_s1235" not in again.stdout
     # A run another lane claimed is left to it.
