@@ -137,7 +137,6 @@ def load_run(folder: Path) -> dict[str, Any]:
         "run": folder.name,
         "variant": prefix,
         "seed": int(seed) if seed.isdigit() else None,
-        "threads": 1,
         "problems": [],
     }
     path = folder / "results.json"
@@ -165,6 +164,10 @@ def load_run(folder: Path) -> dict[str, Any]:
         "seconds_by_epoch": [
             ends[e]["train_seconds"] if e in ends else None for e in range(1, EPOCHS + 1)
         ],
+        "tokens_by_epoch": [
+            ends[e].get("tokens") if e in ends else None for e in range(1, EPOCHS + 1)
+        ],
+        "clock": "own",
         "val_ppl": res.get("val_ppl"),
         "test_ppl": res.get("test_ppl"),
         "tokens_per_s": res.get("train_tokens_per_s"),
@@ -174,7 +177,6 @@ def load_run(folder: Path) -> dict[str, Any]:
     if run_json.is_file():
         attempts = json.loads(run_json.read_text()).get("attempts", [])
         run["lanes"] = sorted({str(a["lane"]) for a in attempts if a.get("lane") is not None})
-        run["threads"] = max((int(a.get("threads", 1)) for a in attempts), default=1)
     return run
 
 
@@ -228,27 +230,22 @@ def load_throughput(path: Path) -> dict[str, Any]:
     }
 
 
-def to_lane_seconds(
-    by_variant: dict[str, list[dict[str, Any]]], throughput: dict[str, Any]
-) -> None:
-    """Rescale, in place, the epoch-end seconds of each complete run trained on more than one
-    thread (lane ``both``) to what a one-thread lane takes: × its tokens/s ÷ (its variant's
-    measured one-core ratio × ``full``'s mean lane tokens/s). The equal-time columns and the
-    figure then read one clock for every head. Without a measured ratio a run keeps its own
-    clock (``seconds_scale`` absent; the table marks it)."""
-    full = [r for r in by_variant.get("full_chunked", []) if not r["problems"]]
-    if not full:
-        return
-    full_tokens_per_s = statistics.fmean(r["tokens_per_s"] for r in full)
+def on_one_clock(by_variant: dict[str, list[dict[str, Any]]], throughput: dict[str, Any]) -> None:
+    """Put, in place, each complete run's epoch-end seconds on one clock: the tokens it had
+    trained ÷ its variant's tokens/s in the throughput measurement (one core, the other idle,
+    one commit, one machine). The runs' own clocks differ by machine (a session may get another
+    one), by neighbour (the other lane's load) and by threads (lane ``both``). A variant without
+    a measurement keeps its runs' own clocks (``clock``: "own")."""
     for variant, runs in by_variant.items():
         bench = throughput.get(variant)
         for run in runs:
-            if run["threads"] == 1 or run["problems"] or bench is None or "seconds_scale" in run:
+            if run["problems"] or bench is None or run["clock"] == "measured":
                 continue
-            scale = run["tokens_per_s"] / (bench["ratio"] * full_tokens_per_s)
-            run["clock_seconds_by_epoch"] = run["seconds_by_epoch"]
-            run["seconds_by_epoch"] = [s * scale for s in run["seconds_by_epoch"]]
-            run["seconds_scale"] = scale
+            if None in run["tokens_by_epoch"]:
+                continue  # an old results.json without token counts keeps its own clock
+            run["own_seconds_by_epoch"] = run["seconds_by_epoch"]
+            run["seconds_by_epoch"] = [t / bench["tokens_per_s"] for t in run["tokens_by_epoch"]]
+            run["clock"] = "measured"
 
 
 def summarize(
@@ -256,9 +253,9 @@ def summarize(
 ) -> dict[str, Any]:
     """Per variant, from its complete runs only: the numbers of the table and the verdicts;
     throughput ratios from ``throughput`` (:func:`load_throughput`) where it has the variant.
-    Runs trained on several threads get one-lane seconds first (:func:`to_lane_seconds`)."""
+    The runs' seconds go on the measurement's clock first (:func:`on_one_clock`)."""
     throughput = throughput or {}
-    to_lane_seconds(by_variant, throughput)
+    on_one_clock(by_variant, throughput)
     rows: dict[str, Any] = {}
     for variant, runs in by_variant.items():
         done = [r for r in runs if not r["problems"]]
@@ -280,8 +277,7 @@ def summarize(
             row["test_mean"] = statistics.fmean(tests)
             row["test_sd"] = statistics.stdev(tests) if len(tests) > 1 else None
             row["tokens_per_s"] = statistics.fmean(r["tokens_per_s"] for r in done)
-            row["threads"] = max(r["threads"] for r in done)
-            row["seconds_rescaled"] = any("seconds_scale" in r for r in done)
+            row["clock"] = "measured" if all(r["clock"] == "measured" for r in done) else "own"
             row["val6"] = [r["val_by_epoch"][-1] for r in done]
             row["lrs"] = sorted({r["lr"] for r in done})
             for side in ("input", "output"):
@@ -428,8 +424,8 @@ def markdown(summary: dict[str, Any]) -> str:
             if iv is not None
             else "—"
         )
-        if row["threads"] > 1:
-            times += " †" if row["seconds_rescaled"] else f" ({row['threads']} threads' clock)"
+        if iv is not None and row["clock"] == "own":
+            times += " (own clock)"
         sims = [row[f"simlex_{s}"] for s in ("input", "output")]
         simlex = " / ".join(num(s and s["rho"], ".3f") for s in sims)
         if sims[0] or sims[1]:
@@ -461,12 +457,19 @@ def markdown(summary: dict[str, Any]) -> str:
             "trained: `python scripts/study.py --throughput` measures them alike."
         ),
     ]
-    if any(row.get("seconds_rescaled") for row in summary["variants"].values()):
-        lines += [
-            "",
-            "†: trained on 2 threads (lane `both`, PLAN.md's fifth amendment); its minutes are "
-            "one lane's, from its own tokens/s rescaled by its measured one-core ratio to full.",
-        ]
+    own = any(r.get("clock") == "own" and "vs_full" in r for r in summary["variants"].values())
+    lines += [
+        "",
+        "min to full's epoch 1 / 6: the training minutes at which the head's mean validation "
+        "reaches full's mean after epoch 1 and after epoch 6, on one clock: tokens trained ÷ "
+        "the head's measured one-core tokens/s (PLAN.md, sixth-session amendment)."
+        + (
+            ' "(own clock)": the head has no measurement, so its runs\' clocks are used, which '
+            "depend on the machine, the neighbour and the threads."
+            if own
+            else ""
+        ),
+    ]
     lines += ["", "| claim | verdict | numbers |", "|---|---|---|"]
     lines += [
         f"| {v['claim']} | **{v['verdict']}** | {v['numbers']} |" for v in summary["verdicts"]
@@ -509,11 +512,11 @@ def plot(by_variant: dict[str, list[dict[str, Any]]], summary: dict[str, Any], p
             color=color,
             ms=4,
             label=f"{variant} ({row['runs']} seed{'s' if row['runs'] > 1 else ''})"
-            + (" †" if row["seconds_rescaled"] else ""),
+            + (" (own clock)" if row["clock"] == "own" else ""),
         )
     ax.set_yscale("log")
     ax.set_xscale("log")
-    ax.set_xlabel("training time, hours (optimizer steps only; one pinned thread, † rescaled)")
+    ax.set_xlabel("training hours: tokens ÷ the head's measured one-core tokens/s")
     ax.set_ylabel("validation perplexity (whole split, epoch ends)")
     ax.set_title("WikiText-2, 2-layer LSTM 200, lr 20 → 5 → 1.25 at epochs 5, 6: every head")
     ax.grid(True, which="both", alpha=0.3)

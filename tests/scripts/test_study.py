@@ -47,6 +47,7 @@ def _write_run(
             "val_ppl": v,
             "epoch_end": e,
             "train_seconds": seconds_per_epoch * e,
+            "tokens": 70_000 * e,
             "lr": 20.0,
         }
         for e, v in enumerate(vals, 1)
@@ -240,31 +241,32 @@ def test_throughput_measures_each_run_in_alternating_rounds(tmp_path) -> None:
     assert measured["steps"] == 3 and set(measured["git"]) >= {"commit", "dirty"}
 
 
-def test_a_two_thread_run_is_timed_as_one_lane_by_its_measured_ratio(runs, tmp_path) -> None:
-    # cosine trained on lane `both`: 1,300 tokens/s on 2 threads; one core measures it at half
-    # of full's speed, and full's lanes ran at 1,350 tokens/s.
-    (runs / "cosine_default_s1234" / "run.json").write_text(
-        json.dumps({"attempts": [{"lane": "both", "threads": 2}]})
-    )
+def test_the_equal_time_view_reads_one_clock_the_measured_tokens_per_s(runs, tmp_path) -> None:
+    # cosine trained on lane `both` (2 threads) and adaptive on a faster machine: their own
+    # clocks are not comparable. With a measurement, every run's seconds are its tokens ÷ its
+    # variant's measured one-core tokens/s.
     text = lambda: (tmp_path / "RESULTS.md").read_text()  # noqa: E731
-    unmeasured = _report(runs, tmp_path)["summary"]["variants"]["cosine_default"]
-    assert unmeasured["seconds_by_epoch"][0] == pytest.approx(1600.0)  # its own clock, marked
-    assert not unmeasured["seconds_rescaled"] and "(2 threads' clock)" in text()
-    rounds = [[{"run": "full_chunked_s1234", "tokens_per_s": 1200.0},
-               {"run": "cosine_default_s1234", "tokens_per_s": 600.0}]]  # fmt: skip
+    unmeasured = _report(runs, tmp_path)["summary"]["variants"]
+    assert unmeasured["cosine_default"]["seconds_by_epoch"][0] == pytest.approx(1600.0)
+    assert unmeasured["cosine_default"]["clock"] == "own" and "(own clock)" in text()
+    rounds = [[{"run": "full_chunked_s1234", "tokens_per_s": 1000.0},
+               {"run": "cosine_default_s1234", "tokens_per_s": 500.0},
+               {"run": "adaptive_default_s1234", "tokens_per_s": 3500.0}]]  # fmt: skip
     measured = {"git": {"commit": "f" * 40, "dirty": False}, "steps": 100, "rounds": rounds}
     (runs.parent / "throughput.json").write_text(json.dumps(measured))
     report = _report(runs, tmp_path)
-    cosine = report["summary"]["variants"]["cosine_default"]
-    scale = 1300.0 / (0.5 * 1350.0)
-    assert cosine["seconds_by_epoch"] == pytest.approx([1600.0 * scale * e for e in range(1, 7)])
-    assert cosine["seconds_rescaled"] and cosine["threads"] == 2
-    (run,) = report["runs"]["cosine_default"]
-    assert run["clock_seconds_by_epoch"][0] == pytest.approx(1600.0)
-    assert " †" in text() and "†: trained on 2 threads" in text()
-    # One-thread runs keep their clocks.
-    adaptive = report["summary"]["variants"]["adaptive_default"]
-    assert adaptive["seconds_by_epoch"][0] == pytest.approx(425.0) and adaptive["threads"] == 1
+    rows = report["summary"]["variants"]
+    for variant, tokens_per_s in [("full_chunked", 1000), ("cosine_default", 500),
+                                  ("adaptive_default", 3500)]:  # fmt: skip
+        assert rows[variant]["clock"] == "measured"
+        assert rows[variant]["seconds_by_epoch"] == pytest.approx(
+            [70_000 * e / tokens_per_s for e in range(1, 7)]
+        )
+    (cosine,) = report["runs"]["cosine_default"]
+    assert cosine["own_seconds_by_epoch"][0] == pytest.approx(1600.0)
+    # adaptive is below full's epoch-1 validation (260) at its first epoch end: 70,000 / 3,500.
+    assert rows["adaptive_default"]["seconds_to_full_epoch1"] == pytest.approx(20.0)
+    assert "(own clock)" not in text()
 
 
 def test_lane_both_pins_both_cores_and_shares_no_runs(tmp_path, monkeypatch) -> None:
