@@ -114,7 +114,8 @@ QUEUES: dict[str, tuple[str, ...]] = {
     "both": ("prototypes_default_s1234", "cosine_default_s1234", "rbf_default_s1234"),
 }  # fmt: skip
 """The plan's run order, by lane. Lanes 0 and 1 take each other's unclaimed runs; lane ``both``
-(PLAN.md, fifth amendment) trains the margin heads alone on both cores, and shares with none."""
+(PLAN.md, sixth-session amendment) trains the margin heads alone on both cores, and shares
+with none."""
 
 CORES: dict[str, str] = {"0": "0", "1": "1", "both": "0,1"}
 """Each lane's cores (``taskset -c``); a run gets one thread per core."""

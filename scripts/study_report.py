@@ -10,7 +10,9 @@ on one core, the other idle, in alternating order); else from the runs' own toke
 depend on what the other lane trained at the time. Writes the markdown between RESULTS.md's
 ``<!-- study-table:start -->`` and ``<!-- study-table:end -->`` markers,
 ``results/study/validation_time.png`` (validation perplexity against training seconds, every
-head on one figure) and ``results/study/summary.json``.
+head on one figure) and ``results/study/summary.json``. Training seconds read one clock: the
+tokens a run trained ÷ its head's measured one-core tokens/s, whatever machine or threads it ran
+on (its own clock only for a head without a measurement).
 A run that did not finish its epochs, lacks an epoch's validation, ran off the plan's
 configuration or on uncommitted code is listed, marked, and enters no mean, ratio or verdict.
 """
