@@ -38,7 +38,6 @@ def _write_run(
     test: float,
     speed: float,
     seconds_per_epoch: float,
-    attempt: dict | None = None,
     **changes,
 ) -> None:
     curve = [
@@ -70,7 +69,7 @@ def _write_run(
         results[key] = value
     (root / name).mkdir(parents=True)
     (root / name / "results.json").write_text(json.dumps(results))
-    (root / name / "run.json").write_text(json.dumps({"attempts": [attempt or {"lane": 0}]}))
+    (root / name / "run.json").write_text(json.dumps({"attempts": [{"lane": 0}]}))
 
 
 FULL = {
