@@ -9,6 +9,7 @@ is typed by hand. A throughput ratio comes from that measurement when it exists 
 on one core, the other idle, in alternating order); else from the runs' own tokens/s, which
 depend on what the other lane trained at the time. Writes the markdown between RESULTS.md's
 ``<!-- study-table:start -->`` and ``<!-- study-table:end -->`` markers,
+README.md's short form of it between ``<!-- study-summary:start -->`` and ``… end -->``,
 ``results/study/validation_time.png`` (validation perplexity against training seconds, every
 head on one figure) and ``results/study/summary.json``. Training seconds read one clock: the
 tokens a run trained ÷ its head's measured one-core tokens/s, whatever machine or threads it ran
@@ -49,6 +50,7 @@ PLAN = {
 }
 """What every study run must have been trained with (the lr may come from a sweep)."""
 START, END = "<!-- study-table:start -->", "<!-- study-table:end -->"
+SUMMARY_START, SUMMARY_END = "<!-- study-summary:start -->", "<!-- study-summary:end -->"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -479,14 +481,42 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def insert(results_md: Path, table: str) -> None:
-    """Replace what lies between the markers of ``results_md`` with ``table``."""
-    text = results_md.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{results_md} has no {START} … {END} markers to write the table between")
-    before, rest = text.split(START, 1)
-    after = rest.split(END, 1)[1]
-    results_md.write_text(f"{before}{START}\n{table}\n{END}{after}")
+def readme_summary(summary: dict[str, Any]) -> str:
+    """The README's short form of the table: each head with a ratio to ``full``, closest first,
+    the heads still waiting for one, and the verdicts."""
+    rows = summary["variants"]
+    ranked = sorted((v for v, r in rows.items() if "vs_full" in r),
+                    key=lambda v: rows[v]["vs_full"]["ratio"])  # fmt: skip
+    lines = [
+        "| head | seeds | test (mean) | validation ÷ full, 95% interval | tokens/s × full |",
+        "|---|---|---|---|---|",
+    ]
+    for variant in ranked:
+        row, iv = rows[variant], rows[variant]["vs_full"]
+        mark = " (spread assumed: 1 seed)" if iv["assumed_spread"] else ""
+        speed = f"{row['speed_over_full']:.2f}" + (
+            " (runs)" if row["speed_source"] == "runs" else ""
+        )
+        lines.append(
+            f"| `{variant}` | {row['runs']} | {row['test_mean']:.2f} | {iv['ratio']:.3f} "
+            f"[{iv['lo']:.3f}, {iv['hi']:.3f}]: {iv['wording']}{mark} | {speed} |"
+        )
+    waiting = [f"`{v}`" for v, r in rows.items() if "vs_full" not in r]
+    if waiting:
+        lines += ["", f"Not yet run to the end: {', '.join(waiting)}."]
+    lines += ["", "Against the literature (RESULTS.md gives the numbers and the rule of each):"]
+    lines += [f"- {v['claim']}: **{v['verdict']}**" for v in summary["verdicts"]]
+    return "\n".join(lines)
+
+
+def insert(path: Path, text: str, start: str = START, end: str = END) -> None:
+    """Replace what lies between the ``start`` and ``end`` markers of ``path`` with ``text``."""
+    old = path.read_text()
+    if start not in old or end not in old:
+        raise SystemExit(f"{path} has no {start} … {end} markers to write between")
+    before, rest = old.split(start, 1)
+    after = rest.split(end, 1)[1]
+    path.write_text(f"{before}{start}\n{text}\n{end}{after}")
 
 
 def plot(by_variant: dict[str, list[dict[str, Any]]], summary: dict[str, Any], path: Path) -> None:
@@ -533,6 +563,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--runs", type=Path, default=REPO / "results" / "study" / "runs")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "study")
     parser.add_argument("--results-md", type=Path, default=REPO / "RESULTS.md")
+    parser.add_argument("--readme", type=Path,
+                        help="the README whose study summary to write (default: README.md "
+                        "beside --results-md, where there is one)")  # fmt: skip
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = parser.parse_args(argv)
     by_variant = load(args.runs)
@@ -544,6 +577,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_plot:
         plot(by_variant, summary, args.out / "validation_time.png")
     insert(args.results_md, table)
+    readme = args.readme or args.results_md.with_name("README.md")
+    if args.readme or readme.exists():
+        insert(readme, readme_summary(summary), SUMMARY_START, SUMMARY_END)
     print(table)
     return report
 

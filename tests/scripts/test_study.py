@@ -142,6 +142,8 @@ def _report(runs: Path, tmp_path: Path) -> dict:
     results_md.write_text(
         f"# R\n\nbefore\n\n{study_report.START}\nold\n{study_report.END}\n\nafter\n"
     )
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# lm\n\n{study_report.SUMMARY_START}\nold\n{study_report.SUMMARY_END}\n")
     return study_report.main(
         [
             "--runs",
@@ -196,6 +198,31 @@ def test_table_ratios_and_marks_from_the_per_run_files(runs, tmp_path) -> None:
     # Again: the markers stay, the table is replaced, not appended.
     _report(runs, tmp_path)
     assert (tmp_path / "RESULTS.md").read_text().count(study_report.START) == 1
+
+
+def test_the_readme_summary_ranks_heads_by_their_ratio_to_full(runs, tmp_path) -> None:
+    report = _report(runs, tmp_path)
+    rows = report["summary"]["variants"]
+    text = (tmp_path / "README.md").read_text()
+    block = text.split(study_report.SUMMARY_START)[1].split(study_report.SUMMARY_END)[0]
+    assert "old" not in block and text.count(study_report.SUMMARY_START) == 1
+    table = [line for line in block.splitlines() if line.startswith("| `")]
+    ranked = sorted((v for v, r in rows.items() if "vs_full" in r),
+                    key=lambda v: rows[v]["vs_full"]["ratio"])  # fmt: skip
+    assert [line.split("`")[1] for line in table] == ranked
+    assert len(ranked) == 3  # full, adaptive and cosine have finished runs
+    cosine = next(line for line in table if "`cosine_default`" in line)
+    assert "(spread assumed: 1 seed)" in cosine and cosine.endswith("(runs) |")
+    assert "Not yet run to the end: " in block and "`class_default`" in block
+    assert "**not reproduced (provisional)**" in block
+    # Without a README beside RESULTS.md (and no --readme), the report writes RESULTS.md only.
+    (tmp_path / "README.md").unlink()
+    again = study_report.main(
+        ["--runs", str(runs), "--out", str(tmp_path / "out"), "--no-plot",
+         "--results-md", str(tmp_path / "RESULTS.md")]
+    )  # fmt: skip
+    assert again["summary"] == report["summary"]
+    assert not (tmp_path / "README.md").exists()
 
 
 def test_throughput_ratios_come_from_the_measurement_when_there_is_one(runs, tmp_path) -> None:
@@ -414,6 +441,9 @@ def test_the_committed_table_comes_from_the_committed_per_run_files() -> None:
     throughput = study_report.load_throughput(runs.parent / "throughput.json")
     summary = study_report.summarize(study_report.load(runs), throughput)
     assert committed == study_report.markdown(summary)
+    readme = (REPO / "README.md").read_text()
+    short = readme.split(study_report.SUMMARY_START, 1)[1].split(study_report.SUMMARY_END, 1)[0]
+    assert short.strip() == study_report.readme_summary(summary)
 
 
 def _tiny(tmp_path: Path) -> str:
