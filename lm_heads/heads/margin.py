@@ -53,7 +53,40 @@ from lm_heads._check import check_bool, check_float
 from lm_heads.base import Head, SavedOptions, at_least_float32
 from lm_heads.chunked_ce import check_loss_options, regularised_loss
 
-__all__ = ["CosineSoftmaxHead", "RBFSoftmaxHead"]
+__all__ = ["CosineSoftmaxHead", "LearnedScale", "RBFSoftmaxHead"]
+
+
+def softplus_inverse(y: Tensor) -> Tensor:
+    """``x`` with ``softplus(x) = y`` for ``y > 0``: ``y + log(1 − e^{−y})``, via ``expm1`` so
+    that large ``y`` keep their digits."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+class LearnedScale(nn.Module):
+    r"""A learned inverse temperature ``s = softplus(raw) > 0``, initialised at ``scale``.
+
+    Why not ``log s`` (NormFace's choice): the loss's derivative in ``s`` is
+    ``E_p[cos] − cos_c ∈ [−2, 2]`` and its curvature ``Var_p[cos] ≤ 1``, whatever ``s``. In
+    ``log s`` they are ``s`` and ``s²`` times larger, so at a language model's SGD learning rate
+    (20) every step overshoots once ``s`` has grown: ``s`` then swings between ≈ 0 (a uniform
+    distribution) and hundreds (measured: the prototype head's training loss above 100 for 72%
+    of its first 4,000 steps, epoch-1 validation perplexity 11,974; docs/study/LOG.md). Through
+    ``softplus`` both stay bounded (its slope is below 1), and ``s`` cannot reach 0 or below.
+    """
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.raw = nn.Parameter(softplus_inverse(torch.tensor(float(scale))))
+
+    def forward(self) -> Tensor:
+        return F.softplus(self.raw)
+
+
+def load_log_scale(state_dict: dict[str, Tensor], prefix: str, to: str) -> None:
+    """Rename a checkpoint's ``log_scale`` (lm_heads ≤ 0.3) to ``to``'s ``softplus`` parameter."""
+    log_scale = state_dict.pop(prefix + "log_scale", None)
+    if log_scale is not None:
+        state_dict[prefix + to] = softplus_inverse(log_scale.exp())
 
 
 class LogitSoftmaxHead(Head):
@@ -114,8 +147,8 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
         scale: ``s > 0``, the inverse temperature; must exceed ``ln V`` for peaked predictions.
         margin: ``m ≥ 0``, subtracted from the target cosine while training (0: plain cosine
             softmax, whose training loss is then the exact NLL).
-        learn_scale: learn ``log s`` (initialised at ``scale``) as in NormFace (Wang et al. 2017)
-            instead of keeping it fixed as AM-Softmax does.
+        learn_scale: learn ``s`` (initialised at ``scale``; :class:`LearnedScale`) as NormFace
+            (Wang et al. 2017) does, instead of keeping it fixed as AM-Softmax does.
         label_smoothing: ``ε ∈ [0, 1]`` while training, as ``F.cross_entropy``'s.
         z_loss: ``λ ≥ 0``, weight of ``(log Z)²`` while training (PaLM).
     """
@@ -142,12 +175,21 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
             raise ValueError(f"margin must lie in [0, 2) (cosines span [-1, 1]), got {margin}")
         self.margin = margin
         self.learn_scale = check_bool("learn_scale", learn_scale)
-        log_scale = torch.tensor(math.log(scale))
         if learn_scale:
-            self.log_scale = nn.Parameter(log_scale)
+            self.learned_scale = LearnedScale(scale)
         else:
-            self.register_buffer("log_scale", log_scale)
+            self.register_buffer("log_scale", torch.tensor(math.log(scale)))
         self.weight = nn.Parameter(torch.randn(vocab_size, in_features) / math.sqrt(in_features))
+
+    def scale(self) -> Tensor:
+        """``s``, a 0-d tensor."""
+        return self.learned_scale() if self.learn_scale else self.log_scale.exp()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: object,
+                              **kwargs: object) -> None:  # fmt: skip
+        if self.learn_scale:
+            load_log_scale(state_dict, prefix, "learned_scale.raw")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
 
     def loss_is_exact(self, training: bool) -> bool:
         return super().loss_is_exact(training) and (not training or self.margin == 0.0)
@@ -158,7 +200,7 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
         # writes the logits directly: one [n, V] pass fewer on a memory-bound head.
         h = F.normalize(at_least_float32(hidden), dim=-1)
         w = F.normalize(at_least_float32(self.weight), dim=-1)
-        return at_least_float32(F.linear(h * self.log_scale.exp().to(h.dtype), w))
+        return at_least_float32(F.linear(h * self.scale().to(h.dtype), w))
 
     def _token_loss(self, hidden: Tensor, target: Tensor) -> Tensor:
         logits = self._logits(hidden)
@@ -167,7 +209,7 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
             # F.cross_entropy normalises the margin logits in one fused pass: no [n, V] copy.
             # (Updating the plain lse by log1p(−p_t·(1 − e^{−sm})) instead would cancel to
             # log1p(−1) = −inf in float32 once the target is confident and s·m ≳ 16.)
-            shift = self.log_scale.exp().to(logits.dtype) * -self.margin
+            shift = self.scale().to(logits.dtype) * -self.margin
             logits = logits.scatter_add_(-1, target.unsqueeze(-1), shift.expand(len(target), 1))
         return self._cross_entropy(logits, target)
 
@@ -175,7 +217,7 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
         return self.weight
 
     def extra_repr(self) -> str:
-        scale = math.exp(float(self.log_scale.detach()))
+        scale = float(self.scale().detach())
         return (
             f"{super().extra_repr()}, scale={scale:.4g}, margin={self.margin}, "
             f"learn_scale={self.learn_scale}"

@@ -11,7 +11,8 @@ trainable projection maps hidden states to ``z = A h + a ∈ R^{d'}`` and the pa
     \ell_{\text{proto}} = (1 - \cos(z, p_c))^2
 
 The paper predicts ``argmax_j cos(z, p_j)``; for perplexity we need a normalised distribution,
-``p(j | h) = softmax_j(s \cos(z, p_j))``, with a learned inverse temperature ``s = exp(log_scale)``.
+``p(j | h) = softmax_j(s \cos(z, p_j))``, with a learned inverse temperature ``s = softplus(raw)``
+(:class:`~lm_heads.heads.margin.LearnedScale`: in ``log s`` SGD at lr 20 made ``s`` oscillate).
 ``s`` has no gradient from the paper's loss, so the head adds the cross-entropy of that
 distribution, in which the cosines keep their value but pass only ``ce_weight`` of their gradient
 on to ``z``:
@@ -47,7 +48,7 @@ Shape:
     - log_prob: ``[..., V]``
     - prototypes: ``[V, d']`` (a buffer, saved in the state dict)
 
-DDP: the projection gets gradients from the prototype loss and ``log_scale`` from the
+DDP: the projection gets gradients from the prototype loss and ``s`` from the
 cross-entropy on every step. The prototypes are a buffer (DDP broadcasts it from rank 0 and a
 checkpoint restores it), so ranks agree even if their BLAS rounds differently.
 """
@@ -63,7 +64,7 @@ from torch import Tensor, nn
 
 from lm_heads._check import check_float, check_int
 from lm_heads.base import at_least_float32
-from lm_heads.heads.margin import LogitSoftmaxHead
+from lm_heads.heads.margin import LearnedScale, LogitSoftmaxHead, load_log_scale
 
 __all__ = ["HypersphericalPrototypeHead", "hyperspherical_prototypes"]
 
@@ -151,8 +152,9 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
         vocab_size: ``V``.
         ignore_index: target id that changes neither loss nor gradient.
         proto_dim: ``d'``, the prototype space (``None``: ``d``).
-        scale: initial inverse temperature ``s`` of ``softmax(s cos)`` (learned as ``log s``);
-            cosines lie in ``[−1, 1]`` so ``s`` must grow past ``ln V`` for peaked predictions.
+        scale: initial inverse temperature ``s`` of ``softmax(s cos)`` (learned,
+            :class:`LearnedScale`); cosines lie in ``[−1, 1]`` so ``s`` must grow past ``ln V``
+            for peaked predictions.
         ce_weight: share of the cross-entropy's gradient that reaches the representation
             (0: paper's loss only, the CE fits the temperature; 1: joint training).
         proto_steps: optimisation steps for placing the prototypes (0: random points).
@@ -194,11 +196,16 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
         seed = check_int("seed", seed)
         self.proto_dim = proto_dim
         self.proj = nn.Linear(in_features, proto_dim)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
+        self.learned_scale = LearnedScale(scale)
         self.register_buffer(
             "prototypes",
             hyperspherical_prototypes(vocab_size, proto_dim, steps=proto_steps, seed=seed),
         )
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: object,
+                              **kwargs: object) -> None:  # fmt: skip
+        load_log_scale(state_dict, prefix, "learned_scale.raw")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
 
     def _embed(self, hidden: Tensor) -> Tensor:
         z = self.proj(hidden)
@@ -227,12 +234,12 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
             if self.ce_weight < 1.0:
                 detached = cosines.detach()
                 cosines = detached + self.ce_weight * (cosines - detached)
-        logits = self.log_scale.exp().to(cosines.dtype) * cosines
+        logits = self.learned_scale().to(cosines.dtype) * cosines
         return proto_loss + self._cross_entropy(logits, target)
 
     def _logits(self, hidden: Tensor) -> Tensor:
         cosines = self._all_cosines(self._embed(hidden))
-        return self.log_scale.exp().to(cosines.dtype) * cosines
+        return self.learned_scale().to(cosines.dtype) * cosines
 
     def output_embeddings(self) -> None:
         # The prototypes are placed before training, independently of the data: SimLex on them
@@ -242,5 +249,5 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, proto_dim={self.proto_dim}, "
-            f"scale={math.exp(float(self.log_scale.detach())):.4g}, ce_weight={self.ce_weight}"
+            f"scale={float(self.learned_scale().detach()):.4g}, ce_weight={self.ce_weight}"
         )

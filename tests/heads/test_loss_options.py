@@ -44,7 +44,7 @@ def test_loss_is_the_plain_loss_plus_smoothing_and_z_loss(name: str, options: di
     hidden, target = _batch()
     logits = head._logits(hidden)
     if name == "cosine":  # the margin lowers the target logit while training
-        shift = head.log_scale.exp() * head.margin
+        shift = head.scale() * head.margin
         logits = logits - shift * F.one_hot(target.clamp_min(0), V)
     expected = plain(hidden, target).loss + _regularisation(logits, target)
     out = head(hidden, target)

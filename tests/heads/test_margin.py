@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from lm_heads.heads.margin import CosineSoftmaxHead, RBFSoftmaxHead
+from lm_heads.heads.margin import CosineSoftmaxHead, LearnedScale, RBFSoftmaxHead
+from lm_heads.heads.prototypes import HypersphericalPrototypeHead
 
 
 def explicit_cosine_logits(hidden, weight, scale):
@@ -89,8 +90,62 @@ def test_cosine_scale_is_a_buffer_unless_learned() -> None:
     assert "log_scale" in fixed.state_dict()
     assert math.isclose(math.exp(float(fixed.log_scale)), 20.0, rel_tol=1e-6)
     learned = CosineSoftmaxHead(4, 10, scale=20.0, learn_scale=True)
+    assert "log_scale" not in learned.state_dict()
+    assert math.isclose(float(learned.scale().detach()), 20.0, rel_tol=1e-6)
     learned(torch.randn(5, 4), torch.randint(0, 10, (5,))).loss.backward()
-    assert learned.log_scale.grad is not None and learned.log_scale.grad != 0
+    assert learned.learned_scale.raw.grad is not None and learned.learned_scale.raw.grad != 0
+
+
+def _fit_scale(param: torch.nn.Parameter, scale, cos: torch.Tensor, target: torch.Tensor) -> list:
+    """The recipe's update of a temperature: SGD at lr 20 after clipping the norm to 0.25."""
+    opt = torch.optim.SGD([param], lr=20.0)
+    history = []
+    for _ in range(300):
+        opt.zero_grad()
+        F.cross_entropy(scale() * cos, target).backward()
+        torch.nn.utils.clip_grad_norm_([param], 0.25)
+        opt.step()
+        history.append(float(scale().detach()))
+    return history
+
+
+def test_learned_scale_settles_at_the_maximum_likelihood_temperature_under_sgd_at_lr_20() -> None:
+    g = torch.Generator().manual_seed(0)
+    n, vocab = 512, 2000
+    cos = torch.randn(n, vocab, generator=g) * 0.1
+    target = torch.randint(0, vocab, (n,), generator=g)
+    cos[torch.arange(n), target] += 0.3
+    # The likelihood is convex in s and d/ds = E_p[cos] − cos_c rises with s: bisect its root.
+    lo, hi = 0.0, 1000.0
+    for _ in range(60):
+        mid = torch.tensor((lo + hi) / 2, requires_grad=True)
+        F.cross_entropy(mid * cos, target).backward()
+        lo, hi = (float(mid), hi) if mid.grad < 0 else (lo, float(mid))
+    learned = LearnedScale(16.0)
+    settled = _fit_scale(learned.raw, learned, cos, target)[-50:]
+    assert settled == pytest.approx([lo] * 50, rel=1e-3)
+    # The parameterisation it replaced, log s, swings by e^{lr·clip} = e^5 at every step.
+    log_scale = torch.nn.Parameter(torch.tensor(math.log(16.0)))
+    swings = _fit_scale(log_scale, log_scale.exp, cos, target)[-50:]
+    assert max(swings) / min(swings) > 100
+
+
+@pytest.mark.parametrize("make", [
+    lambda: CosineSoftmaxHead(6, 30, scale=12.0, learn_scale=True),
+    lambda: HypersphericalPrototypeHead(6, 30, scale=12.0),
+])  # fmt: skip
+def test_a_checkpoint_with_log_scale_loads_into_the_softplus_scale(make) -> None:
+    """lm_heads ≤ 0.3 saved the learned temperature as ``log_scale``: it loads unchanged."""
+    head = make()
+    with torch.no_grad():
+        head.learned_scale.raw.fill_(7.0)
+    old = {k: v for k, v in head.state_dict().items() if k != "learned_scale.raw"}
+    old["log_scale"] = head.learned_scale().detach().log()
+    fresh = make()
+    fresh.load_state_dict(old)
+    hidden = torch.randn(4, 6)
+    torch.testing.assert_close(fresh.learned_scale(), head.learned_scale())
+    torch.testing.assert_close(fresh.log_prob(hidden), head.log_prob(hidden))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def naive_cosines(head, hidden):
 def naive_loss(head, hidden, target):
     cos_all = naive_cosines(head, hidden)
     cos_target = cos_all.gather(1, target[:, None]).squeeze(1)
-    ce = F.cross_entropy(head.log_scale.exp() * cos_all, target, reduction="none")
+    ce = F.cross_entropy(F.softplus(head.learned_scale.raw) * cos_all, target, reduction="none")
     return (1 - cos_target) ** 2, ce
 
 
@@ -88,14 +88,14 @@ def test_training_loss_value_and_gradient_routing(ce_weight: float) -> None:
     target = torch.randint(0, 40, (15,))
 
     loss = head(hidden, target).loss
-    grads = torch.autograd.grad(loss, [head.proj.weight, head.log_scale])
+    grads = torch.autograd.grad(loss, [head.proj.weight, head.learned_scale.raw])
 
     proto, ce = naive_loss(head, hidden, target)
     torch.testing.assert_close(loss, (proto + ce).mean())
     # The prototype loss drives the projection; the CE reaches it with weight ce_weight and
     # always trains the temperature.
     g_proto = torch.autograd.grad(proto.mean(), head.proj.weight, retain_graph=True)[0]
-    g_ce, g_scale = torch.autograd.grad(ce.mean(), [head.proj.weight, head.log_scale])
+    g_ce, g_scale = torch.autograd.grad(ce.mean(), [head.proj.weight, head.learned_scale.raw])
     torch.testing.assert_close(grads[0], g_proto + ce_weight * g_ce)
     torch.testing.assert_close(grads[1], g_scale)
     assert not head.is_exact
@@ -108,7 +108,8 @@ def test_eval_loss_is_the_nll_of_a_normalised_distribution() -> None:
     log_prob = head.log_prob(hidden)
     torch.testing.assert_close(log_prob.logsumexp(-1), torch.zeros(15, dtype=torch.float64))
     cos_all = naive_cosines(head, hidden)
-    torch.testing.assert_close(log_prob, (head.log_scale.exp() * cos_all).log_softmax(-1).detach())
+    s = F.softplus(head.learned_scale.raw)
+    torch.testing.assert_close(log_prob, (s * cos_all).log_softmax(-1).detach())
     nll = -log_prob.gather(1, target[:, None]).squeeze(1)
     assert head.is_exact
     torch.testing.assert_close(head(hidden, target).loss, nll.mean())
@@ -133,7 +134,7 @@ def test_proto_dim_and_defaults() -> None:
     assert head.proj.weight.shape == (6, 12)
     assert HypersphericalPrototypeHead(12, 40).prototypes.shape == (40, 12)
     assert head.output_embeddings() is None
-    assert math.isclose(math.exp(float(head.log_scale.detach())), 16.0, rel_tol=1e-6)
+    assert math.isclose(float(head.learned_scale().detach()), 16.0, rel_tol=1e-6)
 
 
 def test_bad_options() -> None:
