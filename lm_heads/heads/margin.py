@@ -70,7 +70,7 @@ class LearnedScale(nn.Module):
     ``log s`` they are ``s`` and ``s²`` times larger, so at a language model's SGD learning rate
     (20) every step overshoots once ``s`` has grown: ``s`` then swings between ≈ 0 (a uniform
     distribution) and hundreds (measured: the prototype head's training loss above 100 for 72%
-    of its first 4,000 steps, epoch-1 validation perplexity 11,974; docs/study/LOG.md). Through
+    of its first 4,128 steps, epoch-1 validation perplexity 11,974; docs/study/LOG.md). Through
     ``softplus`` both stay bounded (its slope is below 1), and ``s`` cannot reach 0 or below.
     """
 
