@@ -153,6 +153,9 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
         z_loss: ``λ ≥ 0``, weight of ``(log Z)²`` while training (PaLM).
     """
 
+    learned_scale: LearnedScale  # learn_scale=True
+    log_scale: Tensor  # learn_scale=False: a buffer, as in lm_heads ≤ 0.3
+
     def __init__(
         self,
         in_features: int,
@@ -189,7 +192,7 @@ class CosineSoftmaxHead(LogitSoftmaxHead):
                               **kwargs: object) -> None:  # fmt: skip
         if self.learn_scale:
             load_log_scale(state_dict, prefix, "learned_scale.raw")
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def loss_is_exact(self, training: bool) -> bool:
         return super().loss_is_exact(training) and (not training or self.margin == 0.0)

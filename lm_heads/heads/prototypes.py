@@ -205,7 +205,7 @@ class HypersphericalPrototypeHead(LogitSoftmaxHead):
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: object,
                               **kwargs: object) -> None:  # fmt: skip
         load_log_scale(state_dict, prefix, "learned_scale.raw")
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _embed(self, hidden: Tensor) -> Tensor:
         z = self.proj(hidden)
