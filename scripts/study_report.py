@@ -394,6 +394,19 @@ def verdicts(rows: dict[str, Any]) -> list[dict[str, str]]:
     ]
 
 
+def ratio_cell(iv: dict[str, Any]) -> str:
+    """A ratio to ``full`` as the tables print it: value, interval, wording, the 1-seed mark."""
+    mark = " (spread assumed: 1 seed)" if iv["assumed_spread"] else ""
+    return f"{iv['ratio']:.3f} [{iv['lo']:.3f}, {iv['hi']:.3f}]: {iv['wording']}{mark}"
+
+
+def speed_cell(row: dict[str, Any]) -> str:
+    """The throughput ratio to ``full``, marked "(runs)" when it is not the measurement's."""
+    speed = row.get("speed_over_full")
+    cell = "—" if speed is None else f"{speed:.2f}"
+    return cell + (" (runs)" if row.get("speed_source") == "runs" else "")
+
+
 def markdown(summary: dict[str, Any]) -> str:
     def num(x: float | None, spec: str = ".2f") -> str:
         return "—" if x is None else format(x, spec)
@@ -415,13 +428,8 @@ def markdown(summary: dict[str, Any]) -> str:
         vals = ", ".join(num(v) for v in row["val_by_epoch"])
         test = num(row["test_mean"]) + (f" ± {row['test_sd']:.2f}" if row["test_sd"] else "")
         iv = row.get("vs_full")
-        ratio = "—"
-        if iv is not None:
-            mark = " (spread assumed: 1 seed)" if iv["assumed_spread"] else ""
-            ratio = f"{iv['ratio']:.3f} [{iv['lo']:.3f}, {iv['hi']:.3f}]: {iv['wording']}{mark}"
-        speed = num(row.get("speed_over_full"))
-        if row.get("speed_source") == "runs":
-            speed += " (runs)"
+        ratio = "—" if iv is None else ratio_cell(iv)
+        speed = speed_cell(row)
         times = (
             f"{minutes(row.get('seconds_to_full_epoch1'))} / "
             f"{minutes(row.get('seconds_to_full_epoch6'))}"
@@ -492,14 +500,10 @@ def readme_summary(summary: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for variant in ranked:
-        row, iv = rows[variant], rows[variant]["vs_full"]
-        mark = " (spread assumed: 1 seed)" if iv["assumed_spread"] else ""
-        speed = f"{row['speed_over_full']:.2f}" + (
-            " (runs)" if row["speed_source"] == "runs" else ""
-        )
+        row = rows[variant]
         lines.append(
-            f"| `{variant}` | {row['runs']} | {row['test_mean']:.2f} | {iv['ratio']:.3f} "
-            f"[{iv['lo']:.3f}, {iv['hi']:.3f}]: {iv['wording']}{mark} | {speed} |"
+            f"| `{variant}` | {row['runs']} | {row['test_mean']:.2f} | "
+            f"{ratio_cell(row['vs_full'])} | {speed_cell(row)} |"
         )
     waiting = [f"`{v}`" for v, r in rows.items() if "vs_full" not in r]
     if waiting:
